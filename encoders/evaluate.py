@@ -1,0 +1,136 @@
+"""Leave-one-out evaluation with full ranking, RecBole's sequential protocol.
+
+Each user's last event is the test target and the second-to-last the validation
+target; the input is everything before the target (its newest `max_len` events).
+Every catalog item is ranked. Two settings are reported:
+
+- "recbole": nothing is hidden (RecBole does not mask a sequential user's history);
+  this is the one comparable with RecBole numbers and the one targets refer to.
+- "product": items already in the user's history are excluded, as the worker does.
+
+Cold cases are those whose target never occurs in training; HR@10 is reported there.
+Baselines run in the same harness: popularity (training-interaction counts) and any
+checkpoint, e.g. the ID-only model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoders.data import Interactions, Split, make_windows
+from encoders.metrics import METRICS, ranking_metrics, target_ranks
+from encoders.recommender import Recommender
+
+
+@torch.no_grad()
+def model_scores(model: Recommender, history: Interactions, batch_size: int = 512) -> np.ndarray:
+    """Score every catalog item for every user's history: -> [U, N]."""
+    model.eval()
+    catalog = model.catalog_vectors()  # [N, D]
+    T = model.feature_spec.max_len
+    out = []
+    for a in range(0, len(history.items), batch_size):
+        w = make_windows([s[-T:] for s in history.items[a:a + batch_size]],
+                         [s[-T:] for s in history.events[a:a + batch_size]],
+                         [s[-T:] for s in history.times[a:a + batch_size]], model.feature_spec)
+        vectors = catalog[torch.from_numpy(w.items)] * torch.from_numpy(w.mask).unsqueeze(-1)  # [B, T, D]
+        users = model.user_tower(vectors, torch.from_numpy(w.event_types), torch.from_numpy(w.time_buckets),
+                                 torch.from_numpy(w.mask))  # [B, D]
+        out.append((users @ catalog.T).numpy())
+    return np.concatenate(out)
+
+
+def popularity_scores(train: Interactions, n_users: int) -> np.ndarray:
+    """Training-interaction counts, the same for every user: -> [U, N]."""
+    counts = np.bincount(np.concatenate(train.items), minlength=train.n_items).astype(np.float32)
+    return np.broadcast_to(counts, (n_users, train.n_items))
+
+
+def warm_items(train: Interactions) -> np.ndarray:
+    """[N] bool: items with at least one training interaction."""
+    return np.bincount(np.concatenate(train.items), minlength=train.n_items) > 0
+
+
+@dataclass
+class Evaluation:
+    recbole: dict[str, float]  # nothing hidden (targets refer to this)
+    product: dict[str, float]  # history items excluded
+    cold_hr10: float  # HR@10 (recbole setting) on cases whose target is cold
+    n_cases: int
+    n_cold: int
+
+
+def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarray, warm: np.ndarray) -> Evaluation:
+    """scores [U, N], targets [U] -> metrics in both settings, plus cold-item recall."""
+    ranks = target_ranks(scores, targets)
+    seen = scores.copy()
+    for u, items in enumerate(history.items):
+        seen[u, items] = -np.inf
+    cold = ~warm[targets]
+    return Evaluation(
+        recbole=ranking_metrics(ranks),
+        product=ranking_metrics(target_ranks(seen, targets)),
+        cold_hr10=float(np.mean(ranks[cold] < 10)) if cold.any() else float("nan"),
+        n_cases=len(targets), n_cold=int(cold.sum()),
+    )
+
+
+def evaluate_model(model: Recommender, split: Split, stage: str) -> Evaluation:
+    """stage: "valid" or "test"."""
+    history = split.valid_history if stage == "valid" else split.test_history
+    targets = split.valid_targets if stage == "valid" else split.test_targets
+    return evaluate_scores(model_scores(model, history), history, targets, warm_items(split.train))
+
+
+def evaluate_popularity(split: Split) -> Evaluation:
+    scores = popularity_scores(split.train, len(split.test_targets))
+    return evaluate_scores(scores, split.test_history, split.test_targets, warm_items(split.train))
+
+
+def _mean_spread(values: list[float]) -> str:
+    """'mean ± std' over seeds (population std; '±0' for one run)."""
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
+def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path) -> Path:
+    """Markdown table (mean ± spread over runs per row) + a bar chart PNG next to it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10"]
+    lines = [f"# {title}", "",
+             "Leave-one-out, full ranking over all items. Metric columns: history NOT excluded "
+             "(RecBole-comparable); 'product' columns: history excluded. Mean ± std over runs.", "",
+             "| model | runs | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
+    for name, runs in results.items():
+        cells = [_mean_spread([r.recbole[m] for r in runs]) for m in METRICS]
+        cells += [_mean_spread([r.product[m] for r in runs]) for m in ("HR@10", "NDCG@10")]
+        cells.append(_mean_spread([r.cold_hr10 for r in runs]))
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))[0]
+    lines += ["", f"{first.n_cases} test cases, {first.n_cold} with a cold target item.", ""]
+    png = out_md.with_suffix(".png")
+    lines.append(f"![metrics]({png.name})")
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    shown = ["HR@10", "NDCG@10", "HR@20", "NDCG@20"]
+    width = 0.8 / len(results)
+    for i, (name, runs) in enumerate(results.items()):
+        means = [np.mean([r.recbole[m] for r in runs]) for m in shown]
+        errs = [np.std([r.recbole[m] for r in runs]) for m in shown]
+        ax.bar(np.arange(len(shown)) + i * width, means, width, yerr=errs, label=name)
+    ax.set_xticks(np.arange(len(shown)) + width * (len(results) - 1) / 2, shown)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return out_md

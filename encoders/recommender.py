@@ -1,0 +1,131 @@
+"""The two-tower recommender: item tower (+ optional ID residual) and user tower.
+
+An item's vector is its projected text embedding plus, optionally, a learned
+per-item residual that is nonzero only for items seen in training ("warm"), so
+unseen items keep a text-only vector in the same space. The user tower reads the
+vectors of the window's items; score(user, item) = user_vector . item_vector.
+
+With `use_text=False` the item vector is the ID embedding alone: the ID-only
+baseline that shows what the language model adds.
+
+Checkpoint directory (nothing pickled):
+    model.safetensors  weights (the frozen LM is not stored; it is reloaded from text_model_dir)
+    config.json        {"recommender": RecommenderConfig, "features": FeatureSpec}
+    items.json         {"item_ids": [...], "item_texts": [...]} in catalog order
+    metrics.json       whatever the trainer measured
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from encoders.item_tower import ItemTower, ItemTowerConfig
+from encoders.user_tower import UserTower, UserTowerConfig
+from export.features import FeatureSpec
+
+
+@dataclass
+class RecommenderConfig:
+    item_tower: ItemTowerConfig = field(default_factory=ItemTowerConfig)
+    user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
+    use_text: bool = True  # False = ID-only baseline (no language model)
+    id_residual: bool = True  # learned per-item residual for warm items (text mode)
+    n_items: int = 0  # catalog size N; the trainer sets it from the data
+
+
+class Recommender(nn.Module):
+    def __init__(self, config: RecommenderConfig, feature_spec: FeatureSpec):
+        super().__init__()
+        self.config = config
+        self.feature_spec = feature_spec
+        N, D = config.n_items, config.user_tower.dim
+        self.item_tower = ItemTower(config.item_tower) if config.use_text else None
+        self.user_tower = UserTower(config.user_tower)
+        if self.item_tower is not None:
+            self.register_buffer("text_emb", torch.zeros(N, self.item_tower.lm.config.hidden_size))  # [N, H] LM cache
+        self.id_emb = nn.Embedding(N, D) if config.id_residual or not config.use_text else None
+        if self.id_emb is not None and config.use_text:
+            nn.init.zeros_(self.id_emb.weight)  # a residual starts at zero
+        elif self.id_emb is not None:
+            nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.register_buffer("warm", torch.zeros(N, dtype=torch.bool))  # items that had training interactions
+
+    def encode_catalog(self, item_texts: list[str]) -> None:
+        """Fill the sentence-embedding cache from the item texts (catalog order)."""
+        if self.item_tower is not None:
+            self.text_emb.copy_(self.item_tower.encode_texts(item_texts))
+
+    def item_vectors(self, sentence: torch.Tensor | None = None) -> torch.Tensor:
+        """Catalog item vectors [N, D] from sentence embeddings [N, H] (default: the cache)."""
+        if self.item_tower is None:
+            return self.id_emb.weight * self.warm.unsqueeze(-1)
+        vectors = self.item_tower.project(self.text_emb if sentence is None else sentence)  # [N, D]
+        if self.id_emb is not None:
+            vectors = vectors + self.id_emb.weight * self.warm.unsqueeze(-1)
+        return vectors
+
+    def catalog_vectors(self) -> torch.Tensor:
+        """What the worker scores against: [N, D] in the checkpoint's item order."""
+        return self.item_vectors()
+
+    def user_states(
+        self,
+        catalog: torch.Tensor,
+        items: torch.Tensor,
+        event_types: torch.Tensor,
+        time_buckets: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Windows of item indices -> hidden state at every position.
+
+        catalog [N, D], items / event_types / time_buckets [B, T] long, attention_mask [B, T] bool
+        (left-padded; item index at padding is ignored) -> [B, T, D].
+        """
+        vectors = catalog[items] * attention_mask.unsqueeze(-1)  # [B, T, D]
+        return self.user_tower.sequence(vectors, event_types, time_buckets, attention_mask)
+
+
+def _stored_keys(model: Recommender) -> list[str]:
+    """Every tensor except a frozen LM's weights (those come from text_model_dir)."""
+    frozen_lm = model.item_tower is not None and model.config.item_tower.train_top_layers == 0
+    return [k for k in model.state_dict() if not (frozen_lm and k.startswith("item_tower.lm."))]
+
+
+def save_checkpoint(model: Recommender, item_ids: list[str], item_texts: list[str], out_dir: str | Path,
+                    metrics: dict) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    save_file({k: state[k].detach().contiguous() for k in _stored_keys(model)}, str(out / "model.safetensors"))
+    config = {"recommender": asdict(model.config), "features": asdict(model.feature_spec)}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "items.json").write_text(json.dumps({"item_ids": item_ids, "item_texts": item_texts}))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out
+
+
+def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[str]]:
+    """-> (model in eval mode, item_ids, item_texts); needs nothing but the directory (and the LM)."""
+    root = Path(ckpt_dir)
+    raw = json.loads((root / "config.json").read_text())
+    rc = raw["recommender"]
+    config = RecommenderConfig(
+        n_items=rc["n_items"], item_tower=ItemTowerConfig(**rc["item_tower"]),
+        user_tower=UserTowerConfig(**rc["user_tower"]), use_text=rc["use_text"], id_residual=rc["id_residual"],
+    )
+    spec = FeatureSpec(**{**raw["features"], "event_types": tuple(raw["features"]["event_types"])})
+    model = Recommender(config, spec)
+    state = load_file(str(root / "model.safetensors"))
+    expected = set(_stored_keys(model))
+    if set(state) != expected:
+        raise ValueError(f"{root}: weights do not match config.json (missing {sorted(expected - set(state))[:5]}, "
+                         f"unexpected {sorted(set(state) - expected)[:5]})")
+    model.load_state_dict(state, strict=False)
+    items = json.loads((root / "items.json").read_text())
+    return model.eval(), items["item_ids"], items["item_texts"]

@@ -1,0 +1,211 @@
+"""Training: next-item prediction over a user's window, every position at once.
+
+config -> data (leave-one-out split) -> model (text cache precomputed once) ->
+AdamW -> epochs of causal windows with full softmax over the catalog (or sampled
+softmax with logQ correction) -> validation NDCG@10 each epoch, early stopping ->
+best weights restored -> test metrics -> checkpoint + loss/metric curves PNG.
+
+Training windows: each user's training sequence is cut into windows of
+`max_len` events; the first always ends at the user's newest training event, the
+others at a random offset each epoch. Position t predicts event t+1. Recency
+buckets are computed per window exactly as the worker computes them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from encoders.data import Interactions, Split, load_interactions, make_windows, split_leave_one_out
+from encoders.evaluate import evaluate_model, warm_items
+from encoders.recommender import Recommender, RecommenderConfig, save_checkpoint
+from export.features import FeatureSpec, left_pad
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 300  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128  # windows per step
+    lr: float = 1e-3  # AdamW, user tower, projection and ID residual
+    lm_lr: float = 2e-5  # AdamW for fine-tuned LM layers (train_top_layers > 0)
+    weight_decay: float = 0.01
+    patience: int = 20  # epochs without a better validation NDCG@10 before stopping
+    max_minutes: float = 10.0  # wall-clock budget for the training loop
+    loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
+    n_negatives: int = 256  # shared negatives per step for the sampled softmax
+    threads: int = 2  # torch CPU threads
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+
+
+@dataclass
+class History:
+    """Per-epoch curves."""
+
+    loss: list[float] = field(default_factory=list)
+    valid_ndcg10: list[float] = field(default_factory=list)
+    valid_hr10: list[float] = field(default_factory=list)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_windows(train: Interactions, max_len: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+    """(user, start, stop) triples: inputs seq[start:stop], targets seq[start+1:stop+1]."""
+    out = []
+    for u, seq in enumerate(train.items):
+        n = len(seq) - 1  # positions that have a next event
+        if n < 1:
+            continue
+        stops = [n, *range(n - int(rng.integers(1, max_len + 1)), 0, -max_len)]
+        out += [(u, max(0, stop - max_len), stop) for stop in stops]
+    rng.shuffle(out)
+    return out
+
+
+def batch_tensors(train: Interactions, windows: list[tuple[int, int, int]], spec: FeatureSpec) -> dict[str, torch.Tensor]:
+    """Window triples -> left-padded input tensors [B, T] and next-item targets [B, T] (-100 at padding)."""
+    w = make_windows([train.items[u][a:b] for u, a, b in windows], [train.events[u][a:b] for u, a, b in windows],
+                     [train.times[u][a:b] for u, a, b in windows], spec)
+    targets = left_pad([train.items[u][a + 1:b + 1] for u, a, b in windows], spec.max_len, -100)
+    return {
+        "items": torch.from_numpy(w.items), "event_types": torch.from_numpy(w.event_types),
+        "time_buckets": torch.from_numpy(w.time_buckets), "mask": torch.from_numpy(w.mask),
+        "targets": torch.from_numpy(targets),
+    }
+
+
+def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
+                   log_q: torch.Tensor) -> torch.Tensor:
+    """states [B, T, D], catalog [N, D], targets [B, T] (-100 = padding), log_q [N] sampling log-probs -> []."""
+    real = targets >= 0
+    h, y = states[real], targets[real]  # [P, D], [P]
+    if config.loss == "full":
+        return F.cross_entropy(h @ catalog.T, y)
+    negatives = torch.multinomial(log_q.exp(), config.n_negatives, replacement=True)  # [K]
+    pos = (h * catalog[y]).sum(-1, keepdim=True) - log_q[y].unsqueeze(-1)  # [P, 1]
+    neg = h @ catalog[negatives].T - log_q[negatives]  # [P, K]
+    neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))  # drop accidental hits
+    logits = torch.cat([pos, neg], dim=1)  # [P, 1 + K]
+    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+
+
+def build_model(model_config: RecommenderConfig, spec: FeatureSpec, split: Split) -> Recommender:
+    model = Recommender(model_config, spec)
+    model.encode_catalog(split.train.item_texts)  # the frozen LM runs once here
+    model.warm.copy_(torch.from_numpy(warm_items(split.train)))
+    return model
+
+
+def catalog_fn(model: Recommender, item_texts: list[str]):
+    """-> a function returning catalog vectors [N, D] with gradients for one step.
+
+    Frozen LM: projection of the cached sentence embeddings. Fine-tuning: token states
+    below the trainable layers are cached once; the top layers run over the catalog every step.
+    """
+    if model.item_tower is None or model.config.item_tower.train_top_layers == 0:
+        return model.item_vectors
+    input_ids, attention_mask = model.item_tower.tokenize(item_texts)
+    states = model.item_tower.frozen_states(input_ids, attention_mask)  # [N, L, H]
+    return lambda: model.item_vectors(model.item_tower.top_sentence_embedding(states, attention_mask))
+
+
+def plot_curves(history: History, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(history.loss)
+    a.set(title="training loss", xlabel="epoch")
+    b.plot(history.valid_ndcg10, label="NDCG@10")
+    b.plot(history.valid_hr10, label="HR@10")
+    b.set(title="validation", xlabel="epoch")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, progress: bool = True) -> tuple[Recommender, dict]:
+    """Train to the best validation NDCG@10; -> (model with best weights, metrics incl. curves)."""
+    torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    spec, train_data = config.features, split.train
+    model = build_model(model_config, spec, split)
+    catalog = catalog_fn(model, train_data.item_texts)
+
+    lm_params = [p for n, p in model.named_parameters() if n.startswith("item_tower.lm.") and p.requires_grad]
+    other = [p for n, p in model.named_parameters() if not n.startswith("item_tower.lm.") and p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": other, "lr": config.lr}, {"params": lm_params, "lr": config.lm_lr}],
+                                  weight_decay=config.weight_decay)
+    counts = np.bincount(np.concatenate(train_data.items), minlength=train_data.n_items) + 1.0
+    log_q = torch.from_numpy(np.log(counts / counts.sum())).float()  # [N] popularity sampling for "sampled"
+
+    history, best_ndcg, best_epoch, best_state = History(), -1.0, -1, None
+    start = time.monotonic()
+    bar = tqdm(range(config.epochs), desc="train", disable=not progress)
+    for epoch in bar:
+        model.train()
+        windows = epoch_windows(train_data, spec.max_len, rng)
+        losses = []
+        for a in range(0, len(windows), config.batch_size):
+            batch = batch_tensors(train_data, windows[a:a + config.batch_size], spec)
+            vectors = catalog()  # [N, D]
+            states = model.user_states(vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"])
+            loss = next_item_loss(states, vectors, batch["targets"], config, log_q)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        if lm_params:  # refresh the cache that catalog_vectors() and evaluation read
+            model.encode_catalog(train_data.item_texts)
+        valid = evaluate_model(model, split, "valid")
+        history.loss.append(float(np.mean(losses)))
+        history.valid_ndcg10.append(valid.recbole["NDCG@10"])
+        history.valid_hr10.append(valid.recbole["HR@10"])
+        if valid.recbole["NDCG@10"] > best_ndcg:
+            best_ndcg, best_epoch = valid.recbole["NDCG@10"], epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bar.set_postfix(loss=f"{history.loss[-1]:.3f}", ndcg10=f"{valid.recbole['NDCG@10']:.4f}", best=f"{best_ndcg:.4f}@{best_epoch}")
+        minutes = (time.monotonic() - start) / 60
+        if epoch - best_epoch >= config.patience or minutes >= config.max_minutes:
+            break
+
+    model.load_state_dict(best_state)
+    valid, test = evaluate_model(model, split, "valid"), evaluate_model(model, split, "test")
+    metrics = {
+        "seed": config.seed, "best_epoch": best_epoch, "epochs_run": len(history.loss),
+        "train_minutes": (time.monotonic() - start) / 60,
+        "valid": asdict(valid), "test": asdict(test), "curves": asdict(history),
+        "train_config": {k: v for k, v in asdict(config).items() if k != "features"},
+    }
+    return model, metrics
+
+
+def run(data_dir: str | Path, out_dir: str | Path, model_config: RecommenderConfig | None = None,
+        config: TrainConfig | None = None) -> Path:
+    """`streamrec train`: data dir -> trained checkpoint dir (with curves.png)."""
+    config = config or TrainConfig()
+    data = load_interactions(data_dir, config.features)
+    split = split_leave_one_out(data)
+    model_config = model_config or RecommenderConfig()
+    spec = config.features
+    model_config = replace(model_config, n_items=data.n_items, user_tower=replace(
+        model_config.user_tower, max_len=spec.max_len, n_event_ids=spec.n_event_ids, n_time_buckets=spec.n_time_buckets))
+    model, metrics = train(model_config, config, split)
+    out = save_checkpoint(model, data.item_ids, data.item_texts, out_dir, metrics)
+    plot_curves(History(**metrics["curves"]), out / "curves.png")
+    return out

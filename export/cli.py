@@ -1,0 +1,118 @@
+"""`export` and `models` commands. Torch is imported inside the commands that need it only,
+because the worker imports this module.
+
+    python -m export.cli export --checkpoint runs/ckpt [--data ../shared/data/ml-100k]
+    python -m export.cli models list
+    python -m export.cli models bootstrap [--data ../shared/data/ml-100k]
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from export.exceptions import StreamrecError
+
+DEFAULT_REGISTRY = ".streamrec/registry"
+
+app = typer.Typer(help="ONNX export and the model registry.", no_args_is_help=True)
+models = typer.Typer(help="The model registry: list versions, build the zero-training baseline.", no_args_is_help=True)
+app.add_typer(models, name="models")
+
+RegistryOption = typer.Option(DEFAULT_REGISTRY, "--registry", envvar="STREAMREC_REGISTRY",
+                              help="model registry root directory")
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="trained checkpoint directory"),
+    registry: Path = RegistryOption,
+    data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                        help="interactions for real parity windows (default: synthetic windows)"),
+    latest: bool = typer.Option(True, "--latest/--no-latest", help="switch `latest` to the new version"),
+) -> None:
+    """Export a checkpoint to ONNX, check parity with torch, register it."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from export.pipeline import export_and_register
+
+    try:
+        version = export_and_register(checkpoint, registry, make_latest=latest, data_dir=data)
+    except StreamrecError as e:
+        _fail(e)
+    typer.echo(f"registered {version.name} at {version.path}" + (" (latest)" if latest else ""))
+
+
+@models.command("list")
+def list_command(registry: Path = RegistryOption,
+                 verify: bool = typer.Option(False, help="re-hash every file (slower)")) -> None:
+    """Versions, oldest first; `*` marks latest."""
+    import json
+
+    from export.registry import MANIFEST, Registry
+
+    reg = Registry(registry)
+    names, latest = reg.versions(), reg.latest()
+    if not names:
+        typer.echo(f"no model versions in {registry}; run `models bootstrap` or `streamrec train`")
+        return
+    for name in names:
+        status = ""
+        try:
+            if verify:
+                v = reg.load(name)
+                config, metrics = v.config, v.metrics
+                status = "verified"
+            else:
+                path = reg.version_path(name)
+                config = json.loads((path / "config.json").read_text())
+                metrics = json.loads((path / "metrics.json").read_text())
+                created = json.loads((path / MANIFEST).read_text()).get("created_at", "")
+                status = created
+        except (StreamrecError, OSError, ValueError) as e:
+            typer.echo(f"  {name}  CORRUPT: {str(e).splitlines()[0]}")
+            continue
+        score = " ".join(f"{k}={metrics[k]:.4f}" for k in ("NDCG@10", "HR@10") if isinstance(metrics.get(k), float))
+        typer.echo(f"{'*' if name == latest else ' '} {name}  {config.get('kind')}  dim={config.get('dim')}  "
+                   f"{status}  {score}".rstrip())
+
+
+@models.command("bootstrap")
+def bootstrap_command(
+    registry: Path = RegistryOption,
+    data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                        help="catalog to embed (RecBole or JSONL dir); default: empty catalog"),
+    max_tokens: int = typer.Option(32, min=1, max=512, help="tokens per item text"),
+    latest: Optional[bool] = typer.Option(None, "--latest/--no-latest",
+                                          help="switch `latest` (default: only if there is none)"),
+) -> None:
+    """Build the zero-training baseline (MiniLM sentence embeddings, no user tower) and register it."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from export.baseline import build_baseline_version
+    from export.registry import Registry
+
+    reg = Registry(registry)
+    catalog = None
+    if data is not None:
+        from encoders.data import load_interactions
+        from export.features import FeatureSpec
+
+        d = load_interactions(data, FeatureSpec())
+        catalog = list(zip(d.item_ids, d.item_texts))
+    make_latest = latest if latest is not None else reg.latest() is None
+    try:
+        version = build_baseline_version(reg, catalog, max_tokens=max_tokens, make_latest=make_latest)
+    except StreamrecError as e:
+        _fail(e)
+    typer.echo(f"registered {version.name} at {version.path}" + (" (latest)" if make_latest else ""))
+
+
+if __name__ == "__main__":
+    app()

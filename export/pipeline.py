@@ -1,0 +1,159 @@
+"""Checkpoint -> ONNX -> parity -> registry: what `streamrec train` ends with and `streamrec export` runs.
+
+    export both towers into a staging dir inside the registry root
+    write tokenizer, catalog vectors/ids, config, metrics
+    parity: item.onnx over a grid and the whole catalog's text; user.onnx over a grid
+            and real behaviour windows (top-10 over the catalog)
+    any failure -> ParityError, staging removed, nothing registered
+    register (manifest + atomic rename), optionally switch `latest`
+
+Torch side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.artifacts import feature_spec_dict, write_catalog, write_json
+from export.baseline import hf_tokenizer_of, versions_info
+from export.exceptions import ParityError, StreamrecError
+from export.features import FeatureSpec
+from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
+from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, validate_item_tower,
+                           validate_user_tower)
+from export.registry import ModelVersion, Registry
+
+log = logging.getLogger(__name__)
+
+CACHE_ATOL = 1e-3  # stored text cache vs a fresh forward of the same LM (torch vs torch)
+
+
+def windows_from_data(data_dir: str | Path, item_ids: list[str], spec: FeatureSpec, seed: int = 0) -> WindowBatch:
+    """Real windows of varied length: per user the newest `max_len` events, and one random earlier cut."""
+    from encoders.data import load_interactions, make_windows
+
+    data = load_interactions(data_dir, spec)
+    index = {item_id: i for i, item_id in enumerate(item_ids)}
+    to_ckpt = np.array([index.get(i, -1) for i in data.item_ids], dtype=np.int64)  # data index -> checkpoint index
+    rng = np.random.default_rng(seed)
+    items, events, times = [], [], []
+    for seq, ev, ts in zip(data.items, data.events, data.times):
+        mapped = to_ckpt[seq]
+        keep = mapped >= 0
+        seq, ev, ts = mapped[keep], ev[keep], ts[keep]
+        if not len(seq):
+            continue
+        end = int(rng.integers(1, len(seq) + 1))
+        start = max(0, end - int(rng.integers(1, spec.max_len + 1)))
+        for a, b in ((max(0, len(seq) - spec.max_len), len(seq)), (start, end)):
+            items.append(seq[a:b]), events.append(ev[a:b]), times.append(ts[a:b])
+    w = make_windows(items, events, times, spec)
+    return WindowBatch(w.items.astype(np.int64), w.event_types.astype(np.int64), w.time_buckets.astype(np.int64),
+                       w.mask.astype(bool))
+
+
+def synthetic_windows(n_items: int, spec: FeatureSpec, n: int = 1000, seed: int = 0) -> WindowBatch:
+    """Without data: catalog items in random windows of every length 1..max_len."""
+    from encoders.data import make_windows
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, spec.max_len + 1, size=n)
+    items = [rng.integers(0, n_items, size=k) for k in lengths]
+    events = [rng.integers(1, spec.n_event_ids, size=k) for k in lengths]
+    times = [np.sort(rng.uniform(0, 3e7, size=k)) for k in lengths]
+    w = make_windows(items, events, times, spec)
+    return WindowBatch(w.items.astype(np.int64), w.event_types.astype(np.int64), w.time_buckets.astype(np.int64),
+                       w.mask.astype(bool))
+
+
+def check_text_cache(model, fresh_text_vectors: np.ndarray, report: ParityReport) -> None:
+    """Stored catalog text vectors must equal a fresh item-tower forward, or new items live in another space."""
+    with torch.no_grad():
+        cached = model.item_tower.project(model.text_emb).float().numpy()
+    diff = float(np.abs(cached - fresh_text_vectors).max()) if cached.size else 0.0
+    report.cases.append({"case": "checkpoint text cache vs fresh torch forward (torch only)", "shape": list(cached.shape),
+                         "max_abs_diff": 0.0, "cache_diff": diff, "ok": diff <= CACHE_ATOL})
+    if diff > CACHE_ATOL:
+        report.fail(f"the checkpoint's catalog text cache differs from a fresh item-tower forward by {diff:.2e} "
+                    f"(> {CACHE_ATOL:.0e}): catalog vectors and newly embedded items would not share a space; "
+                    f"refresh the cache (Recommender.encode_catalog) before saving the checkpoint")
+
+
+def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *, make_latest: bool = True,
+                        data_dir: str | Path | None = None, version: str | None = None) -> ModelVersion:
+    """Export a trained checkpoint, prove parity, register it; returns the registered version.
+
+    data_dir: interactions (e.g. ml-100k) for real parity windows; without it, synthetic
+    windows over the checkpoint's catalog are used. Raises ParityError (nothing registered).
+    """
+    from encoders.recommender import load_checkpoint
+
+    checkpoint_dir = Path(checkpoint_dir)
+    model, item_ids, item_texts = load_checkpoint(checkpoint_dir)
+    if model.item_tower is None:
+        raise StreamrecError(f"{checkpoint_dir} is an ID-only model (use_text=False): it cannot embed new items, so it "
+                             f"is not servable; train with use_text=True to export")
+    spec: FeatureSpec = model.feature_spec
+    item_cfg, user_cfg = model.config.item_tower, model.config.user_tower
+    dim, max_tokens = int(user_cfg.dim), int(item_cfg.max_tokens)
+    if item_cfg.proj_dim != dim:
+        raise StreamrecError(f"item tower width {item_cfg.proj_dim} != user tower width {dim} in {checkpoint_dir}")
+    hf_tok = hf_tokenizer_of(model.item_tower)
+    item_onnx, user_onnx = item_onnx_config(max_tokens), user_onnx_config(spec)
+
+    registry = Registry(registry_root)
+    staging = registry.new_staging_dir()
+    try:
+        export_item_tower(model.item_tower, staging / "item.onnx", item_onnx)
+        export_user_tower(model.user_tower, staging / "user.onnx", user_onnx, spec, dim)
+        save_tokenizer(hf_tok, staging / "tokenizer.json", max_tokens)
+        with torch.no_grad():
+            catalog = model.catalog_vectors().float().numpy()  # [N, D], what the worker scores against
+        write_catalog(staging, item_ids, catalog, dim)
+
+        item_report = validate_item_tower(model.item_tower, hf_tok, staging / "item.onnx", staging / "tokenizer.json",
+                                          item_onnx, texts=item_texts, max_tokens=max_tokens)
+        check_text_cache(model, torch_item_vectors(model.item_tower, hf_tok, item_texts, max_tokens), item_report)
+        windows = (windows_from_data(data_dir, item_ids, spec) if data_dir is not None
+                   else synthetic_windows(len(item_ids), spec))
+        user_report = validate_user_tower(model.user_tower, staging / "user.onnx", user_onnx, spec,
+                                          catalog_torch=catalog, windows=windows)
+        for r in (item_report, user_report):
+            log.info("parity %s", r.summary())
+        raise_if_failed(item_report, user_report)
+
+        write_json(staging / "config.json", {
+            "kind": "two_tower",
+            "dim": dim,
+            "max_tokens": max_tokens,
+            "normalized": False,  # score = dot product
+            "feature_spec": feature_spec_dict(spec),
+            "item_tower": asdict(item_cfg),
+            "user_tower": asdict(user_cfg),
+            "id_residual": bool(model.config.id_residual),
+            "opset": item_onnx.opset,
+            "source_checkpoint": str(checkpoint_dir.resolve()),
+            "created_with": versions_info(),
+        })
+        trained = {}
+        if (checkpoint_dir / "metrics.json").is_file():
+            trained = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
+            trained.pop("curves", None)  # per-epoch lists stay with the checkpoint
+        write_json(staging / "metrics.json", {
+            **trained,
+            "parity": {"item": item_report.to_dict(), "user": user_report.to_dict(),
+                       "windows": "data" if data_dir is not None else "synthetic"},
+        })
+        return registry.register(staging, version=version, make_latest=make_latest)
+    except ParityError:
+        log.error("parity failed for %s; nothing registered", checkpoint_dir)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # already renamed away when registered

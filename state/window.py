@@ -1,0 +1,52 @@
+"""A user's rolling behaviour window: the last N events, no older than a max age.
+
+Stored per user in a Faust table (RocksDB, changelog-backed). Columnar JSON keeps
+it compact and pickle-free: one list per field instead of one object per event.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, NamedTuple
+
+import faust
+
+
+class WindowEvent(NamedTuple):
+    event_id: str
+    item_id: str
+    event_type: str
+    ts: float  # epoch seconds
+
+
+class UserWindow(faust.Record, serializer="json", include_metadata=False):
+    event_ids: List[str] = []
+    item_ids: List[str] = []
+    event_types: List[str] = []
+    ts: List[float] = []
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def events(self) -> list[WindowEvent]:
+        return [WindowEvent(*row) for row in zip(self.event_ids, self.item_ids, self.event_types, self.ts)]
+
+    def with_events(self, new: Iterable[WindowEvent], max_len: int, max_age_s: float) -> "UserWindow":
+        """The window after `new` arrives: deduplicated by event_id, time-ordered,
+        trimmed to the newest `max_len` events within `max_age_s` of the newest one."""
+        seen = set(self.event_ids)
+        merged = self.events()
+        for event in new:
+            if event.event_id not in seen:
+                seen.add(event.event_id)
+                merged.append(event)
+        merged.sort(key=lambda e: e.ts)  # stable: equal timestamps keep arrival order
+        if merged:
+            oldest_allowed = merged[-1].ts - max_age_s
+            merged = [e for e in merged if e.ts >= oldest_allowed]
+        merged = merged[-max_len:]
+        return UserWindow(
+            event_ids=[e.event_id for e in merged],
+            item_ids=[e.item_id for e in merged],
+            event_types=[e.event_type for e in merged],
+            ts=[e.ts for e in merged],
+        )

@@ -1,0 +1,183 @@
+"""The Faust application: topics, the windows table, and the agents.
+
+`build_app` wires a Recommender (model + item index) into a Faust app; the
+agents stay short and delegate to pure functions (schemas, state.window,
+stream_app.recommender) that are tested without Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import contextmanager
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from state.window import UserWindow, WindowEvent
+from stream_app.kafka import client_security, faust_credentials, true_end_offsets, tuned_transport
+from stream_app.recommender import Recommender
+from stream_app.schemas import InvalidRecord, Recommendation, parse_event, parse_item
+from stream_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StreamrecApp(faust.App):
+    transport_class: type  # set by build_app: stream_app.kafka.tuned_transport
+
+    def _new_transport(self):
+        return self.transport_class(self.conf.broker_consumer, self)
+
+
+@contextmanager
+def event_context(stream: faust.StreamT, event: faust.EventT):
+    """Make `event` the stream's current event while writing to a table.
+
+    A table write goes to the changelog partition of the current event (the
+    partition this user's events arrive on, whatever partitioner the producer
+    used). `take_events()` hands over a batch without setting one, so we set it
+    per write — the same call Faust's own per-event iteration makes.
+    """
+    stream._set_current_event(event)
+    try:
+        yield
+    finally:
+        stream._set_current_event(None)
+
+
+def dlq_headers(message, reason: str) -> list[tuple[str, bytes]]:
+    return [
+        ("dlq.reason", reason.encode("utf-8")),
+        ("dlq.topic", message.topic.encode()),
+        ("dlq.partition", str(message.partition).encode()),
+        ("dlq.offset", str(message.offset).encode()),
+    ]
+
+
+def build_app(settings: Settings, recommender: Recommender, partitions: int) -> StreamrecApp:
+    app = StreamrecApp(
+        settings.app_id,
+        broker=settings.broker,
+        broker_credentials=faust_credentials(settings.security),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_request_timeout=max(40.0, settings.session_timeout_s + 5),
+        producer_linger=settings.producer_linger_ms / 1000.0,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+    )
+    app.transport_class = tuned_transport(settings)
+    topics = settings.topics
+    events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
+    recommendations_topic = app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation)
+    dlq_topic = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
+    windows = app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions)
+    catalog_ready = asyncio.Event()
+    event_types = set(settings.event_weights)
+    max_age_s = settings.window_max_age_days * 86_400.0
+
+    async def send_to_dlq(message, reason: str) -> None:
+        log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+        await dlq_topic.send(key=message.key, value=message.value, headers=dlq_headers(message, reason))
+
+    @app.agent(events_topic)
+    async def recommend_on_events(stream):
+        """Micro-batches of events -> updated windows -> one recommendation per touched user."""
+        await catalog_ready.wait()
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            touched: dict[str, tuple[list[WindowEvent], faust.EventT]] = {}
+            for event in batch:
+                try:
+                    parsed = parse_event(
+                        event.value, max_bytes=settings.max_record_bytes, event_types=event_types,
+                        max_future_skew_s=settings.max_future_skew_s,
+                    )
+                except InvalidRecord as e:
+                    await send_to_dlq(event.message, e.reason)
+                    continue
+                new, _ = touched.get(parsed.user_id, ([], None))
+                new.append(WindowEvent(parsed.event_id, parsed.item_id, parsed.event_type, parsed.ts))
+                touched[parsed.user_id] = (new, event)
+                recommender.observe(parsed.item_id, parsed.event_type, parsed.ts)
+            if not touched:
+                continue
+            users = list(touched)
+            updated = []
+            for user in users:
+                new, event = touched[user]
+                with event_context(stream, event):
+                    window = windows[user].with_events(new, settings.window_size, max_age_s)
+                    windows[user] = window
+                updated.append(window)
+            lists = recommender.recommend(updated)
+            now_ms = int(time.time() * 1000)
+            for user, items in zip(users, lists):
+                record = Recommendation(
+                    user_id=user, items=items, model_version=recommender.model_version,
+                    generated_at=now_ms, trigger_event_id=touched[user][0][-1].event_id,
+                )
+                await recommendations_topic.send(key=user.encode(), value=record)
+
+    @app.task
+    async def follow_catalog():
+        """Every worker keeps the whole catalog: read `items` from the start, no consumer group."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, group_id=None,
+            auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+            **client_security(settings.security),
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topics.items, p) for p in consumer.partitions_for_topic(topics.items)]
+            consumer.assign(partitions)
+            end = await asyncio.to_thread(true_end_offsets, settings, await consumer.end_offsets(partitions))
+            while True:
+                records = await consumer.getmany(timeout_ms=200, max_records=512)
+                for tp, messages in records.items():
+                    await apply_catalog_records(messages)
+                if not catalog_ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in partitions]):
+                    log.info("catalog loaded: %d items", len(recommender.index))
+                    catalog_ready.set()
+        finally:
+            await consumer.stop()
+
+    async def apply_catalog_records(messages) -> None:
+        upserts = {}
+        for message in messages:
+            item_id = message.key.decode("utf-8", "replace") if message.key else None
+            if message.value is None:  # tombstone
+                if item_id:
+                    upserts.pop(item_id, None)
+                    recommender.index.remove(item_id)
+                continue
+            try:
+                item = parse_item(message.value, max_bytes=settings.max_record_bytes)
+            except InvalidRecord as e:
+                await send_to_dlq(message, e.reason)
+                continue
+            if item.available:
+                upserts[item.item_id] = item
+            else:
+                upserts.pop(item.item_id, None)
+                recommender.index.remove(item.item_id)
+        if upserts:
+            items = list(upserts.values())
+            vectors = await asyncio.to_thread(recommender.embed_items, items)  # ONNX releases the GIL
+            recommender.add_items(items, vectors)
+
+    @app.page("/health")
+    async def health(web, request):
+        """200 once tables are recovered and the catalog is loaded; 503 before."""
+        ready = catalog_ready.is_set() and app.tables.recovery.completed.is_set() and not app.in_recovery
+        body = {"status": "ok" if ready else "starting", "model_version": recommender.model_version,
+                "catalog_items": len(recommender.index)}
+        return web.json(body, status=200 if ready else 503)
+
+    return app

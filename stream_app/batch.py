@@ -1,0 +1,53 @@
+"""`streamrec predict`: batch top-k for user histories through the worker's Recommender."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from export.registry import Registry
+from export.runtime import load_runtime
+from state.window import UserWindow, WindowEvent
+from stream_app.recommender import Recommender
+from stream_app.schemas import Item, epoch_seconds
+from stream_app.settings import Settings
+
+BATCH = 256
+
+
+def _catalog_items(recommender: Recommender, catalog: Path | None) -> list[Item]:
+    if catalog is None:  # the model's own catalog: ids only, vectors already computed
+        return [Item(item_id=i, title=i) for i in recommender.runtime.catalog_ids]
+    if catalog.is_dir():
+        from encoders.data import read_records
+
+        _, records = read_records(catalog)
+    else:
+        records = [json.loads(line) for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [Item.model_validate(r) for r in records]
+
+
+def window_from_history(events: list[dict], settings: Settings) -> UserWindow:
+    new = [WindowEvent(str(n), str(e["item_id"]), e.get("event_type", "view"), epoch_seconds(e["ts"]))
+           for n, e in enumerate(events)]
+    return UserWindow().with_events(new, settings.window_size, settings.window_max_age_days * 86_400.0)
+
+
+def predict_file(settings: Settings, input_path: Path, out_path: Path, version: str | None,
+                 catalog: Path | None) -> int:
+    runtime = load_runtime(Registry(settings.registry).load(version), intra_op_threads=settings.inference_threads)
+    recommender = Recommender.create(runtime, settings.event_weights, settings.top_k, settings.trending_half_life_s)
+    items = _catalog_items(recommender, catalog)
+    if not items:
+        raise SystemExit(f"model {runtime.version.name} has no catalog of its own: pass --catalog")
+    recommender.add_items(items, recommender.embed_items(items))
+    lines = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with out_path.open("w", encoding="utf-8") as out:
+        for start in tqdm(range(0, len(lines), BATCH), desc="predict", unit="batch"):
+            chunk = lines[start:start + BATCH]
+            windows = [window_from_history(u["events"], settings) for u in chunk]
+            for user, recs in zip(chunk, recommender.recommend(windows)):
+                out.write(json.dumps({"user_id": user["user_id"], "items": [r.asdict() for r in recs]}) + "\n")
+    return len(lines)

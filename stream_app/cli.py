@@ -1,0 +1,117 @@
+"""The `streamrec` command. Torch-free at import: training commands import the
+trainer only when they run, so `streamrec worker` never loads torch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stream_app.settings import Settings
+
+app = typer.Typer(help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+
+def _settings(**overrides) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def broker(host: str = "127.0.0.1", port: int = 9092):
+    """Run the embedded Kafka-compatible broker (Tansu) in the foreground until SIGINT/SIGTERM."""
+    from stream_app.broker import broker_command
+
+    command = broker_command(host, port)
+    os.execv(command[0], command)  # the broker itself handles SIGINT/SIGTERM
+
+
+@app.command()
+def worker(broker: Optional[str] = None, data_dir: Optional[Path] = None, registry: Optional[Path] = None,
+           web_port: Optional[int] = None, loglevel: str = "info"):
+    """Run the Faust worker: events in, recommendations out."""
+    from stream_app.worker import run_worker
+
+    run_worker(_settings(broker=broker, data_dir=data_dir, registry=registry, web_port=web_port), loglevel)
+
+
+@app.command()
+def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/items JSONL"),
+           catalog: bool = typer.Option(True, help="publish the items to the items topic"),
+           events: bool = typer.Option(True, help="publish the interactions to the events topic"),
+           rate: float = typer.Option(500.0, help="events per second (0 = as fast as possible)"),
+           limit: Optional[int] = typer.Option(None, help="publish only the first N events"),
+           broker: Optional[str] = None):
+    """Publish a dataset's catalog and/or interactions, in timestamp order."""
+    from stream_app.kafka import ensure_topics
+    from stream_app.replay import dataset_records, publish
+
+    settings = _settings(broker=broker)
+    items, stream = dataset_records(data)
+    stream = stream[:limit] if limit else stream
+
+    async def run():
+        await ensure_topics(settings)
+        if catalog:
+            await publish(settings, settings.topics.items, items, len(items), desc="items")
+        if events:
+            await publish(settings, settings.topics.events, stream, len(stream), rate or None, desc="events")
+
+    asyncio.run(run())
+
+
+@app.command()
+def recommendations(user: Optional[str] = typer.Option(None, help="only this user"),
+                    follow: bool = typer.Option(False, help="keep printing new records"),
+                    broker: Optional[str] = None):
+    """Print records from the recommendations topic (JSON lines)."""
+    from stream_app.consume import read_recommendations
+
+    async def run():
+        async for record in read_recommendations(_settings(broker=broker), follow=follow):
+            if user is None or record["user_id"] == user:
+                print(json.dumps(record), flush=True)
+
+    asyncio.run(run())
+
+
+@app.command()
+def predict(input: Path = typer.Option(..., help="JSONL: {user_id, events: [{item_id, event_type, ts}]}"),
+            out: Path = typer.Option(..., help="JSONL output"), k: int = 10,
+            version: Optional[str] = typer.Option(None, help="model version (default: latest)"),
+            catalog: Optional[Path] = typer.Option(None, help="items JSONL or RecBole dir; default: the model's catalog"),
+            registry: Optional[Path] = None):
+    """Batch top-k for user histories, with the worker's own scoring code."""
+    from stream_app.batch import predict_file
+
+    n = predict_file(_settings(registry=registry, top_k=k), input, out, version, catalog)
+    typer.echo(f"wrote {n} users to {out}")
+
+
+@app.command()
+def demo(data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
+         rate: float = 300.0, events: int = 6000, users: int = 4, port: int = 0):
+    """Embedded broker + worker + replay, with a live table of a few users' top-10."""
+    from stream_app.demo import run_demo
+
+    sys.exit(run_demo(data, rate=rate, n_events=events, n_users=users, port=port))
+
+
+def _mount_trainer_commands() -> None:
+    """train/evaluate (encoders) and export/models (export) define their own torch-free CLIs."""
+    from encoders.cli import app as trainer_app
+    from export.cli import app as export_app
+
+    app.add_typer(trainer_app)
+    app.add_typer(export_app)
+
+
+_mount_trainer_commands()
+
+if __name__ == "__main__":
+    app()

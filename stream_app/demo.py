@@ -1,0 +1,117 @@
+"""`make demo`: embedded broker + one worker + a MovieLens replay, watched live.
+
+Everything started here is stopped here, by the process handles we hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from stream_app.broker import EmbeddedBroker
+from stream_app.consume import read_recommendations
+from stream_app.kafka import ensure_topics
+from stream_app.replay import dataset_records, publish
+from stream_app.settings import Settings
+
+WORKER_START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, STREAMREC_BROKER=settings.broker, STREAMREC_DATA_DIR=str(settings.data_dir),
+               STREAMREC_REGISTRY=str(settings.registry), STREAMREC_WEB_PORT=str(settings.web_port))
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def render(latest: dict[str, dict], titles: dict[str, str], received: int, sent: int) -> Group:
+    tables = []
+    for user, record in latest.items():
+        table = Table(title=f"user {user} · model {record['model_version']} · after event {record['trigger_event_id']}",
+                      title_justify="left", expand=True)
+        table.add_column("#", width=3)
+        table.add_column("recommended")
+        table.add_column("score", justify="right", width=7)
+        table.add_column("because you watched")
+        for rank, item in enumerate(record["items"][:10], 1):
+            because = titles.get(item.get("because") or "", "(trending)")
+            table.add_row(str(rank), titles.get(item["item_id"], item["item_id"]), f"{item['score']:.3f}", because)
+        tables.append(table)
+    return Group(f"events published {sent} · recommendation records received {received}", *tables)
+
+
+async def _run(settings: Settings, data: Path, rate: float, n_events: int, n_users: int, console: Console) -> int:
+    items, events = dataset_records(data)
+    events = events[:n_events]
+    titles = {key: value["title"] for key, value in items}
+    watched = [u for u, _ in Counter(key for key, _ in events).most_common(n_users)]
+    await ensure_topics(settings)
+    await publish(settings, settings.topics.items, items, len(items), desc="catalog → items")
+    latest: dict[str, dict] = {}
+    received = 0
+    sent_task = asyncio.create_task(
+        publish(settings, settings.topics.events, events, len(events), rate, desc="replay → events"))
+    budget_s = WORKER_START_TIMEOUT_S + len(events) / rate
+    try:
+        async with asyncio.timeout(budget_s):
+            with Live(render(latest, titles, 0, 0), console=console, refresh_per_second=4) as live:
+                async for record in read_recommendations(settings, follow=True, idle_s=0.25):
+                    received += 1
+                    if record["user_id"] in watched:
+                        latest[record["user_id"]] = record
+                    live.update(render(latest, titles, received, len(events) if sent_task.done() else 0))
+                    if sent_task.done() and len(latest) == len(watched) and _caught_up(latest, events):
+                        break
+    except TimeoutError:
+        console.print(f"[red]no complete recommendations within {budget_s:.0f}s; see the worker log")
+        return 1
+    await sent_task
+    console.print(f"done: {len(events)} events replayed, {received} recommendation records received")
+    return 0
+
+
+def _caught_up(latest: dict[str, dict], events: list[tuple[str, dict]]) -> bool:
+    """Every watched user's latest list was triggered by that user's last replayed event."""
+    last_event = {user: event["event_id"] for user, event in events}
+    return all(record["trigger_event_id"] == last_event[user] for user, record in latest.items())
+
+
+def run_demo(data: Path, rate: float, n_events: int, n_users: int, port: int) -> int:
+    console = Console()
+    workdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
+    broker = EmbeddedBroker(port=port or free_port(), log_path=workdir / "broker.log")
+    settings = Settings(broker=broker.url, data_dir=workdir / "state", web_port=free_port())
+    console.print(f"broker {broker.url} · worker state {settings.data_dir} · logs in {workdir}")
+    with broker:
+        worker = start_worker(settings, workdir / "worker.log")
+        try:
+            return asyncio.run(_run(settings, data, rate, n_events, n_users, console))
+        finally:
+            stop(worker)

@@ -1,0 +1,129 @@
+"""Scoring: a batch of user windows in, a batch of top-k lists out.
+
+The one scoring path shared by the worker and `streamrec predict`. NumPy and
+onnxruntime only: the user tower (or, for the zero-training baseline, a
+recency- and event-weighted mean of the window's item vectors), then exact
+top-k over the live item index, minus what each user already touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from export.features import item_text, left_pad, recency_buckets
+from export.runtime import ModelRuntime
+from state.item_index import ItemIndex
+from state.popularity import TrendingCounter
+from state.window import UserWindow
+from stream_app.schemas import Item, RecommendedItem
+
+BASELINE_RECENCY_DECAY = 0.9  # each older event counts 10% less in the baseline user vector
+
+
+@dataclass
+class Recommender:
+    runtime: ModelRuntime
+    event_weights: dict[str, float]
+    k: int
+    index: ItemIndex
+    trending: TrendingCounter
+    catalog_row: dict[str, int]  # item id -> row of the model's own catalog vectors
+
+    @classmethod
+    def create(cls, runtime: ModelRuntime, event_weights: dict[str, float], k: int, trending_half_life_s: float):
+        index = ItemIndex(int(runtime.version.config["dim"]))
+        catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
+        return cls(runtime, event_weights, k, index, TrendingCounter(trending_half_life_s), catalog_row)
+
+    @property
+    def model_version(self) -> str:
+        return self.runtime.version.name
+
+    # -- catalog -------------------------------------------------------------------
+    def embed_items(self, items: Sequence[Item]) -> np.ndarray:
+        """Item vectors [N, D]: the trained vector where the model has one (it carries the
+        learned ID residual), else the item tower over the item's text."""
+        known = self.catalog_row
+        vectors = np.zeros((len(items), self.index.dim), dtype=np.float32)
+        unknown = [i for i, item in enumerate(items) if item.item_id not in known]
+        for i, item in enumerate(items):
+            if item.item_id in known:
+                vectors[i] = self.runtime.catalog_vectors[known[item.item_id]]
+        if unknown:
+            texts = [item_text(items[i].title, items[i].description, items[i].categories) for i in unknown]
+            vectors[unknown] = self.runtime.item_encoder.encode(texts)
+        return vectors
+
+    def add_items(self, items: Sequence[Item], vectors: np.ndarray) -> None:
+        for item, vector in zip(items, vectors):
+            self.index.upsert(item.item_id, vector, item.title)
+
+    # -- users ---------------------------------------------------------------------
+    def observe(self, item_id: str, event_type: str, ts: float) -> None:
+        self.trending.add(item_id, self.event_weights.get(event_type, 1.0), ts)
+
+    def recommend(self, windows: Sequence[UserWindow]) -> list[list[RecommendedItem]]:
+        spec = self.runtime.feature_spec
+        histories = [w.item_ids[-spec.max_len:] for w in windows]
+        vectors, known = zip(*(self.index.vectors_of(h) for h in histories)) if windows else ((), ())
+        has_history = np.array([k.any() for k in known], dtype=bool)
+        users = self._user_vectors(windows, vectors, known, has_history)  # [B, D]
+        exclude = [set(w.item_ids) for w in windows]
+        ranked = self.index.top_k(users, self.k, exclude)
+        results = []
+        for b, window in enumerate(windows):
+            if has_history[b]:
+                results.append(self._explain(ranked[b], histories[b], vectors[b], known[b]))
+            else:
+                trending = self.trending.top(self.k, allowed=self.index.row_of.keys(), exclude=exclude[b])
+                results.append([RecommendedItem(item_id=i, score=s) for i, s in trending])
+        return results
+
+    def _user_vectors(self, windows, vectors, known, has_history) -> np.ndarray:
+        users = np.zeros((len(windows), self.index.dim), dtype=np.float32)
+        rows = np.flatnonzero(has_history)
+        if not len(rows):
+            return users
+        if self.runtime.user_encoder is None:
+            for b in rows:
+                users[b] = self._weighted_mean(windows[b], vectors[b], known[b])
+            return users
+        spec = self.runtime.feature_spec
+        T = spec.max_len
+        masks = [known[b] for b in rows]
+        seq = np.zeros((len(rows), T, self.index.dim), dtype=np.float32)  # [B', T, D], left-padded
+        for j, b in enumerate(rows):
+            v = vectors[b][known[b]][-T:]
+            seq[j, T - len(v):] = v
+        types = left_pad([np.array([spec.event_type_id(t) for t in windows[b].event_types[-T:]])[m]
+                          for b, m in zip(rows, masks)], T)
+        ts = left_pad([np.array(windows[b].ts[-T:], dtype=np.float64)[m] for b, m in zip(rows, masks)], T)
+        mask = types > 0
+        buckets = recency_buckets(ts, mask, spec.n_time_buckets)
+        users[rows] = self.runtime.user_encoder.encode(seq, types, buckets, mask)
+        return users
+
+    def _weighted_mean(self, window: UserWindow, vectors: np.ndarray, known: np.ndarray) -> np.ndarray:
+        n = len(vectors)
+        types = window.event_types[-n:]
+        recency = BASELINE_RECENCY_DECAY ** np.arange(n - 1, -1, -1)  # newest event weighs 1
+        weights = np.array([self.event_weights.get(t, 1.0) for t in types]) * recency * known
+        return (weights[:, None] * vectors).sum(0) / weights.sum()
+
+    def _explain(self, ranked, history: list[str], vectors: np.ndarray, known: np.ndarray) -> list[RecommendedItem]:
+        """`because` = the history item most similar (cosine) to each recommended item."""
+        if not ranked:
+            return []
+        hist = vectors[known]
+        hist_ids = [h for h, k in zip(history, known) if k]
+        recs, _ = self.index.vectors_of([i for i, _ in ranked])
+        sims = _normalise(recs) @ _normalise(hist).T  # [k, T']
+        best = sims.argmax(axis=1)
+        return [RecommendedItem(item_id=i, score=s, because=hist_ids[j]) for (i, s), j in zip(ranked, best)]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,128 @@
+"""Wire contracts (docs/topics.md): pydantic validation of what producers send,
+Faust records for what the worker publishes."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, List, Optional
+
+import faust
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from export.exceptions import StreamrecError
+
+_ID = Field(min_length=1, max_length=256)
+
+
+class InvalidRecord(StreamrecError):
+    """A record that breaks the contract; `reason` goes to the dead-letter topic."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def epoch_seconds(ts: int | float | str) -> float:
+    """`ts` as epoch milliseconds or an ISO-8601 string -> epoch seconds."""
+    if isinstance(ts, bool):
+        raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
+    if isinstance(ts, (int, float)):
+        seconds = float(ts) / 1000.0
+    else:
+        parsed = datetime.fromisoformat(ts)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        seconds = parsed.timestamp()
+    if not (seconds >= 0.0):  # also rejects NaN
+        raise ValueError(f"ts {ts!r} is before 1970")
+    return seconds
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    event_id: str = _ID
+    user_id: str = _ID
+    item_id: str = _ID
+    event_type: str = _ID
+    ts: float  # epoch seconds after validation
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts(cls, value: Any) -> float:
+        if not isinstance(value, (int, float, str)):
+            raise ValueError("ts must be epoch milliseconds or an ISO-8601 string")
+        return epoch_seconds(value)
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    item_id: str = _ID
+    title: str = Field(min_length=1, max_length=1_000)
+    description: Optional[str] = Field(default=None, max_length=5_000)
+    categories: Optional[List[str]] = None
+    available: bool = True
+
+
+def _decode(raw: bytes | None, max_bytes: int) -> dict:
+    if raw is None:
+        raise InvalidRecord("empty value")
+    if len(raw) > max_bytes:
+        raise InvalidRecord(f"record of {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidRecord(f"not UTF-8: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise InvalidRecord(f"not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidRecord(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _validate(model: type[BaseModel], value: dict) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+        raise InvalidRecord(f"invalid {model.__name__.lower()}: {problems}") from None
+
+
+def parse_event(
+    raw: bytes | None, *, max_bytes: int, event_types: set[str], max_future_skew_s: float
+) -> Event:
+    event: Event = _validate(Event, _decode(raw, max_bytes))
+    if event.event_type not in event_types:
+        raise InvalidRecord(f"unknown event_type {event.event_type!r}; expected one of {sorted(event_types)}")
+    if event.ts > time.time() + max_future_skew_s:
+        raise InvalidRecord(f"ts {event.ts:.0f} is more than {max_future_skew_s:.0f}s in the future")
+    return event
+
+
+def parse_item(raw: bytes | None, *, max_bytes: int) -> Item:
+    return _validate(Item, _decode(raw, max_bytes))
+
+
+class RecommendedItem(faust.Record, serializer="json", include_metadata=False):
+    item_id: str
+    score: float
+    because: Optional[str] = None  # the history item that most supports this one
+
+
+class Recommendation(faust.Record, serializer="json", include_metadata=False):
+    user_id: str
+    items: List[RecommendedItem]
+    model_version: str
+    generated_at: int  # epoch milliseconds
+    trigger_event_id: str
+
+
+class ModelUpdate(faust.Record, serializer="json", include_metadata=False):
+    version: str
+    path: str
+    sha256: str
+    created_at: str
+    metrics: dict

@@ -1,0 +1,66 @@
+"""All runtime settings in one frozen class: env vars with prefix STREAMREC_, or CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseModel, frozen=True):
+    events: str = "events"
+    items: str = "items"
+    recommendations: str = "recommendations"
+    dlq: str = "events-dlq"
+    model_updates: str = "model-updates"
+
+
+class KafkaSecurity(BaseModel, frozen=True):
+    """Passed through to every Kafka client (Faust, aiokafka); defaults suit the local broker."""
+
+    protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", env_nested_delimiter="__", frozen=True)
+
+    broker: str = "kafka://127.0.0.1:9092"
+    data_dir: Path = Path(".streamrec/state")  # RocksDB tables (one dir per worker)
+    registry: Path = Path(".streamrec/registry")  # versioned models
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    app_id: str = "streamrec"
+    topics: Topics = Topics()
+    security: KafkaSecurity = KafkaSecurity()
+    partitions: int = 1  # used when the worker creates missing topics
+
+    # Behaviour window per user.
+    window_size: int = 50
+    window_max_age_days: float = 365.0  # relative to the user's newest event (event time)
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "purchase": 4.0}
+    )  # event types accepted; weights drive the baseline and trending
+    max_record_bytes: int = 16_384  # larger records go to the DLQ before parsing
+    max_future_skew_s: float = 86_400.0  # events stamped further in the future are rejected
+
+    # Micro-batching and output.
+    batch_size: int = 256
+    batch_window_s: float = 0.02
+    top_k: int = 10
+    trending_half_life_s: float = 3_600.0
+
+    # Kafka client tuning (see docs/ARCHITECTURE.md: quirks of the embedded broker).
+    fetch_max_wait_ms: int = 10
+    producer_linger_ms: int = 5
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    inference_threads: int = 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.removeprefix("kafka://").replace(";", ",")

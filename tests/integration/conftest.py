@@ -1,0 +1,168 @@
+"""Real components: a Tansu broker process, worker processes with RocksDB state dirs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stream_app.broker import EmbeddedBroker
+from stream_app.demo import free_port
+from stream_app.settings import Settings, Topics
+
+ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    with EmbeddedBroker(port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def baseline_registry(tmp_path_factory) -> Path:
+    """A registry holding the zero-training baseline (pretrained MiniLM item tower, exported to ONNX)."""
+    from export.baseline import build_baseline_version
+    from export.registry import Registry
+
+    root = tmp_path_factory.mktemp("registry")
+    build_baseline_version(Registry(root))
+    return root
+
+
+@pytest.fixture
+def settings(broker, baseline_registry, tmp_path) -> Settings:
+    """Fresh topic names and app id per test: the broker is shared by the session."""
+    tag = uuid.uuid4().hex[:8]
+    topics = Topics(events=f"events-{tag}", items=f"items-{tag}", recommendations=f"recs-{tag}",
+                    dlq=f"dlq-{tag}", model_updates=f"updates-{tag}")
+    return Settings(broker=broker.url, data_dir=tmp_path / "state", registry=baseline_registry,
+                    web_port=free_port(), app_id=f"streamrec-{tag}", topics=topics, session_timeout_s=6.0)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.update({
+        "STREAMREC_BROKER": settings.broker, "STREAMREC_DATA_DIR": str(settings.data_dir),
+        "STREAMREC_REGISTRY": str(settings.registry), "STREAMREC_WEB_PORT": str(settings.web_port),
+        "STREAMREC_APP_ID": settings.app_id, "STREAMREC_TOPICS": settings.topics.model_dump_json(),
+        "STREAMREC_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+        "STREAMREC_PARTITIONS": str(settings.partitions),
+    })
+    return env
+
+
+class WorkerProcess:
+    """`streamrec worker` as a child process; stopped by its PID only."""
+
+    def __init__(self, settings: Settings, log_path: Path):
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120.0) -> "WorkerProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], cwd=REPO,
+                                            env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not self.healthy():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not healthy after {timeout_s}s:\n{self.log()[-4000:]}")
+            time.sleep(0.5)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    workers: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log").start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def ml100k_items(n: int) -> list[tuple[str, dict]]:
+    from stream_app.replay import dataset_records
+
+    items, _ = dataset_records(ML100K)
+    return items[:n]
+
+
+def dumps(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+async def produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send raw (key, value) pairs, in order, each acknowledged."""
+    from stream_app.replay import producer
+
+    async with producer(settings) as p:
+        for key, value in records:
+            await p.send_and_wait(topic, value, key=key)
+
+
+async def consume_until(settings: Settings, topic: str, done, timeout_s: float = 60.0) -> list:
+    """All records of `topic` from the start, once `done(records)` holds (or fail after timeout_s)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not done(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: condition not met after {timeout_s}s with {len(records)} records")
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(messages)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def latest_by_user(records) -> dict[str, dict]:
+    latest = {}
+    for r in records:
+        value = json.loads(r.value)
+        latest[value["user_id"]] = value
+    return latest
