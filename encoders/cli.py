@@ -27,6 +27,9 @@ def train(
     epochs: int = typer.Option(300, help="Upper bound on epochs; early stopping on validation NDCG@10."),
     max_minutes: float = typer.Option(10.0, help="Wall-clock budget for the training loop."),
     patience: int = typer.Option(20, help="Epochs without a better validation NDCG@10 before stopping."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+    batch_size: int = typer.Option(128, help="Training windows per step."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
     dim: int = typer.Option(64, help="Model width: item vectors, user tower, user vector."),
     layers: int = typer.Option(2, help="User-tower transformer blocks."),
     heads: int = typer.Option(2, help="Attention heads per block."),
@@ -55,8 +58,8 @@ def train(
         user_tower=UserTowerConfig(dim=dim, n_layers=layers, n_heads=heads, dropout=dropout),
         use_text=text, id_residual=id_residual,
     )
-    config = TrainConfig(seed=seed, epochs=epochs, max_minutes=max_minutes, patience=patience, loss=loss,
-                         features=FeatureSpec(max_len=max_len))
+    config = TrainConfig(seed=seed, epochs=epochs, max_minutes=max_minutes, patience=patience, lr=lr,
+                         batch_size=batch_size, threads=threads, loss=loss, features=FeatureSpec(max_len=max_len))
     checkpoint = run(data, out, model_config, config)
     typer.echo(f"checkpoint: {checkpoint}")
     if not no_export:

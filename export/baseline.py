@@ -21,7 +21,7 @@ from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_d
 from export.artifacts import feature_spec_dict, write_catalog, write_json
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
-from export.parity import raise_if_failed, torch_item_vectors, validate_item_tower
+from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
 from export.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,11 @@ def versions_info() -> dict:
 
 def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | None = None, *,
                            text_model_dir: str = "", max_tokens: int = 32, make_latest: bool = True,
-                           version: str | None = None) -> ModelVersion:
-    """Export, check and register the baseline. catalog: (item_id, text) pairs, may be empty."""
+                           version: str | None = None, parity_grid: dict | None = None) -> ModelVersion:
+    """Export, check and register the baseline. catalog: (item_id, text) pairs, may be empty.
+
+    parity_grid: {"batch": (...), "tokens": (...)} for the random-input cases (default ITEM_GRID).
+    """
     catalog = list(catalog or [])
     tower = ItemTower(ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=None, max_tokens=max_tokens)).eval()
     hf_tok = hf_tokenizer_of(tower)
@@ -70,7 +73,8 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
         write_catalog(staging, ids, vectors, dim)
 
         report = validate_item_tower(tower, hf_tok, staging / "item.onnx", staging / "tokenizer.json", onnx_config,
-                                     texts=texts or SAMPLE_TEXTS, max_tokens=max_tokens)
+                                     texts=texts or SAMPLE_TEXTS, max_tokens=max_tokens,
+                                     grid=parity_grid or ITEM_GRID)
         log.info("parity %s", report.summary())
         raise_if_failed(report)
 

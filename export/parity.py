@@ -180,8 +180,12 @@ def torch_item_vectors(tower: torch.nn.Module, hf_tokenizer, texts: list[str], m
 
 def validate_item_tower(tower: torch.nn.Module, hf_tokenizer, onnx_path: Path, tokenizer_path: Path,
                         config: OnnxConfig, *, texts: list[str], max_tokens: int,
-                        grid: dict[str, tuple[int, ...]] = ITEM_GRID, seed: int = 0) -> ParityReport:
-    """item.onnx vs the torch item tower: signature, random grid, the whole catalog, neighbour rankings."""
+                        grid: dict[str, tuple[int, ...]] = ITEM_GRID, seed: int = 0,
+                        torch_vectors: np.ndarray | None = None) -> ParityReport:
+    """item.onnx vs the torch item tower: signature, random grid, the whole catalog, neighbour rankings.
+
+    torch_vectors: `torch_item_vectors(tower, hf_tokenizer, texts, max_tokens)` if already computed.
+    """
     report = ParityReport("item.onnx", config.atol)
     tower = tower.eval()
     session = make_session(onnx_path, device="cpu")
@@ -212,7 +216,7 @@ def validate_item_tower(tower: torch.nn.Module, hf_tokenizer, onnx_path: Path, t
                         f"texts, e.g. {texts[i]!r}: {list(runtime_ids[i])[:12]} vs {list(trainer_ids[i])[:12]}")
         dim = session.get_outputs()[0].shape[1]
         encoder = ItemEncoder(session, tokenizer, dim if isinstance(dim, int) else -1)
-        expected = torch_item_vectors(tower, hf_tokenizer, texts, max_tokens)
+        expected = torch_item_vectors(tower, hf_tokenizer, texts, max_tokens) if torch_vectors is None else torch_vectors
         encoder.dim = expected.shape[1]
         case = f"catalog text ({len(texts)} items, runtime tokenizer + batching)"
         actual = attempt(report, case, lambda: encoder.encode(texts))

@@ -118,9 +118,10 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
             catalog = model.catalog_vectors().float().numpy()  # [N, D], what the worker scores against
         write_catalog(staging, item_ids, catalog, dim)
 
+        text_vectors = torch_item_vectors(model.item_tower, hf_tok, item_texts, max_tokens)  # [N, D] reference
         item_report = validate_item_tower(model.item_tower, hf_tok, staging / "item.onnx", staging / "tokenizer.json",
-                                          item_onnx, texts=item_texts, max_tokens=max_tokens)
-        check_text_cache(model, torch_item_vectors(model.item_tower, hf_tok, item_texts, max_tokens), item_report)
+                                          item_onnx, texts=item_texts, max_tokens=max_tokens, torch_vectors=text_vectors)
+        check_text_cache(model, text_vectors, item_report)
         windows = (windows_from_data(data_dir, item_ids, spec) if data_dir is not None
                    else synthetic_windows(len(item_ids), spec))
         user_report = validate_user_tower(model.user_tower, staging / "user.onnx", user_onnx, spec,

@@ -6,7 +6,7 @@
   `get_available_providers()` even on a machine without a GPU or CUDA libraries, so
   that list proves nothing. We ask the driver for a device first (no driver, no GPU:
   straight to CPU, silently), then check which provider the session actually got.
-- All graph optimisations on; intra-op threads from the caller, default 1: two threads
+- All graph optimisations on (but one that miscompiles, see DISABLED_OPTIMIZERS); intra-op threads from the caller, default 1: two threads
   help ~1.5x on an idle machine but collapse when another process competes for the
   cores (docs/DESIGN: torch at batch 1 went from 0.35 ms to 170 ms). Spinning off, so an
   idle worker does not burn the cores it shares.
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 Device = Literal["auto", "cpu", "cuda"]
+# onnxruntime 1.31.1's GatherToSliceFusion rewrites Gather(table, Range(T-1, -1, -1)) into
+# Slice(table, T-1, -1, -1), but Slice reads end=-1 as "the last row", so the result is empty:
+# a user tower indexing positions "from the newest event" (torch.arange(T-1, -1, -1)) fails.
+# Found by the parity tests (tests/unit/test_export_parity.py::StandInUserTower).
+DISABLED_OPTIMIZERS = ["GatherToSliceFusion"]
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
              "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
@@ -71,7 +76,8 @@ def _try_cuda(path: str, so: ort.SessionOptions) -> ort.InferenceSession | None:
     """A CUDA session if the provider really initialises, else None (its load errors muted)."""
     ort.set_default_logger_severity(4)  # a failed CUDA provider load logs an ERROR per session
     try:
-        session = ort.InferenceSession(path, sess_options=so, providers=[CUDA, CPU])
+        session = ort.InferenceSession(path, sess_options=so, providers=[CUDA, CPU],
+                                       disabled_optimizers=DISABLED_OPTIMIZERS)
     except Exception as e:  # noqa: BLE001 - any failure here means "use the CPU"
         log.info("CUDA session for %s failed (%s); using the CPU", path, e)
         return None
@@ -100,7 +106,7 @@ def make_session(path: str | Path, intra_op_threads: int = 1, *, inter_op_thread
         if device == "cuda":
             raise RuntimeError(f"device='cuda' requested but CUDA is not usable here for {path} "
                                f"(driver devices: {cuda_device_count()}); use device='auto' or 'cpu'")
-        session = ort.InferenceSession(path, sess_options=so, providers=[CPU])
+        session = ort.InferenceSession(path, sess_options=so, providers=[CPU], disabled_optimizers=DISABLED_OPTIMIZERS)
     log.info("onnxruntime session %s on %s (intra-op threads %d)", path, session.get_providers()[0], intra_op_threads)
     if warmup:
         warm_up(session)

@@ -82,12 +82,23 @@ class WorkerProcess:
             time.sleep(0.5)
         return self
 
-    def healthy(self) -> bool:
+    def health(self) -> dict | None:
+        """The /health body, None while the worker cannot answer or is not ready."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=1) as r:
-                return r.status == 200
+                return json.loads(r.read())
         except OSError:
-            return False
+            return None
+
+    def healthy(self) -> bool:
+        return self.health() is not None
+
+    def wait_for_catalog(self, n_items: int, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (self.health() or {}).get("catalog_items") != n_items:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"catalog never reached {n_items} items: {self.health()}")
+            time.sleep(0.2)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -166,3 +177,28 @@ def latest_by_user(records) -> dict[str, dict]:
         value = json.loads(r.value)
         latest[value["user_id"]] = value
     return latest
+
+
+def read_windows(data_dir: Path) -> dict[str, "UserWindow"]:
+    """The windows table straight from the worker's RocksDB files (worker stopped)."""
+    from rocksdict import AccessType, Options, Rdict
+
+    from state.window import UserWindow
+
+    windows = {}
+    for path in sorted(Path(data_dir).glob("v*/tables/windows-*.db")):
+        db = Rdict(str(path), access_type=AccessType.read_only(), options=Options(raw_mode=True))
+        try:
+            for key, value in db.items():
+                if not key.startswith(b"__faust"):  # Faust keeps its changelog offset beside the data
+                    windows[json.loads(key)] = UserWindow.loads(value, serializer="json")
+        finally:
+            db.close()
+    return windows
+
+
+def event(n: int, user: str, item: str, kind: str = "view", ts: int | None = None) -> tuple[bytes, bytes]:
+    """A valid `events` record keyed by user; event n happens n seconds after a fixed start."""
+    value = {"event_id": f"{user}-{n}", "user_id": user, "item_id": item, "event_type": kind,
+             "ts": ts if ts is not None else 1_700_000_000_000 + n * 1000}
+    return user.encode(), dumps(value)
