@@ -59,7 +59,7 @@ def warm_items(train: Interactions) -> np.ndarray:
 class Evaluation:
     recbole: dict[str, float]  # nothing hidden (targets refer to this)
     product: dict[str, float]  # history items excluded
-    cold_hr10: float  # HR@10 (recbole setting) on cases whose target is cold
+    cold_hr10: float | None  # HR@10 (recbole setting) on cases whose target is cold; None if there are none
     n_cases: int
     n_cold: int
 
@@ -74,7 +74,7 @@ def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarr
     return Evaluation(
         recbole=ranking_metrics(ranks),
         product=ranking_metrics(target_ranks(seen, targets)),
-        cold_hr10=float(np.mean(ranks[cold] < 10)) if cold.any() else float("nan"),
+        cold_hr10=float(np.mean(ranks[cold] < 10)) if cold.any() else None,
         n_cases=len(targets), n_cold=int(cold.sum()),
     )
 
@@ -91,9 +91,10 @@ def evaluate_popularity(split: Split) -> Evaluation:
     return evaluate_scores(scores, split.test_history, split.test_targets, warm_items(split.train))
 
 
-def _mean_spread(values: list[float]) -> str:
-    """'mean ± std' over seeds (population std; '±0' for one run)."""
-    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+def _mean_spread(values: list[float | None]) -> str:
+    """'mean ± std' over runs (population std); 'n/a' when no run has a value."""
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "n/a"
 
 
 def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path) -> Path:

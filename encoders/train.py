@@ -33,8 +33,8 @@ from export.features import FeatureSpec, left_pad
 class TrainConfig:
     seed: int = 0
     epochs: int = 300  # upper bound; early stopping usually ends sooner
-    batch_size: int = 128  # windows per step
-    lr: float = 1e-3  # AdamW, user tower, projection and ID residual
+    batch_size: int = 64  # windows per step
+    lr: float = 2e-3  # AdamW, user tower, projection and ID residual
     lm_lr: float = 2e-5  # AdamW for fine-tuned LM layers (train_top_layers > 0)
     weight_decay: float = 0.01
     patience: int = 20  # epochs without a better validation NDCG@10 before stopping

@@ -114,5 +114,34 @@ def bootstrap_command(
     typer.echo(f"registered {version.name} at {version.path}" + (" (latest)" if make_latest else ""))
 
 
+@models.command("ensure")
+def ensure_command(
+    data: Path = typer.Option(..., exists=True, file_okay=False, help="interactions + catalog (e.g. ml-100k)"),
+    registry: Path = RegistryOption,
+    baseline: bool = typer.Option(False, "--baseline", help="build the zero-training baseline instead of training"),
+) -> None:
+    """Make sure the registry has a loadable latest version: keep it, else train (or bootstrap) one."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from export.registry import Registry
+
+    reg = Registry(registry)
+    if reg.latest() is not None:
+        try:
+            version = reg.load()
+            typer.echo(f"latest model: {version.name} ({version.kind}) at {version.path}")
+            return
+        except StreamrecError as e:
+            typer.secho(f"latest version is not loadable, building a new one: {e}", fg=typer.colors.YELLOW, err=True)
+    if baseline:
+        bootstrap_command(registry=registry, data=data, max_tokens=32, latest=True)
+        return
+    import os
+
+    from encoders.cli import app as trainer_app  # `streamrec train`, with its own defaults
+
+    os.environ["STREAMREC_REGISTRY"] = str(registry)
+    typer.main.get_command(trainer_app).main(["train", "--data", str(data)], standalone_mode=False)
+
+
 if __name__ == "__main__":
     app()

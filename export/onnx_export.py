@@ -88,8 +88,8 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor]
         raise ValueError(f"example inputs {list(example_inputs)} must match config inputs {list(config.inputs)}")
     module = module.eval()
     args = tuple(example_inputs.values())
-    # onnx_ir logs one INFO line per deduplicated initializer; torch warns about torchvision ops
-    quiet = [logging.getLogger(n) for n in ("onnx_ir", "torch.onnx._internal.exporter._registration")]
+    # onnx_ir and onnxscript log an INFO line per rewrite; torch warns about absent torchvision ops
+    quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx._internal.exporter._registration")]
     levels = [q.level for q in quiet]
     for q in quiet:
         q.setLevel(logging.ERROR)

@@ -214,10 +214,8 @@ def validate_item_tower(tower: torch.nn.Module, hf_tokenizer, onnx_path: Path, t
             i = mismatched[0]
             report.fail(f"tokenizer.json disagrees with the trainer's tokenizer on {len(mismatched)} of {len(texts)} "
                         f"texts, e.g. {texts[i]!r}: {list(runtime_ids[i])[:12]} vs {list(trainer_ids[i])[:12]}")
-        dim = session.get_outputs()[0].shape[1]
-        encoder = ItemEncoder(session, tokenizer, dim if isinstance(dim, int) else -1)
         expected = torch_item_vectors(tower, hf_tokenizer, texts, max_tokens) if torch_vectors is None else torch_vectors
-        encoder.dim = expected.shape[1]
+        encoder = ItemEncoder(session, tokenizer, expected.shape[1])  # the worker's own encode path
         case = f"catalog text ({len(texts)} items, runtime tokenizer + batching)"
         actual = attempt(report, case, lambda: encoder.encode(texts))
         if actual is not None:

@@ -115,6 +115,9 @@ class ModelVersion:
     metrics: dict
     manifest: dict = field(default_factory=dict, repr=False, compare=False)  # manifest.json as loaded
 
+    def __hash__(self) -> int:
+        return hash((self.name, str(self.path)))
+
     @property
     def kind(self) -> str:
         return self.config["kind"]

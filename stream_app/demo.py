@@ -18,6 +18,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from export.exceptions import RegistryError
+from export.registry import Registry
 from stream_app.broker import EmbeddedBroker
 from stream_app.consume import read_recommendations
 from stream_app.kafka import ensure_topics
@@ -67,32 +69,42 @@ def render(latest: dict[str, dict], titles: dict[str, str], received: int, sent:
     return Group(f"events published {sent} · recommendation records received {received}", *tables)
 
 
-async def _run(settings: Settings, data: Path, rate: float, n_events: int, n_users: int, console: Console) -> int:
-    items, events = dataset_records(data)
-    events = events[:n_events]
-    titles = {key: value["title"] for key, value in items}
-    watched = [u for u, _ in Counter(key for key, _ in events).most_common(n_users)]
+async def publish_catalog(settings: Settings, items: list[tuple[str, dict]]) -> None:
+    """Before the worker starts, so it loads the whole catalog before its first event."""
     await ensure_topics(settings)
     await publish(settings, settings.topics.items, items, len(items), desc="catalog → items")
+
+
+async def _run(settings: Settings, items, events, rate: float, n_users: int, worker: subprocess.Popen,
+               console: Console) -> int:
+    titles = {key: value["title"] for key, value in items}
+    watched = [u for u, _ in Counter(key for key, _ in events).most_common(n_users)]
     latest: dict[str, dict] = {}
     received = 0
-    sent_task = asyncio.create_task(
+    replay = asyncio.create_task(
         publish(settings, settings.topics.events, events, len(events), rate, desc="replay → events"))
+
+    async def watch() -> None:
+        nonlocal received
+        with Live(render(latest, titles, 0, 0), console=console, refresh_per_second=4) as live:
+            async for record in read_recommendations(settings, follow=True, idle_s=0.25):
+                received += 1
+                if record["user_id"] in watched:
+                    latest[record["user_id"]] = record
+                live.update(render(latest, titles, received, len(events) if replay.done() else 0))
+                if replay.done() and len(latest) == len(watched) and _caught_up(latest, events):
+                    return
+
     budget_s = WORKER_START_TIMEOUT_S + len(events) / rate
-    try:
-        async with asyncio.timeout(budget_s):
-            with Live(render(latest, titles, 0, 0), console=console, refresh_per_second=4) as live:
-                async for record in read_recommendations(settings, follow=True, idle_s=0.25):
-                    received += 1
-                    if record["user_id"] in watched:
-                        latest[record["user_id"]] = record
-                    live.update(render(latest, titles, received, len(events) if sent_task.done() else 0))
-                    if sent_task.done() and len(latest) == len(watched) and _caught_up(latest, events):
-                        break
-    except TimeoutError:
-        console.print(f"[red]no complete recommendations within {budget_s:.0f}s; see the worker log")
+    watching = asyncio.create_task(watch())
+    worker_exit = asyncio.create_task(asyncio.to_thread(worker.wait))
+    await asyncio.wait({watching, worker_exit}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED)
+    if not watching.done():
+        watching.cancel()
+        why = f"the worker exited with {worker.returncode}" if worker_exit.done() else f"{budget_s:.0f}s passed"
+        console.print(f"[red]stopped before every watched user's list was up to date: {why}; see the worker log")
         return 1
-    await sent_task
+    await replay
     console.print(f"done: {len(events)} events replayed, {received} recommendation records received")
     return 0
 
@@ -109,9 +121,17 @@ def run_demo(data: Path, rate: float, n_events: int, n_users: int, port: int) ->
     broker = EmbeddedBroker(port=port or free_port(), log_path=workdir / "broker.log")
     settings = Settings(broker=broker.url, data_dir=workdir / "state", web_port=free_port())
     console.print(f"broker {broker.url} · worker state {settings.data_dir} · logs in {workdir}")
+    try:
+        version = Registry(settings.registry).load()
+    except RegistryError as e:
+        console.print(f"[red]{e}")
+        return 2
+    console.print(f"model {version.name} ({version.kind})")
+    items, events = dataset_records(data)
     with broker:
+        asyncio.run(publish_catalog(settings, items))
         worker = start_worker(settings, workdir / "worker.log")
         try:
-            return asyncio.run(_run(settings, data, rate, n_events, n_users, console))
+            return asyncio.run(_run(settings, items, events[:n_events], rate, n_users, worker, console))
         finally:
             stop(worker)
