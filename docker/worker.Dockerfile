@@ -1,0 +1,14 @@
+# The streaming worker: Faust + RocksDB + onnxruntime. No torch in this image.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY stream_app stream_app
+COPY state state
+COPY export export
+COPY encoders encoders
+RUN pip install --no-cache-dir .
+ENV STREAMREC_DATA_DIR=/var/lib/streamrec/state \
+    STREAMREC_REGISTRY=/var/lib/streamrec/registry \
+    STREAMREC_WEB_HOST=0.0.0.0
+EXPOSE 6066
+CMD ["streamrec", "worker"]

@@ -1,0 +1,42 @@
+"""docker-compose.yml can't run here (no Docker engine); check it against the code."""
+
+from pathlib import Path
+
+import yaml
+
+from stream_app.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_services_and_images():
+    services = COMPOSE["services"]
+    assert set(services) == {"kafka", "worker", "trainer"}
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    for name in ("worker", "trainer"):
+        dockerfile = REPO / services[name]["build"]["dockerfile"]
+        assert dockerfile.is_file()
+
+
+def test_environment_names_are_real_settings():
+    known = {f"STREAMREC_{name.upper()}" for name in Settings.model_fields}
+    for name in ("worker", "trainer"):
+        env = COMPOSE["services"][name]["environment"]
+        assert set(env) <= known, f"{name}: unknown settings {set(env) - known}"
+        assert env["STREAMREC_BROKER"] == "kafka://kafka:9092"
+        Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})  # values parse
+
+
+def test_worker_image_has_no_torch():
+    worker = (REPO / "docker/worker.Dockerfile").read_text()
+    assert "pip install --no-cache-dir ." in worker and "[train]" not in worker
+    assert "torch" not in "\n".join(l for l in worker.splitlines() if not l.startswith("#"))
+    assert "[train]" in (REPO / "docker/trainer.Dockerfile").read_text()
+
+
+def test_worker_and_trainer_share_the_registry():
+    worker, trainer = COMPOSE["services"]["worker"], COMPOSE["services"]["trainer"]
+    assert any(v.startswith("registry:") for v in worker["volumes"])
+    assert any(v.startswith("registry:") for v in trainer["volumes"])
