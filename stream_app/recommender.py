@@ -78,9 +78,19 @@ class Recommender:
             if has_history[b]:
                 results.append(self._explain(ranked[b], histories[b], vectors[b], known[b]))
             else:
-                trending = self.trending.top(self.k, allowed=self.index.row_of.keys(), exclude=exclude[b])
-                results.append([RecommendedItem(item_id=i, score=s) for i, s in trending])
+                results.append(self._cold_start(exclude[b]))
         return results
+
+    def _cold_start(self, exclude: set[str]) -> list[RecommendedItem]:
+        """Trending items, topped up from the catalog while too few items have events."""
+        picks = self.trending.top(self.k, allowed=self.index.row_of.keys(), exclude=exclude)
+        chosen = exclude | {i for i, _ in picks}
+        for item_id in self.index.row_of:
+            if len(picks) >= self.k:
+                break
+            if item_id not in chosen:
+                picks.append((item_id, 0.0))
+        return [RecommendedItem(item_id=i, score=s) for i, s in picks]
 
     def _user_vectors(self, windows, vectors, known, has_history) -> np.ndarray:
         users = np.zeros((len(windows), self.index.dim), dtype=np.float32)

@@ -35,15 +35,18 @@ def test_windows_survive_restart_and_rebuild_from_changelog(settings, start_work
     run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in ml100k_items(60)]))
 
     worker = start_worker(settings)
-    wait_for(settings, produce_round(settings, 0))
+    run(produce(settings, settings.topics.events, [event(99, "cold", "not-in-the-catalog")]))
+    wait_for(settings, {"cold": "cold-99", **produce_round(settings, 0)})
     worker.stop()
     first = read_windows(settings.data_dir)
+    assert first.pop("cold").item_ids == ["not-in-the-catalog"]  # unknown items are kept, not dropped
     assert {u: w.event_ids for u, w in first.items()} == {u: [f"{u}-{i}"] for i, u in enumerate(USERS)}
 
     worker = start_worker(settings)  # same state dir: windows kept
     wait_for(settings, produce_round(settings, 1))
     worker.stop()
     kept = read_windows(settings.data_dir)
+    del kept["cold"]
     assert {u: w.event_ids for u, w in kept.items()} == {u: [f"{u}-{i}", f"{u}-{100 + i}"] for i, u in enumerate(USERS)}
 
     rebuilt_settings = settings.model_copy(update={"data_dir": tmp_path / "empty-state"})
@@ -51,6 +54,7 @@ def test_windows_survive_restart_and_rebuild_from_changelog(settings, start_work
     wait_for(settings, produce_round(settings, 2))
     worker.stop()
     rebuilt = read_windows(rebuilt_settings.data_dir)
+    assert rebuilt.pop("cold").event_ids == ["cold-99"]
     assert {u: w.event_ids for u, w in rebuilt.items()} == {
         u: [f"{u}-{i}", f"{u}-{100 + i}", f"{u}-{200 + i}"] for i, u in enumerate(USERS)}
 

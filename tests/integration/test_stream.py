@@ -54,10 +54,12 @@ def test_recommendations_dead_letters_and_live_catalog(settings, start_worker):
             n += 1
             good.append(event(n, user, item, kind="click"))
     good.append(event(n + 1, "alice", "not-yet-in-catalog"))  # kept in the window, not dropped
+    good.append(event(n + 2, "carol", "not-yet-in-catalog"))  # no usable history: trending
     mixed = [record for pair in zip(good, bad) for record in pair] + good[len(bad):]
     run(produce(settings, settings.topics.events, mixed))
 
-    latest = wait_for_triggers(settings, {"alice": f"alice-{n + 1}", "bob": f"bob-{len(HISTORIES['alice']) * 2}"})
+    latest = wait_for_triggers(settings, {"alice": f"alice-{n + 1}", "bob": f"bob-{len(HISTORIES['alice']) * 2}",
+                                          "carol": f"carol-{n + 2}"})
     version = Registry(settings.registry).latest()
     for user, history in HISTORIES.items():
         record = latest[user]
@@ -68,7 +70,11 @@ def test_recommendations_dead_letters_and_live_catalog(settings, start_worker):
         scores = [i["score"] for i in record["items"]]
         assert scores == sorted(scores, reverse=True)
         assert record["model_version"] == version
-    assert set(latest) == {"alice", "bob"}  # the bad records' user "x" got nothing
+    carol = latest["carol"]["items"]
+    assert len({i["item_id"] for i in carol}) == 10 and all(i.get("because") is None for i in carol)
+    seen = {item for history in HISTORIES.values() for item in history}
+    assert {i["item_id"] for i in carol[:len(seen)]} == seen  # the most interacted-with items come first
+    assert set(latest) == {"alice", "bob", "carol"}  # the bad records' user "x" got nothing
 
     dlq = run(consume_until(settings, settings.topics.dlq, lambda r: len(r) >= len(bad)))
     assert [(r.key, r.value) for r in dlq] == bad  # original bytes, in order
