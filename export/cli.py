@@ -79,9 +79,17 @@ def list_command(registry: Path = RegistryOption,
         except (StreamrecError, OSError, ValueError) as e:
             typer.echo(f"  {name}  CORRUPT: {str(e).splitlines()[0]}")
             continue
-        score = " ".join(f"{k}={metrics[k]:.4f}" for k in ("NDCG@10", "HR@10") if isinstance(metrics.get(k), float))
+        score = " ".join(f"{k}={v:.4f}" for k in ("NDCG@10", "HR@10") if isinstance(v := _headline(metrics, k), float))
         typer.echo(f"{'*' if name == latest else ' '} {name}  {config.get('kind')}  dim={config.get('dim')}  "
                    f"{status}  {score}".rstrip())
+
+
+def _headline(metrics: dict, key: str) -> float | None:
+    """A test metric wherever the trainer put it: top level, `test`, or `test.product`."""
+    for scope in (metrics, metrics.get("test"), (metrics.get("test") or {}).get("product")):
+        if isinstance(scope, dict) and isinstance(scope.get(key), (int, float)):
+            return float(scope[key])
+    return None
 
 
 @models.command("bootstrap")
