@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,3 +32,41 @@ def feature_spec_dict(spec: FeatureSpec) -> dict:
     d = asdict(spec)
     d["event_types"] = list(spec.event_types)
     return d
+
+
+CANARY_SIZE = 16  # inputs a worker re-runs before it serves a version
+
+
+def write_item_canary(staging: Path, texts: list[str], torch_vectors: np.ndarray) -> None:
+    """A few item texts and the vectors torch gave them (canary_items.json + .npy)."""
+    write_json(staging / "canary_items.json", list(texts[:CANARY_SIZE]))
+    np.save(staging / "canary_item_vectors.npy", np.asarray(torch_vectors[:CANARY_SIZE], np.float32),
+            allow_pickle=False)
+
+
+def write_user_canary(staging: Path, rows: np.ndarray, event_types: np.ndarray, time_buckets: np.ndarray,
+                      mask: np.ndarray, torch_user_vectors: np.ndarray) -> None:
+    """A few windows as catalog rows [4, U, T] (rows, event types, buckets, mask) and torch's user vectors."""
+    windows = np.stack([rows, event_types, time_buckets, mask.astype(np.int64)])[:, :CANARY_SIZE]
+    np.save(staging / "canary_windows.npy", windows.astype(np.int64), allow_pickle=False)
+    np.save(staging / "canary_user_vectors.npy", np.asarray(torch_user_vectors[:CANARY_SIZE], np.float32),
+            allow_pickle=False)
+
+
+# Checkpoint files carried inside a version (renamed to stay apart from the serving config),
+# so `streamrec retrain` can warm-start from whatever is in production.
+CHECKPOINT_FILES = {"model.safetensors": "model.safetensors", "config.json": "checkpoint_config.json",
+                    "items.json": "checkpoint_items.json"}
+
+
+def copy_checkpoint(checkpoint_dir: Path, staging: Path) -> None:
+    for source, target in CHECKPOINT_FILES.items():
+        shutil.copyfile(Path(checkpoint_dir) / source, staging / target)
+
+
+def restore_checkpoint(version_dir: Path, out_dir: Path) -> Path:
+    """The version's training checkpoint as a directory `encoders.recommender.load_checkpoint` reads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for source, target in CHECKPOINT_FILES.items():
+        shutil.copyfile(Path(version_dir) / target, out_dir / source)
+    return out_dir

@@ -18,7 +18,7 @@ import onnxruntime
 import torch
 
 from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
-from export.artifacts import feature_spec_dict, write_catalog, write_json
+from export.artifacts import CANARY_SIZE, feature_spec_dict, write_catalog, write_item_canary, write_json
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
@@ -77,6 +77,8 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
                                      grid=parity_grid or ITEM_GRID)
         log.info("parity %s", report.summary())
         raise_if_failed(report)
+        canary_texts = texts or SAMPLE_TEXTS
+        write_item_canary(staging, canary_texts, torch_item_vectors(tower, hf_tok, canary_texts[:CANARY_SIZE], max_tokens))
 
         write_json(staging / "config.json", {
             "kind": "baseline",

@@ -246,6 +246,9 @@ class WindowBatch:
         """[U, T, D] item vectors, zeros at padding."""
         return (catalog[self.items] * self.mask[..., None]).astype(np.float32)
 
+    def head(self, n: int) -> "WindowBatch":
+        return WindowBatch(self.items[:n], self.event_types[:n], self.time_buckets[:n], self.mask[:n])
+
 
 def random_windows(spec: FeatureSpec, n_items: int, batch: int, window: int, rng: np.random.Generator) -> WindowBatch:
     """Random content, left-padded with varied lengths (row 0 full, row 1 length 1 when B > 1)."""

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.artifacts import feature_spec_dict, write_catalog, write_json
+from export.artifacts import (CANARY_SIZE, copy_checkpoint, feature_spec_dict, write_catalog, write_item_canary,
+                              write_json, write_user_canary)
 from export.baseline import hf_tokenizer_of, versions_info
 from export.exceptions import ParityError, StreamrecError
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
-from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, validate_item_tower,
-                           validate_user_tower)
+from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, torch_user_vectors,
+                           validate_item_tower, validate_user_tower)
 from export.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
         for r in (item_report, user_report):
             log.info("parity %s", r.summary())
         raise_if_failed(item_report, user_report)
+        write_item_canary(staging, item_texts, text_vectors)
+        canary = windows.head(CANARY_SIZE)
+        write_user_canary(staging, canary.items, canary.event_types, canary.time_buckets, canary.mask,
+                          torch_user_vectors(model.user_tower, canary.vectors(catalog), canary))
+        copy_checkpoint(checkpoint_dir, staging)
 
         write_json(staging / "config.json", {
             "kind": "two_tower",

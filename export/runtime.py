@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from export.exceptions import RegistryError
+from export.exceptions import ParityError, RegistryError
 from export.features import FeatureSpec
 from export.registry import ModelVersion
 
@@ -259,3 +259,27 @@ def load_runtime(version: ModelVersion, intra_op_threads: int = 1, **session_kw)
                     np.ones((1, T), np.int64), np.ones((1, T), np.bool_))
     ids, vectors = load_catalog(version)
     return ModelRuntime(version, item, user, ids, vectors, spec)
+
+
+CANARY_TOLERANCE = 1e-4  # max |onnxruntime here - torch at export| on the canary inputs (fp32)
+
+
+def check_canary(runtime: ModelRuntime, tolerance: float = CANARY_TOLERANCE) -> float:
+    """Re-run the version's canary inputs on this machine's onnxruntime and compare with
+    what torch produced at export; return the worst difference, ParityError beyond tolerance."""
+    version = runtime.version
+    texts = json.loads(version.file("canary_items.json").read_text(encoding="utf-8"))
+    expected_items = np.load(version.file("canary_item_vectors.npy"), allow_pickle=False)
+    diffs = {"item tower": float(np.abs(runtime.item_encoder.encode(texts) - expected_items).max())}
+    if runtime.user_encoder is not None:
+        rows, event_types, time_buckets, mask = np.load(version.file("canary_windows.npy"), allow_pickle=False)
+        mask = mask.astype(bool)
+        vectors = (runtime.catalog_vectors[rows] * mask[..., None]).astype(np.float32)
+        users = runtime.user_encoder.encode(vectors, event_types, time_buckets, mask)
+        expected_users = np.load(version.file("canary_user_vectors.npy"), allow_pickle=False)
+        diffs["user tower"] = float(np.abs(users - expected_users).max())
+    worst = max(diffs.values())
+    if not worst <= tolerance:
+        raise ParityError(f"model {version.name}: onnxruntime here differs from torch at export on the canary "
+                          f"batch by {diffs} (tolerance {tolerance}); not serving it")
+    return worst

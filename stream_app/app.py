@@ -8,6 +8,7 @@ stream_app.recommender) that are tested without Kafka.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -17,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.window import UserWindow, WindowEvent
 from stream_app.kafka import client_security, faust_credentials, true_end_offsets, tuned_transport
-from stream_app.recommender import Recommender
-from stream_app.schemas import InvalidRecord, Recommendation, parse_event, parse_item
+from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_event, parse_item
+from stream_app.serving import ServingState
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,13 @@ def event_context(stream: faust.StreamT, event: faust.EventT):
         stream._set_current_event(None)
 
 
+def _announced_version(message) -> str:
+    try:
+        return str(json.loads(message.value)["version"])
+    except Exception:
+        return f"offset {message.offset}"
+
+
 def dlq_headers(message, reason: str) -> list[tuple[str, bytes]]:
     return [
         ("dlq.reason", reason.encode("utf-8")),
@@ -56,7 +64,7 @@ def dlq_headers(message, reason: str) -> list[tuple[str, bytes]]:
     ]
 
 
-def build_app(settings: Settings, recommender: Recommender, partitions: int) -> StreamrecApp:
+def build_app(settings: Settings, serving: ServingState, partitions: int) -> StreamrecApp:
     app = StreamrecApp(
         settings.app_id,
         broker=settings.broker,
@@ -92,6 +100,7 @@ def build_app(settings: Settings, recommender: Recommender, partitions: int) -> 
         """Micro-batches of events -> updated windows -> one recommendation per touched user."""
         await catalog_ready.wait()
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            recommender = serving.recommender  # a model swap takes effect between batches
             touched: dict[str, tuple[list[WindowEvent], faust.EventT]] = {}
             for event in batch:
                 try:
@@ -143,7 +152,7 @@ def build_app(settings: Settings, recommender: Recommender, partitions: int) -> 
                 for tp, messages in records.items():
                     await apply_catalog_records(messages)
                 if not catalog_ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in partitions]):
-                    log.info("catalog loaded: %d items", len(recommender.index))
+                    log.info("catalog loaded: %d items", len(serving.catalog))
                     catalog_ready.set()
         finally:
             await consumer.stop()
@@ -151,33 +160,57 @@ def build_app(settings: Settings, recommender: Recommender, partitions: int) -> 
     async def apply_catalog_records(messages) -> None:
         upserts = {}
         for message in messages:
-            item_id = message.key.decode("utf-8", "replace") if message.key else None
-            if message.value is None:  # tombstone
-                if item_id:
-                    upserts.pop(item_id, None)
-                    recommender.index.remove(item_id)
-                continue
             try:
-                item = parse_item(message.value, max_bytes=settings.max_record_bytes)
+                item = parse_item(message.value, max_bytes=settings.max_record_bytes) if message.value else None
             except InvalidRecord as e:
                 await send_to_dlq(message, e.reason)
                 continue
-            if item.available:
+            if item is not None and item.available:
                 upserts[item.item_id] = item
-            else:
-                upserts.pop(item.item_id, None)
-                recommender.index.remove(item.item_id)
+                continue
+            item_id = item.item_id if item else (message.key or b"").decode("utf-8", "replace")  # tombstone: key
+            upserts.pop(item_id, None)
+            serving.remove_item(item_id)
         if upserts:
-            items = list(upserts.values())
-            vectors = await asyncio.to_thread(recommender.embed_items, items)  # ONNX releases the GIL
-            recommender.add_items(items, vectors)
+            await serving.upsert_items(list(upserts.values()))
+
+    @app.task
+    async def follow_model_updates():
+        """Swap to each version announced on `model-updates` (the last one, on start)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, group_id=None, auto_offset_reset="earliest",
+            enable_auto_commit=False, fetch_max_wait_ms=100, **client_security(settings.security),
+        )
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(topics.model_updates, p)
+                             for p in consumer.partitions_for_topic(topics.model_updates)])
+            await catalog_ready.wait()
+            while True:
+                records = await consumer.getmany(timeout_ms=500)
+                messages = [m for batch in records.values() for m in batch]
+                if messages:
+                    await apply_model_update(messages[-1])  # only the newest announcement matters
+        finally:
+            await consumer.stop()
+
+    async def apply_model_update(message) -> None:
+        try:
+            update = ModelUpdate.loads(message.value, serializer="json")
+            if update.version != serving.recommender.model_version:
+                await serving.swap_to(settings, update.version, update.sha256)
+        except Exception as e:  # a bad version must never take the worker down
+            reason = f"{type(e).__name__}: {e}"
+            log.error("refused model update at offset %s: %s; still serving %s",
+                      message.offset, reason, serving.recommender.model_version)
+            serving.refused[_announced_version(message)] = reason
 
     @app.page("/health")
     async def health(web, request):
         """200 once tables are recovered and the catalog is loaded; 503 before."""
         ready = catalog_ready.is_set() and app.tables.recovery.completed.is_set() and not app.in_recovery
-        body = {"status": "ok" if ready else "starting", "model_version": recommender.model_version,
-                "catalog_items": len(recommender.index)}
+        body = {"status": "ok" if ready else "starting", "model_version": serving.recommender.model_version,
+                "catalog_items": len(serving.recommender.index), "refused_versions": serving.refused}
         return web.json(body, status=200 if ready else 503)
 
     return app

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from export.registry import Registry
-from export.runtime import load_runtime
 from state.window import UserWindow, WindowEvent
 from stream_app.recommender import Recommender
 from stream_app.schemas import Item, epoch_seconds
+from stream_app.serving import load_recommender
 from stream_app.settings import Settings
 
 BATCH = 256
@@ -37,11 +36,10 @@ def window_from_history(events: list[dict], settings: Settings) -> UserWindow:
 
 def predict_file(settings: Settings, input_path: Path, out_path: Path, version: str | None,
                  catalog: Path | None) -> int:
-    runtime = load_runtime(Registry(settings.registry).load(version), intra_op_threads=settings.inference_threads)
-    recommender = Recommender.create(runtime, settings.event_weights, settings.top_k, settings.trending_half_life_s)
+    recommender = load_recommender(settings, version)
     items = _catalog_items(recommender, catalog)
     if not items:
-        raise SystemExit(f"model {runtime.version.name} has no catalog of its own: pass --catalog")
+        raise SystemExit(f"model {recommender.model_version} has no catalog of its own: pass --catalog")
     recommender.add_items(items, recommender.embed_items(items))
     lines = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     with out_path.open("w", encoding="utf-8") as out:

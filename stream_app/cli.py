@@ -102,6 +102,28 @@ def demo(data: Path = typer.Option(..., help="MovieLens-100k RecBole directory")
     sys.exit(run_demo(data, rate=rate, n_events=events, n_users=users, port=port))
 
 
+@app.command()
+def rollback(to: Optional[str] = typer.Option(None, help="version to serve (default: the one before latest)"),
+             broker: Optional[str] = None, registry: Optional[Path] = None):
+    """Serve an older model again: point `latest` at it and announce it to running workers."""
+    from export.model_updates import announce
+    from export.registry import Registry
+    from stream_app.kafka import client_security
+
+    settings = _settings(broker=broker, registry=registry)
+    reg = Registry(settings.registry)
+    versions, current = reg.versions(), reg.latest()
+    if to is None:
+        older = versions[:versions.index(current)] if current in versions else []
+        if not older:
+            raise typer.BadParameter(f"no version older than {current!r} in {settings.registry}")
+        to = older[-1]
+    version = reg.load(to)  # verified before anyone is told to serve it
+    reg.set_latest(version.name)
+    announce(version, settings.bootstrap_servers, settings.topics.model_updates, **client_security(settings.security))
+    typer.echo(f"rolled back {current} -> {version.name}")
+
+
 def _mount_trainer_commands() -> None:
     """train/evaluate (encoders) and export/models (export) define their own torch-free CLIs."""
     from encoders.cli import app as trainer_app

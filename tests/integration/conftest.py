@@ -93,12 +93,16 @@ class WorkerProcess:
     def healthy(self) -> bool:
         return self.health() is not None
 
-    def wait_for_catalog(self, n_items: int, timeout_s: float = 30.0) -> None:
+    def wait_for(self, condition, timeout_s: float = 60.0) -> None:
+        """Until `condition(health)` holds."""
         deadline = time.monotonic() + timeout_s
-        while (self.health() or {}).get("catalog_items") != n_items:
+        while not condition(self.health() or {}):
             if time.monotonic() > deadline:
-                raise AssertionError(f"catalog never reached {n_items} items: {self.health()}")
+                raise AssertionError(f"worker health never satisfied the condition: {self.health()}")
             time.sleep(0.2)
+
+    def wait_for_catalog(self, n_items: int) -> None:
+        self.wait_for(lambda health: health.get("catalog_items") == n_items)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -202,3 +206,27 @@ def event(n: int, user: str, item: str, kind: str = "view", ts: int | None = Non
     value = {"event_id": f"{user}-{n}", "user_id": user, "item_id": item, "event_type": kind,
              "ts": ts if ts is not None else 1_700_000_000_000 + n * 1000}
     return user.encode(), dumps(value)
+
+
+@pytest.fixture(scope="session")
+def two_tower_registry(tmp_path_factory) -> Path:
+    """A registry holding a small two-tower version (not latest): the user-tower serving path."""
+    from export.pipeline import export_and_register
+    from tests.support import small_two_tower_checkpoint
+
+    checkpoint = small_two_tower_checkpoint(tmp_path_factory.mktemp("checkpoint"))
+    root = tmp_path_factory.mktemp("registry-two-tower")
+    export_and_register(checkpoint, root, make_latest=False)
+    return root
+
+
+def copy_version(source_root: Path, target_root: Path, name: str | None = None, as_name: str | None = None) -> str:
+    """Copy one registered version (default: the only one) into another registry root."""
+    import shutil
+
+    from export.registry import Registry
+
+    name = name or Registry(source_root).versions()[-1]
+    target = as_name or name
+    shutil.copytree(Path(source_root) / name, Path(target_root) / target)
+    return target

@@ -13,45 +13,20 @@ from typer.testing import CliRunner
 import export.pipeline
 from export.exceptions import ParityError
 from export.features import FeatureSpec
+
+SPEC = FeatureSpec(max_len=12)  # as in tests.support.small_two_tower_checkpoint
 from export.registry import Registry
 from export.runtime import load_runtime
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
-SPEC = FeatureSpec(max_len=12)
-N_ITEMS = 60
+from tests.support import ML100K as DATA
+from tests.support import small_two_tower_checkpoint
 
 recommender = pytest.importorskip("encoders.recommender")
 
 
-def catalog() -> tuple[list[str], list[str]]:
-    if (DATA / "ml-100k.item").is_file():
-        from encoders.data import load_interactions
-
-        d = load_interactions(DATA, SPEC)
-        return d.item_ids[:N_ITEMS], d.item_texts[:N_ITEMS]
-    return [f"i{i}" for i in range(N_ITEMS)], [f"Movie number {i} (199{i % 10}). Drama" for i in range(N_ITEMS)]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from encoders.item_tower import ItemTowerConfig
-    from encoders.user_tower import UserTowerConfig
-
-    torch.manual_seed(0)
-    ids, texts = catalog()
-    config = recommender.RecommenderConfig(
-        n_items=len(ids), item_tower=ItemTowerConfig(proj_dim=16, max_tokens=24),
-        user_tower=UserTowerConfig(dim=16, n_layers=1, n_heads=2, max_len=SPEC.max_len, n_event_ids=SPEC.n_event_ids,
-                                   n_time_buckets=SPEC.n_time_buckets))
-    model = recommender.Recommender(config, SPEC).eval()
-    model.encode_catalog(texts)
-    with torch.no_grad():
-        model.warm[: len(ids) // 2] = True
-        if model.id_emb is not None:
-            model.id_emb.weight.normal_(0, 0.05)  # a trained-looking residual for warm items
-    out = tmp_path_factory.mktemp("ckpt")
-    recommender.save_checkpoint(model, ids, texts, out, {"NDCG@10": 0.05, "curves": {"loss": [1.0]}})
-    return out
+    return small_two_tower_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_export_and_register_two_tower(checkpoint: Path, tmp_path: Path):

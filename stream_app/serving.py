@@ -1,0 +1,70 @@
+"""The model a worker serves, the live catalog, and swapping to a new model version.
+
+A swap is prepared off to the side — verify the version, warm it up, check its canary
+batch, embed the whole live catalog with its item tower — and then made by replacing
+one reference between micro-batches: no event is skipped or scored twice because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from export.exceptions import RegistryError
+from export.registry import Registry
+from export.runtime import check_canary, load_runtime
+from state.popularity import TrendingCounter
+from stream_app.recommender import Recommender
+from stream_app.schemas import Item
+from stream_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def load_recommender(settings: Settings, version: str | None = None,
+                     trending: TrendingCounter | None = None) -> Recommender:
+    """A verified, warmed-up, canary-checked version (None = the registry's latest). Blocking."""
+    runtime = load_runtime(Registry(settings.registry).load(version), intra_op_threads=settings.inference_threads)
+    worst = check_canary(runtime)
+    log.info("model %s passed its canary batch (max diff %.2e)", runtime.version.name, worst)
+    recommender = Recommender.create(runtime, settings.event_weights, settings.top_k, settings.trending_half_life_s)
+    if trending is not None:
+        recommender.trending = trending  # popularity is about the stream, not the model
+    return recommender
+
+
+@dataclass
+class ServingState:
+    """Shared by the agents of one worker."""
+
+    recommender: Recommender
+    catalog: dict[str, Item] = field(default_factory=dict)  # every live item, as last published
+    refused: dict[str, str] = field(default_factory=dict)  # announced versions we would not serve, and why
+
+    async def upsert_items(self, items: list[Item]) -> None:
+        recommender = self.recommender
+        vectors = await asyncio.to_thread(recommender.embed_items, items)  # onnxruntime releases the GIL
+        for item in items:
+            self.catalog[item.item_id] = item
+        recommender.add_items(items, vectors)
+
+    def remove_item(self, item_id: str) -> None:
+        self.catalog.pop(item_id, None)
+        self.recommender.index.remove(item_id)
+
+    async def swap_to(self, settings: Settings, version: str, sha256: str) -> None:
+        """Serve `version` once it is loaded and has embedded the live catalog."""
+        candidate = await asyncio.to_thread(load_recommender, settings, version, self.recommender.trending)
+        if candidate.runtime.version.sha256 != sha256:
+            raise RegistryError(f"model {version}: manifest sha256 {candidate.runtime.version.sha256} differs "
+                                f"from the announced {sha256}")
+        while True:  # items may arrive while we embed; catch up until nothing is missing
+            missing = [item for item_id, item in self.catalog.items() if item_id not in candidate.index]
+            if not missing:
+                break
+            candidate.add_items(missing, await asyncio.to_thread(candidate.embed_items, missing))
+        for item_id in [i for i in candidate.index.row_of if i not in self.catalog]:
+            candidate.index.remove(item_id)
+        previous, self.recommender = self.recommender.model_version, candidate  # no await since the last check
+        log.info("swapped model %s -> %s (%d items)", previous, version, len(candidate.index))

@@ -1,0 +1,96 @@
+"""Model hot swap under a continuous stream: nothing lost, one switch, rollback, refusal."""
+
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from export.model_updates import announce
+from export.registry import Registry
+from stream_app.cli import app as cli
+from stream_app.kafka import ensure_topics
+from tests.integration.conftest import (
+    copy_version, dumps, event, ml100k_items, produce, run, consume_until, settings_env,
+)
+
+pytestmark = pytest.mark.integration
+
+CATALOG = ml100k_items(60)  # the items the small two-tower model was trained on
+
+
+def stream_events(settings, first: int, count: int, rate: float) -> list[str]:
+    """One event per new user, at `rate` per second, so every event must yield its own record."""
+    ids = []
+    for n in range(first, first + count):
+        record = event(n, f"user{n}", str(1 + n % len(CATALOG)), "click")
+        run(produce(settings, settings.topics.events, [record]))
+        ids.append(f"user{n}-{n}")
+        time.sleep(1 / rate)
+    return ids
+
+
+def outputs_for(settings, event_ids: list[str]) -> list[dict]:
+    import json
+
+    wanted = set(event_ids)
+    records = run(consume_until(settings, settings.topics.recommendations,
+                                lambda rs: wanted <= {json.loads(r.value)["trigger_event_id"] for r in rs}))
+    return [v for v in (json.loads(r.value) for r in records) if v["trigger_event_id"] in wanted]
+
+
+def versions_in_order(outputs: list[dict]) -> list[str]:
+    runs = []
+    for record in outputs:
+        if not runs or runs[-1] != record["model_version"]:
+            runs.append(record["model_version"])
+    return runs
+
+
+def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
+        settings, start_worker, baseline_registry, two_tower_registry, tmp_path):
+    root = tmp_path / "registry"
+    root.mkdir()
+    a = copy_version(baseline_registry, root)
+    b = copy_version(two_tower_registry, root)
+    registry = Registry(root)
+    registry.set_latest(a)
+    settings = settings.model_copy(update={"registry": root})
+    run(ensure_topics(settings))
+    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in CATALOG]))
+    worker = start_worker(settings)
+    assert worker.health()["model_version"] == a
+
+    # Promote B while events keep coming: every event answered, A then B, exactly one switch.
+    produced: list[str] = []
+    producer = threading.Thread(target=lambda: produced.extend(stream_events(settings, 0, 150, rate=25)))
+    producer.start()
+    time.sleep(2)
+    registry.set_latest(b)
+    announce(registry.load(b), settings.bootstrap_servers, settings.topics.model_updates)
+    producer.join()
+    outputs = outputs_for(settings, produced)
+    assert sorted(o["trigger_event_id"] for o in outputs) == sorted(produced)  # none lost, none twice
+    assert versions_in_order(outputs) == [a, b]
+    assert all(len(o["items"]) >= 10 for o in outputs)
+    assert worker.health()["model_version"] == b
+
+    # Roll back with the CLI: latest points at A again and the worker serves A.
+    env = settings_env(settings)
+    result = CliRunner().invoke(cli, ["rollback"], env=env)
+    assert result.exit_code == 0, result.output
+    assert registry.latest() == a
+    worker.wait_for(lambda health: health["model_version"] == a)
+    after = stream_events(settings, 1000, 20, rate=50)
+    assert {o["model_version"] for o in outputs_for(settings, after)} == {a}
+
+    # A corrupt version is announced: refused with a reason, A keeps serving, events keep flowing.
+    c = copy_version(root, root, name=b, as_name="corrupt-copy")
+    with open(root / c / "user.onnx", "r+b") as f:
+        f.write(b"garbage")
+    announce_raw = {"version": c, "path": c, "sha256": registry.load(a).sha256, "created_at": "", "metrics": {}}
+    run(produce(settings, settings.topics.model_updates, [(c.encode(), dumps(announce_raw))]))
+    worker.wait_for(lambda health: c in health["refused_versions"])
+    assert "sha256" in worker.health()["refused_versions"][c]  # the manifest no longer matches user.onnx
+    later = stream_events(settings, 2000, 10, rate=50)
+    assert {o["model_version"] for o in outputs_for(settings, later)} == {a}
