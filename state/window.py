@@ -23,6 +23,7 @@ class UserWindow(faust.Record, serializer="json", include_metadata=False):
     item_ids: List[str] = []
     event_types: List[str] = []
     ts: List[float] = []
+    recommended: List[str] = []  # the last top-k this user was shown (for the online hit rate)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -49,4 +50,5 @@ class UserWindow(faust.Record, serializer="json", include_metadata=False):
             item_ids=[e.item_id for e in merged],
             event_types=[e.event_type for e in merged],
             ts=[e.ts for e in merged],
+            recommended=self.recommended,
         )

@@ -15,9 +15,11 @@ from contextlib import contextmanager
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from state.window import UserWindow, WindowEvent
 from stream_app.kafka import client_security, faust_credentials, true_end_offsets, tuned_transport
+from stream_app.metrics import WorkerMetrics
 from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_event, parse_item
 from stream_app.serving import ServingState
 from stream_app.settings import Settings
@@ -41,11 +43,12 @@ def event_context(stream: faust.StreamT, event: faust.EventT):
     used). `take_events()` hands over a batch without setting one, so we set it
     per write — the same call Faust's own per-event iteration makes.
     """
+    previous = stream.current_event  # the stream's own buffering reads it too: put it back
     stream._set_current_event(event)
     try:
         yield
     finally:
-        stream._set_current_event(None)
+        stream._set_current_event(previous)
 
 
 def _announced_version(message) -> str:
@@ -64,7 +67,9 @@ def dlq_headers(message, reason: str) -> list[tuple[str, bytes]]:
     ]
 
 
-def build_app(settings: Settings, serving: ServingState, partitions: int) -> StreamrecApp:
+def build_app(settings: Settings, serving: ServingState, partitions: int,
+              metrics: WorkerMetrics | None = None) -> StreamrecApp:
+    metrics = metrics or WorkerMetrics()
     app = StreamrecApp(
         settings.app_id,
         broker=settings.broker,
@@ -93,6 +98,7 @@ def build_app(settings: Settings, serving: ServingState, partitions: int) -> Str
 
     async def send_to_dlq(message, reason: str) -> None:
         log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+        metrics.events_dlq.labels(message.topic).inc()
         await dlq_topic.send(key=message.key, value=message.value, headers=dlq_headers(message, reason))
 
     @app.agent(events_topic)
@@ -100,39 +106,50 @@ def build_app(settings: Settings, serving: ServingState, partitions: int) -> Str
         """Micro-batches of events -> updated windows -> one recommendation per touched user."""
         await catalog_ready.wait()
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            recommender = serving.recommender  # a model swap takes effect between batches
-            touched: dict[str, tuple[list[WindowEvent], faust.EventT]] = {}
-            for event in batch:
-                try:
-                    parsed = parse_event(
-                        event.value, max_bytes=settings.max_record_bytes, event_types=event_types,
-                        max_future_skew_s=settings.max_future_skew_s,
-                    )
-                except InvalidRecord as e:
-                    await send_to_dlq(event.message, e.reason)
-                    continue
-                new, _ = touched.get(parsed.user_id, ([], None))
-                new.append(WindowEvent(parsed.event_id, parsed.item_id, parsed.event_type, parsed.ts))
-                touched[parsed.user_id] = (new, event)
-                recommender.observe(parsed.item_id, parsed.event_type, parsed.ts)
-            if not touched:
+            metrics.batch_size.observe(len(batch))
+            touched = await valid_events_by_user(batch)
+            if touched:
+                await recommend_for(stream, touched)
+
+    async def valid_events_by_user(batch) -> dict[str, tuple[list[WindowEvent], faust.EventT]]:
+        """The batch's valid events grouped by user (with each user's last Faust event); DLQ the rest."""
+        touched: dict[str, tuple[list[WindowEvent], faust.EventT]] = {}
+        for event in batch:
+            metrics.events_in.inc()
+            try:
+                parsed = parse_event(event.value, max_bytes=settings.max_record_bytes, event_types=event_types,
+                                     max_future_skew_s=settings.max_future_skew_s)
+            except InvalidRecord as e:
+                await send_to_dlq(event.message, e.reason)
                 continue
-            users = list(touched)
-            updated = []
-            for user in users:
-                new, event = touched[user]
-                with event_context(stream, event):
-                    window = windows[user].with_events(new, settings.window_size, max_age_s)
-                    windows[user] = window
-                updated.append(window)
-            lists = recommender.recommend(updated)
-            now_ms = int(time.time() * 1000)
-            for user, items in zip(users, lists):
-                record = Recommendation(
-                    user_id=user, items=items, model_version=recommender.model_version,
-                    generated_at=now_ms, trigger_event_id=touched[user][0][-1].event_id,
-                )
-                await recommendations_topic.send(key=user.encode(), value=record)
+            new, _ = touched.get(parsed.user_id, ([], None))
+            new.append(WindowEvent(parsed.event_id, parsed.item_id, parsed.event_type, parsed.ts))
+            touched[parsed.user_id] = (new, event)
+        return touched
+
+    async def recommend_for(stream, touched: dict[str, tuple[list[WindowEvent], faust.EventT]]) -> None:
+        recommender = serving.recommender  # a model swap takes effect between batches
+        users = list(touched)
+        updated = []
+        for user in users:
+            new, _ = touched[user]
+            window = windows[user]
+            for e in new:
+                recommender.observe(e.item_id, e.event_type, e.ts)
+                if window.recommended:
+                    metrics.observe_hit(e.item_id in window.recommended)
+            updated.append(window.with_events(new, settings.window_size, max_age_s))
+        lists = recommender.recommend(updated)
+        now = time.time()
+        for user, window, items in zip(users, updated, lists):
+            new, event = touched[user]
+            with event_context(stream, event):
+                windows[user] = window.derive(recommended=[i.item_id for i in items])
+            record = Recommendation(user_id=user, items=items, model_version=recommender.model_version,
+                                    generated_at=int(now * 1000), trigger_event_id=new[-1].event_id)
+            await recommendations_topic.send(key=user.encode(), value=record)
+            metrics.latency.observe(max(0.0, now - event.message.timestamp))
+        metrics.recommendations_out.inc(len(users))
 
     @app.task
     async def follow_catalog():
@@ -204,13 +221,39 @@ def build_app(settings: Settings, serving: ServingState, partitions: int) -> Str
             log.error("refused model update at offset %s: %s; still serving %s",
                       message.offset, reason, serving.recommender.model_version)
             serving.refused[_announced_version(message)] = reason
+            metrics.model_refusals.inc()
+
+    def ready() -> bool:
+        return catalog_ready.is_set() and app.tables.recovery.completed.is_set() and not app.in_recovery
 
     @app.page("/health")
     async def health(web, request):
         """200 once tables are recovered and the catalog is loaded; 503 before."""
-        ready = catalog_ready.is_set() and app.tables.recovery.completed.is_set() and not app.in_recovery
-        body = {"status": "ok" if ready else "starting", "model_version": serving.recommender.model_version,
+        body = {"status": "ok" if ready() else "starting", "model_version": serving.recommender.model_version,
                 "catalog_items": len(serving.recommender.index), "refused_versions": serving.refused}
-        return web.json(body, status=200 if ready else 503)
+        return web.json(body, status=200 if ready() else 503)
+
+    @app.page("/metrics")
+    async def prometheus(web, request):
+        metrics.model.info({"version": serving.recommender.model_version})
+        metrics.windows.set(len(windows))
+        for tp in app.consumer.assignment():
+            if tp.topic == topics.events:
+                metrics.lag.labels(str(tp.partition)).set(
+                    max(0, app.consumer.highwater(tp) - await app.consumer.position(tp)))
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/recommendations/{user_id}")
+    @app.table_route(table=windows, match_info="user_id")
+    async def recommendations_of(web, request, user_id: str):
+        """The user's current top-k: their window scored by the serving model (what the next
+        record would say); served only once tables are recovered."""
+        if not ready():
+            return web.json({"error": "starting"}, status=503)
+        recommender = serving.recommender
+        window = windows.get(user_id)
+        (items,) = recommender.recommend([window or UserWindow()])
+        return web.json({"user_id": user_id, "items": [i.asdict() for i in items],
+                         "model_version": recommender.model_version, "known_user": window is not None})
 
     return app

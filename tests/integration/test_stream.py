@@ -70,6 +70,17 @@ def test_recommendations_dead_letters_and_live_catalog(settings, start_worker):
         scores = [i["score"] for i in record["items"]]
         assert scores == sorted(scores, reverse=True)
         assert record["model_version"] == version
+    status, body = worker.get("/recommendations/alice")  # HTTP: the same list, computed on request
+    assert status == 200
+    assert [i["item_id"] for i in json.loads(body)["items"]] == [i["item_id"] for i in latest["alice"]["items"]]
+    status, body = worker.get("/metrics")
+    assert status == 200
+    text = body.decode()
+    assert f'streamrec_events_dlq_total{{topic="{settings.topics.events}"}} 6.0' in text
+    assert f"streamrec_events_in_total {len(mixed)}.0" in text
+    assert f'streamrec_model_info{{version="{version}"}} 1.0' in text
+    assert 'streamrec_consumer_lag{partition="0"} 0.0' in text
+    assert "streamrec_windows 3.0" in text
     carol = latest["carol"]["items"]
     assert len({i["item_id"] for i in carol}) == 10 and all(i.get("because") is None for i in carol)
     seen = {item for history in HISTORIES.values() for item in history}

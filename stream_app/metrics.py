@@ -1,0 +1,42 @@
+"""Prometheus metrics of one worker, served at /metrics."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+
+
+class WorkerMetrics:
+    def __init__(self, hit_window: int = 10_000):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("streamrec_events_in", "Events read from the events topic", registry=r)
+        self.events_dlq = Counter("streamrec_events_dlq", "Records sent to the dead-letter topic", ["topic"],
+                                  registry=r)
+        self.recommendations_out = Counter("streamrec_recommendations_out", "Recommendation records published",
+                                           registry=r)
+        self.batch_size = Histogram("streamrec_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.latency = Histogram("streamrec_event_to_recommendation_seconds",
+                                 "From the event's Kafka timestamp to its recommendation being sent",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.model = Info("streamrec_model", "The model version being served", registry=r)
+        self.model_refusals = Counter("streamrec_model_refusals", "Announced model versions refused", registry=r)
+        self.windows = Gauge("streamrec_windows", "User windows held by this worker", registry=r)
+        self.lag = Gauge("streamrec_consumer_lag", "Events not yet read, per partition", ["partition"], registry=r)
+        self.broker_up = Gauge("streamrec_broker_up", "1 while the broker answers, else 0", registry=r)
+        self.hits = Counter("streamrec_online_hits", "Events whose item was in the user's last top-k", registry=r)
+        self.hit_rate = Gauge("streamrec_online_hr_at_k",
+                              f"Share of the last {hit_window} events (of users with a previous list) whose "
+                              f"item was in that list: a rolling online HR@k", registry=r)
+        self._recent_hits: deque[bool] = deque(maxlen=hit_window)
+
+    def observe_hit(self, hit: bool) -> None:
+        self._recent_hits.append(hit)
+        if hit:
+            self.hits.inc()
+        self.hit_rate.set(sum(self._recent_hits) / len(self._recent_hits))
