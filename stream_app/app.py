@@ -230,7 +230,8 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
     async def health(web, request):
         """200 once tables are recovered and the catalog is loaded; 503 before."""
         body = {"status": "ok" if ready() else "starting", "model_version": serving.recommender.model_version,
-                "catalog_items": len(serving.recommender.index), "refused_versions": serving.refused}
+                "catalog_items": len(serving.recommender.index), "refused_versions": serving.refused,
+                "partitions": sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events)}
         return web.json(body, status=200 if ready() else 503)
 
     @app.page("/metrics")
