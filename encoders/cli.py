@@ -22,7 +22,7 @@ def _registry_root() -> Path:
 @app.command()
 def train(
     data: Path = typer.Option(..., exists=True, file_okay=False, help="RecBole atomic files (*.inter, *.item) or events/items JSONL."),
-    out: Path | None = typer.Option(None, help="Checkpoint dir [default: $STREAMREC_REGISTRY/../checkpoints/<timestamp>]."),
+    out: Path | None = typer.Option(None, help="Checkpoint dir (default: $STREAMREC_REGISTRY/../checkpoints/<timestamp>)."),
     seed: int = typer.Option(0, help="Random seed (data order, init, dropout)."),
     epochs: int = typer.Option(300, help="Upper bound on epochs; early stopping on validation NDCG@10."),
     max_minutes: float = typer.Option(10.0, help="Wall-clock budget for the training loop."),
