@@ -18,7 +18,7 @@ Checkpoint directory (nothing pickled):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -89,6 +89,25 @@ class Recommender(nn.Module):
         """
         vectors = catalog[items] * attention_mask.unsqueeze(-1)  # [B, T, D]
         return self.user_tower.sequence(vectors, event_types, time_buckets, attention_mask)
+
+
+def transplant(source: Recommender, source_ids: list[str], item_ids: list[str], item_texts: list[str]) -> Recommender:
+    """`source`'s weights over another catalog (a warm start for retraining, or the production
+    model scored on today's items): ID residuals and warm flags follow the item ids, items
+    the source never saw start text-only."""
+    model = Recommender(replace(source.config, n_items=len(item_ids)), source.feature_spec)
+    per_item = ("text_emb", "warm", "id_emb.weight")
+    model.load_state_dict({k: v for k, v in source.state_dict().items() if k not in per_item}, strict=False)
+    model.encode_catalog(item_texts)
+    old_row = {item_id: row for row, item_id in enumerate(source_ids)}
+    pairs = [(new, old_row[i]) for new, i in enumerate(item_ids) if i in old_row]
+    if pairs:
+        new_rows, old_rows = (torch.tensor(rows) for rows in zip(*pairs))
+        with torch.no_grad():
+            model.warm[new_rows] = source.warm[old_rows]
+            if model.id_emb is not None:
+                model.id_emb.weight[new_rows] = source.id_emb.weight[old_rows]
+    return model
 
 
 def _stored_keys(model: Recommender) -> list[str]:

@@ -100,10 +100,14 @@ def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, targets: torch.T
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
 
 
-def build_model(model_config: RecommenderConfig, spec: FeatureSpec, split: Split) -> Recommender:
-    model = Recommender(model_config, spec)
-    model.encode_catalog(split.train.item_texts)  # the frozen LM runs once here
-    model.warm.copy_(torch.from_numpy(warm_items(split.train)))
+def build_model(model_config: RecommenderConfig, spec: FeatureSpec, split: Split,
+                init: Recommender | None = None) -> Recommender:
+    """A fresh model, or `init` (a warm start already over this catalog, see `transplant`)."""
+    model = init
+    if model is None:
+        model = Recommender(model_config, spec)
+        model.encode_catalog(split.train.item_texts)  # the frozen LM runs once here
+    model.warm |= torch.from_numpy(warm_items(split.train))
     return model
 
 
@@ -138,13 +142,14 @@ def plot_curves(history: History, png: Path) -> None:
     plt.close(fig)
 
 
-def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, progress: bool = True) -> tuple[Recommender, dict]:
+def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, progress: bool = True,
+          init: Recommender | None = None) -> tuple[Recommender, dict]:
     """Train to the best validation NDCG@10; -> (model with best weights, metrics incl. curves)."""
     torch.set_num_threads(config.threads)
     set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     spec, train_data = config.features, split.train
-    model = build_model(model_config, spec, split)
+    model = build_model(model_config, spec, split, init)
     catalog = catalog_fn(model, train_data.item_texts)
 
     lm_params = [p for n, p in model.named_parameters() if n.startswith("item_tower.lm.") and p.requires_grad]

@@ -121,3 +121,20 @@ def test_ml100k_beats_popularity():
     pop = evaluate_popularity(split)
     assert metrics["test"]["recbole"]["NDCG@10"] > pop.recbole["NDCG@10"]
     assert metrics["test"]["recbole"]["HR@10"] > pop.recbole["HR@10"]
+
+
+def test_transplant_keeps_residuals_by_item_id_and_starts_new_items_text_only(tmp_path):
+    import torch
+
+    from encoders.recommender import load_checkpoint, transplant
+    from tests.support import small_two_tower_checkpoint
+
+    source, ids, texts = load_checkpoint(small_two_tower_checkpoint(tmp_path / "ckpt", n_items=20))
+    new_ids = [ids[5], "brand-new", ids[0]]
+    model = transplant(source, ids, new_ids, [texts[5], "Brand New Movie (2026). Drama", texts[0]])
+    with torch.no_grad():
+        old, new = source.catalog_vectors(), model.catalog_vectors()
+        torch.testing.assert_close(new[0], old[5])
+        torch.testing.assert_close(new[2], old[0])
+        assert not model.warm[1] and torch.equal(model.id_emb.weight[1], torch.zeros(16))
+        torch.testing.assert_close(new[1], model.item_tower.project(model.text_emb[1:2])[0])
