@@ -3,7 +3,14 @@
 An item's vector is its projected text embedding plus, optionally, a learned
 per-item residual that is nonzero only for items seen in training ("warm"), so
 unseen items keep a text-only vector in the same space. The user tower reads the
-vectors of the window's items; score(user, item) = user_vector . item_vector.
+vectors of the window's items; score(user, item) = user_vector . item_vector
++ beta[e] * 1[item in window], where e is the event type of the user's latest event
+on that item in the window (the repeat term, in the spirit of RepeatNet: Ren et al.,
+"RepeatNet: A Repeat Aware Neural Recommendation Machine for Session-based
+Recommendation", AAAI 2019). beta is learned with the next-item loss, so the model
+learns from data how likely a user is to come back to an item it already has; the
+served ONNX user tower leaves it out because the worker excludes the history anyway
+(beta = -inf).
 
 With `use_text=False` the item vector is the ID embedding alone: the ID-only
 baseline that shows what the language model adds.
@@ -36,6 +43,7 @@ class RecommenderConfig:
     user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
     use_text: bool = True  # False = ID-only baseline (no language model)
     id_residual: bool = True  # learned per-item residual for warm items (text mode)
+    repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 
 
@@ -55,6 +63,8 @@ class Recommender(nn.Module):
         elif self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.02)
         self.register_buffer("warm", torch.zeros(N, dtype=torch.bool))  # items that had training interactions
+        n_events = config.user_tower.n_event_ids
+        self.repeat = nn.Parameter(torch.zeros(n_events)) if config.repeat_bias else None  # [E] beta per event type
 
     def encode_catalog(self, item_texts: list[str]) -> None:
         """Fill the sentence-embedding cache from the item texts (catalog order)."""
@@ -89,6 +99,22 @@ class Recommender(nn.Module):
         """
         vectors = catalog[items] * attention_mask.unsqueeze(-1)  # [B, T, D]
         return self.user_tower.sequence(vectors, event_types, time_buckets, attention_mask)
+
+    def repeat_scores(self, items: torch.Tensor, event_types: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The repeat term at every position: beta[event type of the latest event on item i at or
+        before position t], 0 for items not in that causal prefix (or without a repeat term).
+
+        items / event_types [B, T] long, attention_mask [B, T] bool (left-padded) -> [B, T, N].
+        """
+        B, T = items.shape  # batch, time
+        if self.repeat is None:
+            return torch.zeros(B, T, self.config.n_items)
+        E = self.repeat.numel()  # event ids
+        step = torch.arange(1, T + 1, device=items.device)  # [T], later events get larger codes
+        codes = (step * E + event_types) * attention_mask  # [B, T], 0 at padding
+        latest = torch.zeros(B, T, self.config.n_items, dtype=torch.long, device=items.device)
+        latest = latest.scatter_(2, items.unsqueeze(-1), codes.unsqueeze(-1)).cummax(dim=1).values  # [B, T, N]
+        return torch.where(latest > 0, self.repeat[latest % E], 0.0)
 
 
 def transplant(source: Recommender, source_ids: list[str], item_ids: list[str], item_texts: list[str]) -> Recommender:
@@ -137,6 +163,7 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
     config = RecommenderConfig(
         n_items=rc["n_items"], item_tower=ItemTowerConfig(**rc["item_tower"]),
         user_tower=UserTowerConfig(**rc["user_tower"]), use_text=rc["use_text"], id_residual=rc["id_residual"],
+        repeat_bias=rc.get("repeat_bias", False),  # checkpoints from before the repeat term have none
     )
     spec = FeatureSpec(**{**raw["features"], "event_types": tuple(raw["features"]["event_types"])})
     model = Recommender(config, spec)

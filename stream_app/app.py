@@ -26,6 +26,9 @@ from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+BROKER_PROBE_INTERVAL_S = 2.0
+BROKER_PROBE_TIMEOUT_MS = 3_000
+
 
 class StreamrecApp(faust.App):
     transport_class: type  # set by build_app: stream_app.kafka.tuned_transport
@@ -223,13 +226,40 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
             serving.refused[_announced_version(message)] = reason
             metrics.model_refusals.inc()
 
-    def ready() -> bool:
+    broker_up = asyncio.Event()
+
+    @app.task
+    async def watch_broker():
+        """A metadata request every couple of seconds: is the broker answering?"""
+        probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                 request_timeout_ms=BROKER_PROBE_TIMEOUT_MS, **client_security(settings.security))
+        await probe.start()
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(probe.topics(), BROKER_PROBE_TIMEOUT_MS / 1000)
+                    broker_up.set()
+                except Exception as e:
+                    if broker_up.is_set():
+                        log.error("broker %s is not answering: %r", settings.broker, e)
+                    broker_up.clear()
+                metrics.broker_up.set(broker_up.is_set())
+                await asyncio.sleep(BROKER_PROBE_INTERVAL_S)
+        finally:
+            await probe.stop()
+
+    def can_serve() -> bool:
+        """Tables recovered and catalog loaded: HTTP answers are complete."""
         return catalog_ready.is_set() and app.tables.recovery.completed.is_set() and not app.in_recovery
+
+    def ready() -> bool:
+        return can_serve() and broker_up.is_set()
 
     @app.page("/health")
     async def health(web, request):
-        """200 once tables are recovered and the catalog is loaded; 503 before."""
-        body = {"status": "ok" if ready() else "starting", "model_version": serving.recommender.model_version,
+        """200 while the broker answers, tables are recovered and the catalog is loaded; else 503."""
+        status = "ok" if ready() else ("broker unreachable" if not broker_up.is_set() else "starting")
+        body = {"status": status, "model_version": serving.recommender.model_version,
                 "catalog_items": len(serving.recommender.index), "refused_versions": serving.refused,
                 "partitions": sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events)}
         return web.json(body, status=200 if ready() else 503)
@@ -249,7 +279,7 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
     async def recommendations_of(web, request, user_id: str):
         """The user's current top-k: their window scored by the serving model (what the next
         record would say); served only once tables are recovered."""
-        if not ready():
+        if not can_serve():
             return web.json({"error": "starting"}, status=503)
         recommender = serving.recommender
         window = windows.get(user_id)

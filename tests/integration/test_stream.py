@@ -80,7 +80,7 @@ def test_recommendations_dead_letters_and_live_catalog(settings, start_worker):
     assert f"streamrec_events_in_total {len(mixed)}.0" in text
     assert f'streamrec_model_info{{version="{version}"}} 1.0' in text
     assert 'streamrec_consumer_lag{partition="0"} 0.0' in text
-    assert "streamrec_windows 3.0" in text
+    assert "streamrec_windows 3.0" in text and "streamrec_broker_up 1.0" in text
     carol = latest["carol"]["items"]
     assert len({i["item_id"] for i in carol}) == 10 and all(i.get("because") is None for i in carol)
     seen = {item for history in HISTORIES.values() for item in history}
