@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import cpu, write_section  # noqa: E402
 from export.features import FeatureSpec  # noqa: E402
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config  # noqa: E402
 from export.parity import random_windows  # noqa: E402
@@ -145,16 +146,7 @@ def bench_item(args, workdir: Path) -> tuple[dict, str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs (shared with other processes); Python {platform.python_version()}, "
-            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    return f"{cpu()}; Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
 
 
 def markdown(args, user_rows, user_what, item, item_what, command: str) -> str:
@@ -190,20 +182,6 @@ def markdown(args, user_rows, user_what, item, item_what, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, section: str) -> None:
-    """Replace the '## Encoders' section of docs/benchmarks.md (other sections untouched)."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Encoders"), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:])
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="trained checkpoint (default: an untrained UserTower, default config)")
@@ -230,7 +208,7 @@ def main() -> None:
     print()
     print(section)
     if args.write_docs:
-        write_section(ROOT / "docs" / "benchmarks.md", section)
+        write_section(ROOT / "docs" / "benchmarks.md", "## Encoders", section)
         print(f"written to {ROOT / 'docs' / 'benchmarks.md'}")
 
 

@@ -37,9 +37,11 @@ def train(
     max_len: int = typer.Option(50, help="Window length the user tower sees."),
     text: bool = typer.Option(True, help="--no-text trains the ID-only baseline (no language model)."),
     id_residual: bool = typer.Option(True, help="Learned per-item residual for warm items."),
+    repeat: bool = typer.Option(True, help="Learned repeat term: beta per event type for items already in the window."),
     text_model_dir: str = typer.Option("", help="Local Hugging Face encoder dir [default: bundled all-MiniLM-L6-v2]."),
     train_top_layers: int = typer.Option(0, help="Fine-tune the top N LM layers (0 = frozen LM, embeddings cached)."),
     loss: str = typer.Option("full", help="'full' softmax over the catalog or 'sampled' (logQ-corrected)."),
+    cold_items: float = typer.Option(0.0, help="Withhold this fraction of the catalog from training (cold-item evaluation)."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
 ) -> None:
     """Train on --data, keep the best validation checkpoint, then export and register it."""
@@ -56,10 +58,11 @@ def train(
     model_config = RecommenderConfig(
         item_tower=ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=dim, train_top_layers=train_top_layers),
         user_tower=UserTowerConfig(dim=dim, n_layers=layers, n_heads=heads, dropout=dropout),
-        use_text=text, id_residual=id_residual,
+        use_text=text, id_residual=id_residual, repeat_bias=repeat,
     )
     config = TrainConfig(seed=seed, epochs=epochs, max_minutes=max_minutes, patience=patience, lr=lr,
-                         batch_size=batch_size, threads=threads, loss=loss, features=FeatureSpec(max_len=max_len))
+                         batch_size=batch_size, threads=threads, loss=loss, cold_items=cold_items,
+                         features=FeatureSpec(max_len=max_len))
     checkpoint = run(data, out, model_config, config)
     typer.echo(f"checkpoint: {checkpoint}")
     if not no_export:
@@ -74,12 +77,15 @@ def evaluate(
     checkpoint: list[Path] = typer.Option(..., exists=True, file_okay=False, help="Checkpoint dir; repeat for several (e.g. seeds)."),
     out: Path = typer.Option(Path("eval/report.md"), help="Markdown report; a PNG is written next to it."),
     title: str = typer.Option("ml-100k leave-one-out, full ranking", help="Report title."),
+    cold_items: float = typer.Option(0.0, help="The --cold-items the checkpoints were trained with."),
 ) -> None:
     """Leave-one-out test metrics of checkpoints and the popularity baseline (rows = model variants)."""
+    import json
+
     import torch
 
     from encoders.data import load_interactions, split_leave_one_out
-    from encoders.evaluate import evaluate_model, evaluate_popularity, write_report
+    from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items, write_report
     from encoders.recommender import load_checkpoint
 
     torch.set_num_threads(2)
@@ -90,7 +96,12 @@ def evaluate(
         data_set = load_interactions(data, model.feature_spec)
         if data_set.item_ids != item_ids:
             raise typer.BadParameter(f"{ckpt}: item ids differ from {data}; evaluate on the data it was trained on")
+        trained_with = json.loads((ckpt / "metrics.json").read_text())["train_config"].get("cold_items", 0.0)
+        if trained_with != cold_items:
+            raise typer.BadParameter(f"{ckpt} was trained with --cold-items {trained_with}, not {cold_items}")
         split = split_leave_one_out(data_set)
+        if cold_items > 0:
+            split = withhold_items(split, cold_items)
         results.setdefault(_variant_name(model), []).append(evaluate_model(model, split, "test"))
     results = {"popularity": [evaluate_popularity(split)], **results}
     typer.echo(write_report(results, title, out).read_text())
@@ -100,7 +111,8 @@ def _variant_name(model) -> str:
     c = model.config
     kind = "text + ID residual" if c.use_text and c.id_residual else "text only" if c.use_text else "ID only"
     tuned = f", LM top {c.item_tower.train_top_layers} tuned" if c.item_tower.train_top_layers else ""
-    return f"{kind}, d={c.user_tower.dim}, L={c.user_tower.n_layers}{tuned}"
+    repeat = " + repeat" if c.repeat_bias else ""
+    return f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}{tuned}"
 
 
 if __name__ == "__main__":

@@ -8,27 +8,30 @@ Every catalog item is ranked. Two settings are reported:
   this is the one comparable with RecBole numbers and the one targets refer to.
 - "product": items already in the user's history are excluded, as the worker does.
 
-Cold cases are those whose target never occurs in training; HR@10 is reported there.
+Cold cases are those whose target never occurs in training; HR@10 and NDCG@10 are
+reported there. LOO leaves almost no cold targets, so `withhold_items` removes a random
+share of the catalog from training to measure cold-item recall of the text tower.
 Baselines run in the same harness: popularity (training-interaction counts) and any
 checkpoint, e.g. the ID-only model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from encoders.data import Interactions, Split, make_windows
-from encoders.metrics import METRICS, ranking_metrics, target_ranks
+from encoders.metrics import METRICS, hit_rate, ndcg, ranking_metrics, target_ranks
 from encoders.recommender import Recommender
 
 
 @torch.no_grad()
-def model_scores(model: Recommender, history: Interactions, batch_size: int = 512) -> np.ndarray:
-    """Score every catalog item for every user's history: -> [U, N]."""
+def model_scores(model: Recommender, history: Interactions, batch_size: int = 64) -> np.ndarray:
+    """The model's full score of every catalog item for every user's history (repeat term
+    included, nothing hidden): -> [U, N]."""
     model.eval()
     catalog = model.catalog_vectors()  # [N, D]
     T = model.feature_spec.max_len
@@ -40,7 +43,9 @@ def model_scores(model: Recommender, history: Interactions, batch_size: int = 51
         vectors = catalog[torch.from_numpy(w.items)] * torch.from_numpy(w.mask).unsqueeze(-1)  # [B, T, D]
         users = model.user_tower(vectors, torch.from_numpy(w.event_types), torch.from_numpy(w.time_buckets),
                                  torch.from_numpy(w.mask))  # [B, D]
-        out.append((users @ catalog.T).numpy())
+        repeat = model.repeat_scores(torch.from_numpy(w.items), torch.from_numpy(w.event_types),
+                                     torch.from_numpy(w.mask))[:, -1]  # [B, N]
+        out.append((users @ catalog.T + repeat).numpy())
     return np.concatenate(out)
 
 
@@ -60,6 +65,7 @@ class Evaluation:
     recbole: dict[str, float]  # nothing hidden (targets refer to this)
     product: dict[str, float]  # history items excluded
     cold_hr10: float | None  # HR@10 (recbole setting) on cases whose target is cold; None if there are none
+    cold_ndcg10: float | None  # NDCG@10 (recbole setting) on the same cases
     n_cases: int
     n_cold: int
 
@@ -74,9 +80,26 @@ def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarr
     return Evaluation(
         recbole=ranking_metrics(ranks),
         product=ranking_metrics(target_ranks(seen, targets)),
-        cold_hr10=float(np.mean(ranks[cold] < 10)) if cold.any() else None,
+        cold_hr10=hit_rate(ranks[cold], 10) if cold.any() else None,
+        cold_ndcg10=ndcg(ranks[cold], 10) if cold.any() else None,
         n_cases=len(targets), n_cold=int(cold.sum()),
     )
+
+
+def withhold_items(split: Split, fraction: float, seed: int = 0) -> Split:
+    """The cold-item protocol: a random `fraction` of the catalog (fixed `seed`, so every model
+    sees the same items) loses all its training events, so it is never an input or a target in
+    training and gets no ID residual, but stays in the catalog, embedded by its text.
+    Validation and test cases are unchanged (held-out items may appear in histories, as new
+    items do in production); cases whose target is held out count as cold (`Evaluation.cold_*`)."""
+    n = split.train.n_items
+    held_out = np.zeros(n, dtype=bool)
+    held_out[np.random.default_rng(seed).choice(n, round(fraction * n), replace=False)] = True
+    t = split.train
+    keep = [~held_out[items] for items in t.items]
+    train = Interactions(t.item_ids, t.item_texts, t.user_ids, [s[k] for s, k in zip(t.items, keep)],
+                         [s[k] for s, k in zip(t.events, keep)], [s[k] for s, k in zip(t.times, keep)])
+    return replace(split, train=train)
 
 
 def evaluate_model(model: Recommender, split: Split, stage: str) -> Evaluation:
@@ -104,7 +127,7 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10"]
+    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10", "cold NDCG@10"]
     lines = [f"# {title}", "",
              "Leave-one-out, full ranking over all items. Metric columns: history NOT excluded "
              "(RecBole-comparable); 'product' columns: history excluded. Mean ± std over runs.", "",
@@ -112,7 +135,7 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path)
     for name, runs in results.items():
         cells = [_mean_spread([r.recbole[m] for r in runs]) for m in METRICS]
         cells += [_mean_spread([r.product[m] for r in runs]) for m in ("HR@10", "NDCG@10")]
-        cells.append(_mean_spread([r.cold_hr10 for r in runs]))
+        cells += [_mean_spread([r.cold_hr10 for r in runs]), _mean_spread([r.cold_ndcg10 for r in runs])]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     first = next(iter(results.values()))[0]
     lines += ["", f"{first.n_cases} test cases, {first.n_cold} with a cold target item.", ""]

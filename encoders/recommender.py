@@ -109,18 +109,21 @@ class Recommender(nn.Module):
         B, T = items.shape  # batch, time
         if self.repeat is None:
             return torch.zeros(B, T, self.config.n_items)
-        E = self.repeat.numel()  # event ids
-        step = torch.arange(1, T + 1, device=items.device)  # [T], later events get larger codes
-        codes = (step * E + event_types) * attention_mask  # [B, T], 0 at padding
-        latest = torch.zeros(B, T, self.config.n_items, dtype=torch.long, device=items.device)
-        latest = latest.scatter_(2, items.unsqueeze(-1), codes.unsqueeze(-1)).cummax(dim=1).values  # [B, T, N]
-        return torch.where(latest > 0, self.repeat[latest % E], 0.0)
+        step = torch.arange(T, device=items.device)  # [T]
+        later_same = (items.unsqueeze(2) == items.unsqueeze(1)) & attention_mask.unsqueeze(1) & (step > step.unsqueeze(1))
+        next_same = torch.where(later_same, step, T).amin(dim=2)  # [B, T] next position with the same item (T = none)
+        t = step.view(1, T, 1)  # query position
+        live = attention_mask.unsqueeze(1) & (step <= t) & (t < next_same.unsqueeze(1))  # [B, T, T]: event s is the latest on its item at t
+        beta = self.repeat[event_types].unsqueeze(1) * live  # [B, T, T]
+        return torch.zeros(B, T, self.config.n_items, device=items.device).scatter_add_(
+            2, items.unsqueeze(1).expand(B, T, T), beta)  # [B, T, N], at most one live event per item
 
 
 def transplant(source: Recommender, source_ids: list[str], item_ids: list[str], item_texts: list[str]) -> Recommender:
     """`source`'s weights over another catalog (a warm start for retraining, or the production
     model scored on today's items): ID residuals and warm flags follow the item ids, items
-    the source never saw start text-only."""
+    the source never saw start text-only; the repeat term (beta per event type, shared by all
+    items) is carried over as is."""
     model = Recommender(replace(source.config, n_items=len(item_ids)), source.feature_spec)
     per_item = ("text_emb", "warm", "id_emb.weight")
     model.load_state_dict({k: v for k, v in source.state_dict().items() if k not in per_item}, strict=False)

@@ -7,8 +7,10 @@ best weights restored -> test metrics -> checkpoint + loss/metric curves PNG.
 
 Training windows: each user's training sequence is cut into windows of
 `max_len` events; the first always ends at the user's newest training event, the
-others at a random offset each epoch. Position t predicts event t+1. Recency
-buckets are computed per window exactly as the worker computes them.
+others at a random offset each epoch. Position t predicts event t+1 with the
+model's full score: user state . item vector + the repeat term, whose window at
+position t is the causal prefix <= t of the training window. Recency buckets are
+computed per window exactly as the worker computes them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from encoders.data import Interactions, Split, load_interactions, make_windows, split_leave_one_out
-from encoders.evaluate import evaluate_model, warm_items
+from encoders.evaluate import evaluate_model, warm_items, withhold_items
 from encoders.recommender import Recommender, RecommenderConfig, save_checkpoint
 from export.features import FeatureSpec, left_pad
 
@@ -36,11 +38,13 @@ class TrainConfig:
     batch_size: int = 64  # windows per step
     lr: float = 2e-3  # AdamW, user tower, projection and ID residual
     lm_lr: float = 2e-5  # AdamW for fine-tuned LM layers (train_top_layers > 0)
+    repeat_lr: float = 0.05  # AdamW for the repeat term's beta (a few scalars, no weight decay)
     weight_decay: float = 0.01
     patience: int = 20  # epochs without a better validation NDCG@10 before stopping
     max_minutes: float = 10.0  # wall-clock budget for the training loop
     loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
     n_negatives: int = 256  # shared negatives per step for the sampled softmax
+    cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)
     threads: int = 2  # torch CPU threads
     features: FeatureSpec = field(default_factory=FeatureSpec)
 
@@ -85,16 +89,17 @@ def batch_tensors(train: Interactions, windows: list[tuple[int, int, int]], spec
     }
 
 
-def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
-                   log_q: torch.Tensor) -> torch.Tensor:
-    """states [B, T, D], catalog [N, D], targets [B, T] (-100 = padding), log_q [N] sampling log-probs -> []."""
+def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, repeat: torch.Tensor, targets: torch.Tensor,
+                   config: TrainConfig, log_q: torch.Tensor) -> torch.Tensor:
+    """states [B, T, D], catalog [N, D], repeat [B, T, N] repeat term, targets [B, T] (-100 = padding),
+    log_q [N] sampling log-probs -> []."""
     real = targets >= 0
-    h, y = states[real], targets[real]  # [P, D], [P]
+    h, r, y = states[real], repeat[real], targets[real]  # [P, D], [P, N], [P]
     if config.loss == "full":
-        return F.cross_entropy(h @ catalog.T, y)
+        return F.cross_entropy(h @ catalog.T + r, y)
     negatives = torch.multinomial(log_q.exp(), config.n_negatives, replacement=True)  # [K]
-    pos = (h * catalog[y]).sum(-1, keepdim=True) - log_q[y].unsqueeze(-1)  # [P, 1]
-    neg = h @ catalog[negatives].T - log_q[negatives]  # [P, K]
+    pos = (h * catalog[y]).sum(-1, keepdim=True) + r.gather(1, y.unsqueeze(-1)) - log_q[y].unsqueeze(-1)  # [P, 1]
+    neg = h @ catalog[negatives].T + r[:, negatives] - log_q[negatives]  # [P, K]
     neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))  # drop accidental hits
     logits = torch.cat([pos, neg], dim=1)  # [P, 1 + K]
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
@@ -153,8 +158,11 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
     catalog = catalog_fn(model, train_data.item_texts)
 
     lm_params = [p for n, p in model.named_parameters() if n.startswith("item_tower.lm.") and p.requires_grad]
-    other = [p for n, p in model.named_parameters() if not n.startswith("item_tower.lm.") and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": other, "lr": config.lr}, {"params": lm_params, "lr": config.lm_lr}],
+    repeat_params = [model.repeat] if model.repeat is not None else []
+    other = [p for n, p in model.named_parameters()
+             if not n.startswith("item_tower.lm.") and n != "repeat" and p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": other, "lr": config.lr}, {"params": lm_params, "lr": config.lm_lr},
+                                   {"params": repeat_params, "lr": config.repeat_lr, "weight_decay": 0.0}],
                                   weight_decay=config.weight_decay)
     counts = np.bincount(np.concatenate(train_data.items), minlength=train_data.n_items) + 1.0
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float()  # [N] popularity sampling for "sampled"
@@ -170,7 +178,8 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
             batch = batch_tensors(train_data, windows[a:a + config.batch_size], spec)
             vectors = catalog()  # [N, D]
             states = model.user_states(vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"])
-            loss = next_item_loss(states, vectors, batch["targets"], config, log_q)
+            repeat = model.repeat_scores(batch["items"], batch["event_types"], batch["mask"])  # [B, T, N]
+            loss = next_item_loss(states, vectors, repeat, batch["targets"], config, log_q)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -195,6 +204,7 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
         "seed": config.seed, "best_epoch": best_epoch, "epochs_run": len(history.loss),
         "train_minutes": (time.monotonic() - start) / 60,
         "valid": asdict(valid), "test": asdict(test), "curves": asdict(history),
+        "repeat_beta": model.repeat.tolist() if model.repeat is not None else None,  # per event id
         "train_config": {k: v for k, v in asdict(config).items() if k != "features"},
     }
     return model, metrics
@@ -206,6 +216,8 @@ def run(data_dir: str | Path, out_dir: str | Path, model_config: RecommenderConf
     config = config or TrainConfig()
     data = load_interactions(data_dir, config.features)
     split = split_leave_one_out(data)
+    if config.cold_items > 0:
+        split = withhold_items(split, config.cold_items)
     model_config = model_config or RecommenderConfig()
     spec = config.features
     model_config = replace(model_config, n_items=data.n_items, user_tower=replace(

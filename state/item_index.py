@@ -1,16 +1,27 @@
-"""The live candidate set: item vectors in one contiguous matrix, exact top-k by BLAS.
+"""The live candidate set: item vectors in one contiguous matrix; top-k by exact BLAS for
+catalogs below `ann_min_items`, by a FAISS IVF index (state/ann.py) from there on.
 
-Rows are appended as items arrive and reused after removals, so scoring a batch
-of users is a single [B, D] x [D, N] matrix product over the whole catalog.
+Rows are appended as items arrive and reused after removals, so exact scoring of a batch
+of users is a single [B, D] x [D, N] matrix product over the whole catalog. Its cost grows
+with N (tens of ms per user at 1M items, docs/benchmarks.md); the IVF scans a few lists.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from state.ann import Ivf, IvfConfig, LiveAnn
+
+# Exact top-k costs ~2.5 ms per user at 100k items and ~7-9 ms at 200k on one core, over the
+# 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
+# needs no build or second copy of the vectors, and its recall is 1.
+DEFAULT_ANN_MIN_ITEMS = 100_000
+
 
 class ItemIndex:
-    def __init__(self, dim: int, capacity: int = 1024):
+    def __init__(self, dim: int, capacity: int = 1024, ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
+                 ann: IvfConfig = IvfConfig()):
+        """`ann_min_items`: catalog size from which top-k is approximate (None: always exact)."""
         self.dim = dim
         self.vectors = np.zeros((capacity, dim), dtype=np.float32)  # [capacity, D]
         self.live = np.zeros(capacity, dtype=bool)  # rows that are candidates
@@ -18,6 +29,8 @@ class ItemIndex:
         self.ids: list[str | None] = [None] * capacity
         self.titles: dict[str, str] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._ann = LiveAnn(ann_min_items, ann) if ann_min_items is not None else None
+        self._last_search_ann = False
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -36,6 +49,8 @@ class ItemIndex:
         self.vectors[row] = vector
         self.live[row] = True
         self.titles[item_id] = title
+        if self._ann is not None:
+            self._ann.touch(row, self.vectors, self.live, len(self))
 
     def remove(self, item_id: str) -> None:
         row = self.row_of.pop(item_id, None)
@@ -46,6 +61,8 @@ class ItemIndex:
         self.ids[row] = None
         self.titles.pop(item_id, None)
         self._free.append(row)
+        if self._ann is not None:
+            self._ann.touch(row, self.vectors, self.live, len(self))
 
     def vectors_of(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors [T, D] for `item_ids` and a mask [T] of those in the index (others are zeros)."""
@@ -55,14 +72,44 @@ class ItemIndex:
         vectors[known] = self.vectors[rows[known]]
         return vectors, known
 
+    @property
+    def uses_ann(self) -> bool:
+        """Whether the last `top_k` searched the IVF (False: exact)."""
+        return self._last_search_ann
+
     def top_k(self, queries: np.ndarray, k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
-        """Best `k` live items per query [B, D] by dot product, skipping each query's `exclude` ids."""
+        """Best `k` live items per query [B, D] by dot product, skipping each query's `exclude` ids.
+        Approximate once the catalog has `ann_min_items` items and the IVF is built, else exact."""
+        self._last_search_ann = False
         if not len(self) or not len(queries):
             return [[] for _ in range(len(queries))]
+        excluded = [[self.row_of[i] for i in ids if i in self.row_of] for ids in exclude]
+        ann = self._ann.ready(self.vectors, self.live, len(self)) if self._ann is not None else None
+        if ann is None:
+            return self._exact_top_k(queries, k, excluded)
+        self._last_search_ann = True
+        return self._ann_top_k(ann, queries, k, excluded)
+
+    def _ann_top_k(self, ann: Ivf, queries: np.ndarray, k: int, excluded: list[list[int]]):
+        # Over-fetch by the longest exclusion list in the batch so that k survive the filter
+        # unless the probed lists hold too few items; such queries are answered exactly.
+        scores, rows = ann.search(queries, k + max(map(len, excluded)))  # [B, k'] each
+        results, short = [], []
+        for b, skip in enumerate(map(set, excluded)):
+            kept = [(r, s) for r, s in zip(rows[b].tolist(), scores[b].tolist()) if r >= 0 and r not in skip][:k]
+            results.append([(self.ids[r], s) for r, s in kept])
+            if len(kept) < min(k, len(self) - len(skip)):
+                short.append(b)
+        if short:
+            exact = self._exact_top_k(queries[short], k, [excluded[b] for b in short])
+            for b, ranked in zip(short, exact):
+                results[b] = ranked
+        return results
+
+    def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list[list[int]]):
         scores = queries.astype(np.float32) @ self.vectors.T  # [B, capacity]
         scores[:, ~self.live] = -np.inf
-        for b, ids in enumerate(exclude):
-            rows = [self.row_of[i] for i in ids if i in self.row_of]
+        for b, rows in enumerate(excluded):
             scores[b, rows] = -np.inf
         k_eff = min(k, scores.shape[1])
         top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]  # [B, k] unordered

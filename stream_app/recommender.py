@@ -2,8 +2,9 @@
 
 The one scoring path shared by the worker and `streamrec predict`. NumPy and
 onnxruntime only: the user tower (or, for the zero-training baseline, a
-recency- and event-weighted mean of the window's item vectors), then exact
-top-k over the live item index, minus what each user already touched.
+recency- and event-weighted mean of the window's item vectors), then top-k over
+the live item index (exact, or FAISS IVF from `ann_min_items` items on), minus what
+each user already touched.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from export.features import item_text, left_pad, recency_buckets
 from export.runtime import ModelRuntime
-from state.item_index import ItemIndex
+from state.item_index import DEFAULT_ANN_MIN_ITEMS, ItemIndex
 from state.popularity import TrendingCounter
 from state.window import UserWindow
 from stream_app.schemas import Item, RecommendedItem
@@ -33,8 +34,9 @@ class Recommender:
     catalog_row: dict[str, int]  # item id -> row of the model's own catalog vectors
 
     @classmethod
-    def create(cls, runtime: ModelRuntime, event_weights: dict[str, float], k: int, trending_half_life_s: float):
-        index = ItemIndex(int(runtime.version.config["dim"]))
+    def create(cls, runtime: ModelRuntime, event_weights: dict[str, float], k: int, trending_half_life_s: float,
+               ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS):
+        index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
         return cls(runtime, event_weights, k, index, TrendingCounter(trending_half_life_s), catalog_row)
 

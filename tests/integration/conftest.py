@@ -86,8 +86,10 @@ class WorkerProcess:
     def health(self) -> dict | None:
         """The /health body, None while the worker cannot answer or is not ready."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=5) as r:
                 return json.loads(r.read())
+        except urllib.error.HTTPError as e:  # 503: not ready, but answering
+            return json.loads(e.read())
         except OSError:
             return None
 
@@ -99,7 +101,7 @@ class WorkerProcess:
             return e.code, e.read()
 
     def healthy(self) -> bool:
-        return self.health() is not None
+        return (self.health() or {}).get("status") == "ok"
 
     def wait_for(self, condition, timeout_s: float = 60.0) -> None:
         """Until `condition(health)` holds."""
@@ -161,6 +163,26 @@ async def produce(settings: Settings, topic: str, records: list[tuple[bytes | No
     async with producer(settings) as p:
         for key, value in records:
             await p.send_and_wait(topic, value, key=key)
+
+
+def produce_paced(settings: Settings, topic: str, records: list[tuple[bytes, bytes]], rate: float) -> None:
+    """Send records at `rate` per second from one producer, retrying each while the broker is gone
+    (as any producer would). Blocking: run it in a thread to keep a stream going during a test."""
+    from stream_app.replay import producer
+
+    async def send():
+        async with producer(settings) as p:
+            start = time.monotonic()
+            for n, (key, value) in enumerate(records):
+                while True:
+                    try:
+                        await p.send_and_wait(topic, value, key=key)
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.5)
+                await asyncio.sleep(max(0.0, (n + 1) / rate - (time.monotonic() - start)))
+
+    asyncio.run(send())
 
 
 async def consume_until(settings: Settings, topic: str, done, timeout_s: float = 60.0) -> list:

@@ -11,7 +11,7 @@ from export.registry import Registry
 from stream_app.cli import app as cli
 from stream_app.kafka import ensure_topics
 from tests.integration.conftest import (
-    copy_version, dumps, event, ml100k_items, produce, run, consume_until, settings_env,
+    consume_until, copy_version, dumps, event, ml100k_items, produce, produce_paced, run, settings_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -21,13 +21,10 @@ CATALOG = ml100k_items(60)  # the items the small two-tower model was trained on
 
 def stream_events(settings, first: int, count: int, rate: float) -> list[str]:
     """One event per new user, at `rate` per second, so every event must yield its own record."""
-    ids = []
-    for n in range(first, first + count):
-        record = event(n, f"user{n}", str(1 + n % len(CATALOG)), "click")
-        run(produce(settings, settings.topics.events, [record]))
-        ids.append(f"user{n}-{n}")
-        time.sleep(1 / rate)
-    return ids
+    numbers = range(first, first + count)
+    produce_paced(settings, settings.topics.events,
+                  [event(n, f"user{n}", str(1 + n % len(CATALOG)), "click") for n in numbers], rate)
+    return [f"user{n}-{n}" for n in numbers]
 
 
 def outputs_for(settings, event_ids: list[str]) -> list[dict]:

@@ -78,6 +78,13 @@ def test_variants_train(split, variant):
     assert model.catalog_vectors().shape == (30, 16)
 
 
+def test_repeat_beta_goes_negative_without_repeats(split):
+    """Nobody in the fixture meets an item twice, so the model learns to push seen items down."""
+    model, metrics = train(configured(split, use_text=False), replace(FAST, epochs=3), split, progress=False)
+    used = [SPEC.event_type_id(e) for e in ("view", "click", "purchase")]
+    assert all(metrics["repeat_beta"][i] < -0.5 for i in used)
+
+
 def test_sampled_softmax_trains(split):
     _, metrics = train(configured(split), replace(FAST, loss="sampled", n_negatives=8), split, progress=False)
     assert metrics["curves"]["loss"][-1] < metrics["curves"]["loss"][0]
@@ -137,4 +144,6 @@ def test_transplant_keeps_residuals_by_item_id_and_starts_new_items_text_only(tm
         torch.testing.assert_close(new[0], old[5])
         torch.testing.assert_close(new[2], old[0])
         assert not model.warm[1] and torch.equal(model.id_emb.weight[1], torch.zeros(16))
+        source.repeat.copy_(torch.tensor([0.0, -1.0, -2.0, -3.0, -4.0]))
+        torch.testing.assert_close(transplant(source, ids, new_ids, texts[:3]).repeat, source.repeat)
         torch.testing.assert_close(new[1], model.item_tower.project(model.text_emb[1:2])[0])

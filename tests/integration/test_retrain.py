@@ -1,0 +1,170 @@
+"""`streamrec retrain` against the real broker: a better model is promoted and announced;
+data that makes the candidate worse is rejected and nothing changes.
+
+The behaviour is a clean sequential pattern users follow through the catalog (pattern A:
+after item x comes A(x), one cycle through all items), so "better" and "worse" are not
+a matter of noise:
+
+- promote: production is the small untrained two-tower model (it knows 60 items); the
+  topic holds A-walks over 65 items (5 are new since production). The candidate, warm-started
+  and fine-tuned on the older 90%, predicts the newest 10% far better -> exit 0.
+- reject: production is now that A-model. New users walk pattern B (another cycle) and
+  only their newest 10% of events follow A again. Fine-tuning on B makes the candidate
+  forget A, so on the held-out A events it is genuinely worse -> exit 3, nothing changes.
+"""
+
+import json
+from types import SimpleNamespace
+
+import kafka
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from encoders.retrain_cli import standalone
+from export.registry import Registry
+from stream_app.kafka import ensure_topics, true_end_offsets
+from stream_app.replay import publish
+from tests.integration.conftest import copy_version, dumps, event, ml100k_items, produce, run, settings_env
+
+pytestmark = pytest.mark.integration
+
+CATALOG = ml100k_items(65)  # production (tests/support.py) was built over the first 60
+USERS, STEPS = 150, 20  # 3000 events per scenario; the newest 10% = each user's last 2 steps
+FAST = ["--epochs", "30", "--patience", "5", "--lr", "5e-3", "--threads", "1", "--no-progress"]
+
+
+def cycle(seed: int) -> dict[str, str]:
+    """A random cycle through every catalog item: item -> the next one."""
+    order = list(np.random.default_rng(seed).permutation([item_id for item_id, _ in CATALOG]))
+    return {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+
+
+A, B = cycle(1), cycle(2)
+
+
+def walks(prefix: str, steps: list[dict[str, str]], t0_ms: int) -> list[tuple[str, dict]]:
+    """USERS users, one event per step, step k of every user before step k+1 of anyone; step k's
+    item follows from the previous one by steps[k]; the first item is random."""
+    rng = np.random.default_rng(sum(map(ord, prefix)))
+    current = {u: CATALOG[int(rng.integers(len(CATALOG)))][0] for u in range(USERS)}
+    records = []
+    for k, pattern in enumerate(steps):
+        for u in range(USERS):
+            if k:
+                current[u] = pattern[current[u]]
+            key, value = event(k, f"{prefix}{u}", current[u], "click", ts=t0_ms + (k * USERS + u) * 1000)
+            records.append((key.decode(), json.loads(value)))
+    return records
+
+
+def publish_events(settings, records) -> None:
+    run(publish(settings, settings.topics.events, records, len(records)))  # multi-record batches
+
+
+def end_offset(settings, topic: str) -> int:
+    """Records on a one-partition topic (the true end: the embedded broker under-reports)."""
+    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    try:
+        tp = kafka.TopicPartition(topic, 0)
+        return true_end_offsets(settings, consumer.end_offsets([tp]))[tp]
+    finally:
+        consumer.close()
+
+
+def model_updates(settings) -> list[dict]:
+    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                   auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    try:
+        tp = kafka.TopicPartition(settings.topics.model_updates, 0)
+        consumer.assign([tp])
+        end = end_offset(settings, tp.topic)
+        records = []
+        while len(records) < end:
+            records += consumer.poll(timeout_ms=500).get(tp, [])
+        return [json.loads(r.value) for r in records]
+    finally:
+        consumer.close()
+
+
+def retrain(settings, *args: str):
+    result = CliRunner().invoke(standalone(), ["retrain", *args, *FAST], env=settings_env(settings))
+    reports = sorted((settings.registry.parent / "work").glob("*/report.json"))
+    assert reports, f"no report; exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result, json.loads(reports[-1].read_text())
+
+
+@pytest.fixture(scope="module")
+def promoted(broker, two_tower_registry, tmp_path_factory):
+    """Scenario A, run once for the module: the promotion every later test starts from."""
+    from stream_app.settings import Settings, Topics
+
+    tmp = tmp_path_factory.mktemp("retrain")
+    root = tmp / "registry"
+    root.mkdir()
+    production = copy_version(two_tower_registry, root)
+    Registry(root).set_latest(production)
+    tag = tmp.name[-8:].replace("-", "")
+    settings = Settings(broker=broker.url, registry=root, topics=Topics(
+        events=f"events-rt{tag}", items=f"items-rt{tag}", recommendations=f"recs-rt{tag}", dlq=f"dlq-rt{tag}",
+        model_updates=f"updates-rt{tag}"))
+    run(ensure_topics(settings))
+    run(publish(settings, settings.topics.items, CATALOG, len(CATALOG)))
+    publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
+    invalid = [(b"x", b"{not json"), event(999, "a1", "1", "teleport"), (b"a2", dumps({"user_id": "a2"}))]
+    run(produce(settings, settings.topics.events, invalid))  # what the worker dead-letters
+    position = tmp / "position.json"  # does not exist yet: the first run reads from the start
+
+    result, report = retrain(settings, "--from-offsets", str(position), "--since", "1h",
+                             "--work-dir", str(tmp / "work"))
+    return SimpleNamespace(settings=settings, root=root, production=production, position=position,
+                           result=result, report=report, tmp=tmp)
+
+
+def test_a_better_candidate_is_promoted_registered_and_announced(promoted):
+    result, report, registry = promoted.result, promoted.report, Registry(promoted.root)
+    assert result.exit_code == 0, result.output + json.dumps(report, indent=1)[:3000]
+    assert "PROMOTED" in result.output
+
+    new = registry.latest()
+    assert new != promoted.production and new == report["promoted_version"]
+    assert registry.versions() == [promoted.production, new]
+    version = registry.load(new)
+    assert version.metrics["retrain"]["production_version"] == promoted.production
+
+    (update,) = model_updates(promoted.settings)
+    assert update["version"] == new and update["sha256"] == version.sha256
+
+    data, holdout, evaluation = report["data"], report["holdout"], report["evaluation"]
+    assert data["topic_events"] == USERS * STEPS and data["invalid_events_skipped"] == 3
+    assert data["catalog_items"] == len(CATALOG)
+    assert holdout["cases"] == holdout["events"] == USERS * STEPS // 10
+    assert holdout["cases_with_items_new_since_production"] > 0
+    assert evaluation["candidate"]["NDCG@10"] > evaluation["production"]["NDCG@10"] + 0.3
+    # the stored position now points past everything this run read
+    assert json.loads(promoted.position.read_text()) == {"0": USERS * STEPS + 3} == {
+        str(p): o for p, o in data["end_offsets"].items()}
+
+
+def test_data_that_makes_the_candidate_worse_is_rejected_and_nothing_changes(promoted):
+    settings, registry = promoted.settings, Registry(promoted.root)
+    latest, versions, position = registry.latest(), registry.versions(), promoted.position.read_text()
+    updates = model_updates(settings)
+    assert promoted.result.exit_code == 0 and len(updates) == 1
+
+    # New users: 18 steps of pattern B, then their newest 2 steps follow A again.
+    publish_events(settings, walks("b", [B] * (STEPS - 2) + [A] * 2, 1_710_000_000_000))
+    result, report = retrain(settings, "--from-offsets", str(promoted.position), "--work-dir",
+                             str(promoted.tmp / "work"))
+    assert result.exit_code == 3, result.output + json.dumps(report, indent=1)[:3000]
+    assert "REJECTED" in result.output
+
+    assert registry.latest() == latest and registry.versions() == versions  # nothing registered
+    assert model_updates(settings) == updates  # nothing announced
+    assert promoted.position.read_text() == position  # a rejected run does not advance the position
+    assert report["data"]["topic_events"] == USERS * STEPS  # only the events after the stored position
+    assert report["production"]["version"] == latest
+    evaluation = report["evaluation"]
+    assert evaluation["candidate"]["NDCG@10"] < evaluation["production"]["NDCG@10"] - 0.3
+    assert not report["gate"]["promote"] and report["gate"]["tolerance"] == 0.005
+    assert "promoted_version" not in report and not list(promoted.root.glob(".staging-*"))
