@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 DATA    ?= $(abspath ../shared/data/ml-100k)
 export STREAMREC_REGISTRY ?= $(abspath .streamrec/registry)
 
-.PHONY: setup test test-slow demo train lint clean
+.PHONY: setup test test-slow test-reliability demo train bench clean
 
 setup: .venv/.installed
 
@@ -22,6 +22,13 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# Long versions of the reliability suites (make test runs them short).
+test-reliability: setup
+	STREAMREC_RELIABILITY=full $(PY) -m pytest -q -s tests/reliability
+
+bench: setup
+	$(PY) bench/encoders.py
 
 # Trains and registers a model if the registry has none yet, then runs the live demo.
 demo: setup

@@ -41,10 +41,11 @@ class StreamrecApp(faust.App):
 def event_context(stream: faust.StreamT, event: faust.EventT):
     """Make `event` the stream's current event while writing to a table.
 
-    A table write goes to the changelog partition of the current event (the
-    partition this user's events arrive on, whatever partitioner the producer
-    used). `take_events()` hands over a batch without setting one, so we set it
-    per write — the same call Faust's own per-event iteration makes.
+    Table reads and writes use the RocksDB store and changelog partition of the
+    current event (the partition this user's events arrive on, whatever
+    partitioner the producer used). `take_events()` hands over a batch without
+    setting one per event, so we set it per access — the same call Faust's own
+    per-event iteration makes.
     """
     previous = stream.current_event  # the stream's own buffering reads it too: put it back
     stream._set_current_event(event)
@@ -135,8 +136,9 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
         users = list(touched)
         updated = []
         for user in users:
-            new, _ = touched[user]
-            window = windows[user]
+            new, event = touched[user]
+            with event_context(stream, event):  # reads, too, go to the event's partition store
+                window = windows[user]
             for e in new:
                 recommender.observe(e.item_id, e.event_type, e.ts)
                 if window.recommended:

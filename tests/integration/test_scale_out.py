@@ -20,10 +20,12 @@ def test_two_workers_split_partitions_and_answer_every_user(settings, start_work
     first = start_worker(settings)
     second_settings = settings.model_copy(update={"data_dir": tmp_path / "state-2", "web_port": free_port()})
     second = start_worker(second_settings)
-    first.wait_for(lambda h: h.get("status") == "ok" and h["partitions"] and
-                   len(h["partitions"]) + len((second.health() or {}).get("partitions", [])) == 4)
-    owned = [set(first.health()["partitions"]), set(second.health()["partitions"])]
-    assert owned[0] and owned[1] and owned[0] | owned[1] == {0, 1, 2, 3} and not owned[0] & owned[1]
+
+    def split_between_both(_) -> bool:
+        owned = [set((w.health() or {}).get("partitions", [])) for w in (first, second)]
+        return all(owned) and owned[0] | owned[1] == {0, 1, 2, 3} and not owned[0] & owned[1]
+
+    first.wait_for(split_between_both)  # the group has settled: both workers own partitions
 
     records = [event(n, user, str(1 + (n * 7) % 100)) for n, user in enumerate(USERS * 3)]
     run(produce(settings, settings.topics.events, records))
