@@ -31,6 +31,18 @@ def wait_for_port(host: str, port: int, timeout_s: float = 15.0) -> None:
             time.sleep(0.05)
 
 
+def stop_process(process: subprocess.Popen | None, timeout_s: float = 30.0) -> None:
+    """SIGTERM a child we started, SIGKILL it if it has not exited within `timeout_s`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class EmbeddedBroker:
     """Runs Tansu as a child process for the lifetime of a `with` block."""
 
@@ -53,13 +65,7 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=10)
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from export.exceptions import RegistryError
 from export.registry import Registry
-from stream_app.broker import EmbeddedBroker
+from stream_app.broker import EmbeddedBroker, stop_process
 from stream_app.consume import read_recommendations
 from stream_app.kafka import ensure_topics
 from stream_app.replay import dataset_records, publish
@@ -41,16 +41,6 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def render(latest: dict[str, dict], titles: dict[str, str], received: int, sent: int) -> Group:
@@ -134,4 +124,4 @@ def run_demo(data: Path, rate: float, n_events: int, n_users: int, port: int) ->
         try:
             return asyncio.run(_run(settings, items, events[:n_events], rate, n_users, worker, console))
         finally:
-            stop(worker)
+            stop_process(worker)

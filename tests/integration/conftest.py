@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import EmbeddedBroker
+from stream_app.broker import EmbeddedBroker, stop_process
 from stream_app.demo import free_port
 from stream_app.settings import Settings, Topics
 
@@ -118,13 +118,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture
