@@ -9,5 +9,7 @@ COPY encoders encoders
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[train]"
 ENV STREAMREC_REGISTRY=/var/lib/streamrec/registry \
     HF_HUB_OFFLINE=1
-# Training data (RecBole atomic files or events/items JSONL) is mounted at /data.
-CMD ["streamrec", "train", "--data", "/data"]
+# Base training data (RecBole atomic files or events/items JSONL) is mounted at /data.
+# Hourly: re-fine-tune on the events topic since the last promoted run, gate, promote.
+CMD ["streamrec", "retrain", "--every", "1h", "--base", "/data", "--work-dir", "/var/lib/streamrec/retrain", "--no-progress", \
+     "--from-offsets", "/var/lib/streamrec/retrain/offsets.json"]

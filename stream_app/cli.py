@@ -125,11 +125,13 @@ def rollback(to: Optional[str] = typer.Option(None, help="version to serve (defa
 
 
 def _mount_trainer_commands() -> None:
-    """train/evaluate (encoders) and export/models (export) define their own torch-free CLIs."""
+    """train/evaluate/retrain (encoders) and export/models (export) have their own torch-free CLIs."""
     from encoders.cli import app as trainer_app
+    from encoders.retrain_cli import app as retrain_app
     from export.cli import app as export_app
 
     app.add_typer(trainer_app)
+    app.add_typer(retrain_app)
     app.add_typer(export_app)
 
 
