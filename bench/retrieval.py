@@ -214,6 +214,7 @@ def plot(rows: list[dict], path: Path) -> None:
         if label != "exact":
             rec.plot(sizes, [r["recall"] for r in mine], "o-", color=line.get_color(), label=label, **style)
     lat.axhline(TARGET_MS, color="red", linestyle=":", label=f"target {TARGET_MS:g} ms")
+    lat.axvline(DEFAULT_ANN_MIN_ITEMS, color="grey", linestyle=":", label="default ann_min_items")
     lat.set(xscale="log", yscale="log", xlabel="catalog size (items)", ylabel="ms per user (top-10)",
             title="Top-10 latency per user, 1 thread")
     rec.axhline(0.95, color="red", linestyle=":", label="target 0.95")

@@ -36,8 +36,8 @@ import numpy as np
 class IvfConfig:
     lists_per_sqrt_n: float = 1.0  # inverted lists = this x sqrt(items at build): ~sqrt(N) items a list
     nprobe: int = 64  # lists scanned per query: the recall/latency knob (recall@10 0.99 at 1M, < 1 ms)
-    train_per_list: int = 64  # k-means sample per list (FAISS asks for >= 39)
-    kmeans_iters: int = 20
+    train_per_list: int = 40  # k-means sample per list (FAISS asks for >= 39); more did not raise recall
+    kmeans_iters: int = 10  # 20 iterations: same recall at 1M, +1.6 s of build
     rebuild_growth: float = 2.0  # rebuild once the catalog is this many times its size at the last build
     background: bool = True  # build in a thread while the exact path serves (False: in the calling upsert/top_k)
     seed: int = 0  # k-means sample and initialisation, so builds are reproducible

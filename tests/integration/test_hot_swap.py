@@ -57,6 +57,9 @@ def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
     run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in CATALOG]))
     worker = start_worker(settings)
     assert worker.health()["model_version"] == a
+    new_item = (b"9001", dumps({"item_id": "9001", "title": "A Movie Published After Training (2026)"}))
+    run(produce(settings, settings.topics.items, [new_item]))  # B never saw it: B's item tower must embed it
+    worker.wait_for_catalog(len(CATALOG) + 1)
 
     # Promote B while events keep coming: every event answered, A then B, exactly one switch.
     produced: list[str] = []
@@ -71,6 +74,7 @@ def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
     assert versions_in_order(outputs) == [a, b]
     assert all(len(o["items"]) >= 10 for o in outputs)
     assert worker.health()["model_version"] == b
+    assert worker.health()["catalog_items"] == len(CATALOG) + 1  # the swap brought every live item
 
     # Roll back with the CLI: latest points at A again and the worker serves A.
     env = settings_env(settings)
