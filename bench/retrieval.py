@@ -184,6 +184,27 @@ def first_search_after_changes(index: ItemIndex, query, exclude, rng: np.random.
     return time.perf_counter() - t0
 
 
+def tight_loop_load(x: np.ndarray, queries: np.ndarray, exclude: list[set[str]]) -> dict:
+    """The worker's defaults (background builds) loading `x` in one tight loop, as a hot swap
+    re-adding the catalog does: seconds to load, of the first batch-64 search (it re-files the
+    rows added since the last build's snapshot), from the end of the load until the last build
+    is adopted, and of a batch-64 search then."""
+    index = ItemIndex(DIM)
+    t0 = time.perf_counter()
+    for row, vector in enumerate(x):
+        index.upsert(str(row), vector)
+    t1 = time.perf_counter()
+    index.top_k(queries[:64], K, exclude[:64])
+    t2 = time.perf_counter()
+    while index._ann._building is not None:  # bench-only peek: is a build still running?
+        time.sleep(0.05)
+        index.top_k(queries[:1], K, exclude[:1])  # adopts it once finished
+    t3 = time.perf_counter()
+    index.top_k(queries[:64], K, exclude[:64])
+    return {"n": len(x), "load_s": t1 - t0, "first_s": t2 - t1, "settled_s": t3 - t1,
+            "settled_batch_s": time.perf_counter() - t3, "built": index._ann.current.built_size}
+
+
 def hnsw_top_k(hnsw, queries: np.ndarray, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
     """Top-k with the same over-fetch and filter as ItemIndex (ids are row numbers)."""
     scores, rows = hnsw.search(queries, K + max(map(len, exclude)))
@@ -228,13 +249,14 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(rows: list[dict], args, command: str, image: str) -> str:
+def markdown(rows: list[dict], tight: dict, load_avg: tuple[float, float], args, command: str, image: str) -> str:
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
     lines = [
         "## Retrieval",
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {cpu()}, no GPU; Python {platform.python_version()}, "
-        f"NumPy {np.__version__}, faiss-cpu {faiss.__version__}; {threads}.",
+        f"NumPy {np.__version__}, faiss-cpu {faiss.__version__}; {threads}; load average {load_avg[0]:.1f} at the "
+        f"start, {load_avg[1]:.1f} at the end (other engineers' jobs). Timings: the best of {args.repeats} passes.",
         "",
         f"Synthetic catalogs, D={DIM}: a two-level Gaussian mixture (50 topics x 20 sub-clusters, Zipf popularity, "
         "power-law noise spectrum, norms 0.8-1.2), not uniform noise. Queries are drawn like baseline users: a "
@@ -253,16 +275,35 @@ def markdown(rows: list[dict], args, command: str, image: str) -> str:
         load = f"{r['load_s']:.1f}" if r["load_s"] is not None else "-"
         lines.append(f"| {r['n']:,} | {r['method']} | {r['b1_p50']:.3f} | {r['b1_p90']:.3f} | {r['b64']:.3f} | "
                      f"{r['recall']:.3f} | {load} | {r['build_s']:.1f} | {r['mb']:,.0f} |")
-    refresh = [r for r in rows if r["series"] == f"IVF nprobe={IvfConfig().nprobe}"]
+    shipped = [r for r in rows if r["series"] == f"IVF nprobe={IvfConfig().nprobe}"]
+    largest = max(r["n"] for r in rows)
+    exact, ivf = (next(r for r in rows if r["n"] == largest and r["series"] == s) for s in ("exact", shipped[0]["series"]))
+    met = ivf["b1_p50"] <= TARGET_MS and ivf["b64"] <= TARGET_MS and ivf["recall"] >= 0.95
     lines += [
         "",
         f"![latency and recall vs catalog size]({image})",
         "",
-        "Live updates on the IVF path: the first search after 1,000 removals and 1,000 new items (re-filed in "
-        "one batch before searching) took " + ", ".join(f"{r['refresh_ms']:.1f} ms at {r['n']:,}" for r in refresh) + ".",
+        f"At {largest:,} items exact top-k takes {exact['b1_p50']:.1f} ms per user at batch 1 and {exact['b64']:.1f} "
+        f"at batch 64; the shipped IVF ({ivf['method']}) {ivf['b1_p50']:.2f} and {ivf['b64']:.2f} ms at recall@10 "
+        f"{ivf['recall']:.3f}: the target (<= {TARGET_MS:g} ms, >= 0.95) is {'met' if met else 'NOT met'}.",
         "",
-        f"The worker uses exact top-k below `ann_min_items` (default {DEFAULT_ANN_MIN_ITEMS:,}) and IVF-Flat with "
-        "nlist = sqrt(N), nprobe = 64 from there on.",
+        f"- The worker uses exact top-k below `ann_min_items` (default {DEFAULT_ANN_MIN_ITEMS:,}): up to there exact "
+        "is within the 5 ms budget, has recall 1 and needs no build or second copy of the vectors; at 200k it is "
+        "over budget. From there on: IVF-Flat, nlist = sqrt(N) at build time, nprobe = 64 (`state/ann.py`).",
+        "- IVF-Flat rather than HNSW: it deletes and re-files single vectors (HNSW cannot delete), it builds in "
+        "seconds where HNSW takes minutes, and here it reaches higher recall at a similar latency.",
+        "- Live updates: the first search after 1,000 removals and 1,000 new items (re-filed in one batch before "
+        "searching) took " + ", ".join(f"{r['refresh_ms']:.1f} ms at {r['n']:,}" for r in shipped) + ".",
+        f"- Loading {tight['n']:,} items in one tight loop with the defaults (background builds at 100k and each "
+        f"doubling, as a hot swap re-adding the catalog would): {tight['load_s']:.1f} s of upserts; the first "
+        f"batch of 64 then took {tight['first_s']:.2f} s (re-filing the rows added since the last build's snapshot); "
+        f"the {tight['built']:,}-item build was adopted {tight['settled_s']:.1f} s after the load, and a batch of 64 "
+        f"then took {1e3 * tight['settled_batch_s']:.0f} ms. Items that trickle in (embedded one by one) keep the "
+        "IVF close to current instead.",
+        "- Memory: IVF-Flat keeps a second float32 copy of the vectors, and a build copies the live rows once "
+        "more while it runs.",
+        "- Recall depends on the data and these catalogs are synthetic: re-check nprobe (`IvfConfig`) against "
+        "exact on the real item vectors once a catalog this large exists.",
         "",
         "Reproduce:",
         "",
@@ -287,11 +328,17 @@ def main() -> None:
     command = ".venv/bin/python bench/retrieval.py " + shlex.join(sys.argv[1:])
     print(f"machine: {cpu()}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
           f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}", flush=True)
+    load_start = os.getloadavg()[0]
     rows = []
     for n in args.sizes:
         rows += bench_size(n, args, np.random.default_rng(args.seed))
+    rng = np.random.default_rng(args.seed)
+    x, cluster = clustered_catalog(max(args.sizes), rng)
+    queries, histories = users(x, cluster, 64, rng)
+    tight = tight_loop_load(x, queries, [{str(r) for r in h} for h in histories])
+    print(f"  tight-loop load: {tight}", flush=True)
     image = "img/retrieval_latency.png"
-    section = markdown(rows, args, command.strip(), image)
+    section = markdown(rows, tight, (load_start, os.getloadavg()[0]), args, command.strip(), image)
     print()
     print(section)
     if args.write_docs:
