@@ -12,8 +12,8 @@ import numpy as np
 
 from state.ann import Ivf, IvfConfig, LiveAnn
 
-# Exact top-k costs ~2.5 ms per user at 100k items and ~7-9 ms at 200k on one core, over the
-# 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
+# Exact top-k costs ~2.6 ms per user at 100k items on one core and 5-9 ms at 200k, at or over
+# the 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
 # needs no build or second copy of the vectors, and its recall is 1.
 DEFAULT_ANN_MIN_ITEMS = 100_000
 

@@ -14,6 +14,8 @@ import time
 from contextlib import contextmanager
 
 import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -250,6 +252,12 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
         finally:
             await probe.stop()
 
+    def owned_event_partitions() -> list[int]:
+        try:
+            return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events)
+        except ConsumerNotStarted:  # between start-up and the first assignment
+            return []
+
     def can_serve() -> bool:
         """Tables recovered and catalog loaded: HTTP answers are complete."""
         return catalog_ready.is_set() and app.tables.recovery.completed.is_set() and not app.in_recovery
@@ -263,17 +271,16 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
         status = "ok" if ready() else ("broker unreachable" if not broker_up.is_set() else "starting")
         body = {"status": status, "model_version": serving.recommender.model_version,
                 "catalog_items": len(serving.recommender.index), "refused_versions": serving.refused,
-                "partitions": sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events)}
+                "partitions": owned_event_partitions()}
         return web.json(body, status=200 if ready() else 503)
 
     @app.page("/metrics")
     async def prometheus(web, request):
         metrics.model.info({"version": serving.recommender.model_version})
         metrics.windows.set(len(windows))
-        for tp in app.consumer.assignment():
-            if tp.topic == topics.events:
-                metrics.lag.labels(str(tp.partition)).set(
-                    max(0, app.consumer.highwater(tp) - await app.consumer.position(tp)))
+        for partition in owned_event_partitions():
+            tp = TP(topics.events, partition)
+            metrics.lag.labels(str(partition)).set(max(0, app.consumer.highwater(tp) - await app.consumer.position(tp)))
         return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     @app.page("/recommendations/{user_id}")

@@ -28,7 +28,8 @@ def load_recommender(settings: Settings, version: str | None = None,
     runtime = load_runtime(Registry(settings.registry).load(version), intra_op_threads=settings.inference_threads)
     worst = check_canary(runtime)
     log.info("model %s passed its canary batch (max diff %.2e)", runtime.version.name, worst)
-    recommender = Recommender.create(runtime, settings.event_weights, settings.top_k, settings.trending_half_life_s)
+    recommender = Recommender.create(runtime, settings.event_weights, settings.top_k, settings.trending_half_life_s,
+                                     settings.ann_min_items)
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model
     return recommender

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from state.item_index import DEFAULT_ANN_MIN_ITEMS
+
 
 class Topics(BaseModel, frozen=True):
     events: str = "events"
@@ -52,6 +54,7 @@ class Settings(BaseSettings):
     batch_size: int = 256
     batch_window_s: float = 0.02
     top_k: int = 10
+    ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS  # catalogs this big use FAISS IVF; None = always exact
     trending_half_life_s: float = 3_600.0
 
     # Kafka client tuning (see docs/ARCHITECTURE.md: quirks of the embedded broker).

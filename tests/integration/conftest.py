@@ -89,7 +89,7 @@ class WorkerProcess:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=5) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:  # 503: not ready, but answering
-            return json.loads(e.read())
+            return json.loads(e.read()) if e.code == 503 else None
         except OSError:
             return None
 
