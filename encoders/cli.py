@@ -37,6 +37,7 @@ def train(
     max_len: int = typer.Option(50, help="Window length the user tower sees."),
     text: bool = typer.Option(True, help="--no-text trains the ID-only baseline (no language model)."),
     id_residual: bool = typer.Option(True, help="Learned per-item residual for warm items."),
+    residual_dropout: float = typer.Option(0.0, help="Training: share of warm items scored text-only per step."),
     repeat: bool = typer.Option(True, help="Learned repeat term: beta per event type for items already in the window."),
     text_model_dir: str = typer.Option("", help="Local Hugging Face encoder dir [default: bundled all-MiniLM-L6-v2]."),
     train_top_layers: int = typer.Option(0, help="Fine-tune the top N LM layers (0 = frozen LM, embeddings cached)."),
@@ -58,7 +59,7 @@ def train(
     model_config = RecommenderConfig(
         item_tower=ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=dim, train_top_layers=train_top_layers),
         user_tower=UserTowerConfig(dim=dim, n_layers=layers, n_heads=heads, dropout=dropout),
-        use_text=text, id_residual=id_residual, repeat_bias=repeat,
+        use_text=text, id_residual=id_residual, residual_dropout=residual_dropout, repeat_bias=repeat,
     )
     config = TrainConfig(seed=seed, epochs=epochs, max_minutes=max_minutes, patience=patience, lr=lr,
                          batch_size=batch_size, threads=threads, loss=loss, cold_items=cold_items,
@@ -112,7 +113,8 @@ def _variant_name(model) -> str:
     kind = "text + ID residual" if c.use_text and c.id_residual else "text only" if c.use_text else "ID only"
     tuned = f", LM top {c.item_tower.train_top_layers} tuned" if c.item_tower.train_top_layers else ""
     repeat = " + repeat" if c.repeat_bias else ""
-    return f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}{tuned}"
+    dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.residual_dropout else ""
+    return f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}{tuned}{dropped}"
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class RecommenderConfig:
     user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
     use_text: bool = True  # False = ID-only baseline (no language model)
     id_residual: bool = True  # learned per-item residual for warm items (text mode)
+    residual_dropout: float = 0.0  # training: share of warm items scored text-only in a step (cold-start calibration)
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 
@@ -77,7 +78,10 @@ class Recommender(nn.Module):
             return self.id_emb.weight * self.warm.unsqueeze(-1)
         vectors = self.item_tower.project(self.text_emb if sentence is None else sentence)  # [N, D]
         if self.id_emb is not None:
-            vectors = vectors + self.id_emb.weight * self.warm.unsqueeze(-1)
+            residual = self.warm
+            if self.training and self.config.residual_dropout > 0:  # these items must score well by their text alone
+                residual = residual & (torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout)
+            vectors = vectors + self.id_emb.weight * residual.unsqueeze(-1)
         return vectors
 
     def catalog_vectors(self) -> torch.Tensor:
@@ -167,6 +171,7 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
         n_items=rc["n_items"], item_tower=ItemTowerConfig(**rc["item_tower"]),
         user_tower=UserTowerConfig(**rc["user_tower"]), use_text=rc["use_text"], id_residual=rc["id_residual"],
         repeat_bias=rc.get("repeat_bias", False),  # checkpoints from before the repeat term have none
+        residual_dropout=rc.get("residual_dropout", 0.0),
     )
     spec = FeatureSpec(**{**raw["features"], "event_types": tuple(raw["features"]["event_types"])})
     model = Recommender(config, spec)

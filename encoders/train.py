@@ -90,17 +90,18 @@ def batch_tensors(train: Interactions, windows: list[tuple[int, int, int]], spec
 
 
 def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, repeat: torch.Tensor, targets: torch.Tensor,
-                   config: TrainConfig, log_q: torch.Tensor) -> torch.Tensor:
+                   candidates: torch.Tensor, config: TrainConfig, log_q: torch.Tensor) -> torch.Tensor:
     """states [B, T, D], catalog [N, D], repeat [B, T, N] repeat term, targets [B, T] (-100 = padding),
-    log_q [N] sampling log-probs -> []."""
+    candidates [N] bool (items with training interactions; the others are never trained as
+    negatives, so unseen items are not pushed down), log_q [N] sampling log-probs -> []."""
     real = targets >= 0
     h, r, y = states[real], repeat[real], targets[real]  # [P, D], [P, N], [P]
     if config.loss == "full":
-        return F.cross_entropy(h @ catalog.T + r, y)
+        return F.cross_entropy((h @ catalog.T + r).masked_fill(~candidates, float("-inf")), y)
     negatives = torch.multinomial(log_q.exp(), config.n_negatives, replacement=True)  # [K]
     pos = (h * catalog[y]).sum(-1, keepdim=True) + r.gather(1, y.unsqueeze(-1)) - log_q[y].unsqueeze(-1)  # [P, 1]
     neg = h @ catalog[negatives].T + r[:, negatives] - log_q[negatives]  # [P, K]
-    neg = neg.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))  # drop accidental hits
+    neg = neg.masked_fill((negatives.unsqueeze(0) == y.unsqueeze(1)) | ~candidates[negatives], float("-inf"))  # accidental hits, unseen items
     logits = torch.cat([pos, neg], dim=1)  # [P, 1 + K]
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
 
@@ -179,7 +180,7 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
             vectors = catalog()  # [N, D]
             states = model.user_states(vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"])
             repeat = model.repeat_scores(batch["items"], batch["event_types"], batch["mask"])  # [B, T, N]
-            loss = next_item_loss(states, vectors, repeat, batch["targets"], config, log_q)
+            loss = next_item_loss(states, vectors, repeat, batch["targets"], model.warm, config, log_q)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

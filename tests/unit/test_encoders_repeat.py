@@ -69,10 +69,20 @@ def test_beta_is_pushed_down_when_nothing_repeats():
     mask = torch.ones(2, 4, dtype=torch.bool)
     states = model.user_states(model.item_vectors(), items, events, torch.ones_like(items), mask)
     loss = next_item_loss(states, model.item_vectors(), model.repeat_scores(items, events, mask), targets,
-                          TrainConfig(), torch.zeros(N))
+                          model.warm, TrainConfig(), torch.zeros(N))
     loss.backward()
     assert torch.all(model.repeat.grad[1:4] > 0)  # gradient descent lowers beta for every event type seen
     assert model.repeat.grad[0] == 0 and model.repeat.grad[4] == 0  # padding / unused ids get nothing
+
+
+def test_items_never_trained_on_are_not_negatives():
+    model = id_model()
+    states, catalog = torch.randn(1, 2, 8), torch.randn(N, 8)
+    targets = torch.tensor([[2, 3]])
+    candidates = torch.tensor([False, True, True, True, True, False])
+    loss = next_item_loss(states, catalog, torch.zeros(1, 2, N), targets, candidates, TrainConfig(), torch.zeros(N))
+    logits = states[0] @ catalog[1:5].T  # [2, 4] candidates only
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, targets[0] - 1))
 
 
 def history_split(items: list[list[int]], targets: list[int]) -> Split:

@@ -12,7 +12,7 @@ import torch
 
 from encoders.data import load_interactions, split_leave_one_out
 from encoders.evaluate import evaluate_model, evaluate_popularity
-from encoders.recommender import RecommenderConfig, load_checkpoint, save_checkpoint
+from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
 from encoders.item_tower import ItemTowerConfig
 from encoders.train import TrainConfig, run, train
 from encoders.user_tower import UserTowerConfig
@@ -96,6 +96,17 @@ def test_unseen_items_get_text_only_vectors(split):
     model.warm[3] = False
     text_only = model.item_tower.project(model.text_emb[3])
     torch.testing.assert_close(model.catalog_vectors()[3], text_only)
+
+
+def test_residual_dropout_only_in_training(split):
+    model = Recommender(configured(split, residual_dropout=1.0), SPEC)
+    model.encode_catalog(split.train.item_texts)
+    model.warm[:] = True
+    with torch.no_grad():
+        model.id_emb.weight.normal_()
+        text_only = model.item_tower.project(model.text_emb)
+        torch.testing.assert_close(model.train().item_vectors(), text_only)  # every residual dropped
+        torch.testing.assert_close(model.eval().item_vectors(), text_only + model.id_emb.weight)
 
 
 def test_checkpoint_round_trip(split, fixture_dir, tmp_path):
