@@ -76,7 +76,6 @@ def test_beta_is_pushed_down_when_nothing_repeats():
 
 
 def test_items_never_trained_on_are_not_negatives():
-    model = id_model()
     states, catalog = torch.randn(1, 2, 8), torch.randn(N, 8)
     targets = torch.tensor([[2, 3]])
     candidates = torch.tensor([False, True, True, True, True, False])
