@@ -87,8 +87,9 @@ async def _run(settings: Settings, items, events, rate: float, n_users: int, wor
 
     budget_s = WORKER_START_TIMEOUT_S + len(events) / rate
     watching = asyncio.create_task(watch())
-    worker_exit = asyncio.create_task(asyncio.to_thread(worker.wait))
+    worker_exit = asyncio.create_task(exited(worker))
     await asyncio.wait({watching, worker_exit}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED)
+    worker_exit.cancel()
     if not watching.done():
         watching.cancel()
         why = f"the worker exited with {worker.returncode}" if worker_exit.done() else f"{budget_s:.0f}s passed"
@@ -97,6 +98,12 @@ async def _run(settings: Settings, items, events, rate: float, n_users: int, wor
     await replay
     console.print(f"done: {len(events)} events replayed, {received} recommendation records received")
     return 0
+
+
+async def exited(process: subprocess.Popen) -> None:
+    """Cancellable wait for a child to exit (a thread blocked in wait() would hold up asyncio.run)."""
+    while process.poll() is None:
+        await asyncio.sleep(0.5)
 
 
 def _caught_up(latest: dict[str, dict], events: list[tuple[str, dict]]) -> bool:
