@@ -126,9 +126,9 @@ def start_worker(tmp_path):
     workers: list[WorkerProcess] = []
 
     def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log").start()
-        workers.append(worker)
-        return worker
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)  # before start(): a worker that never gets healthy is stopped too
+        return worker.start()
 
     yield start
     for worker in workers:
