@@ -16,11 +16,11 @@ from contextlib import contextmanager
 import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from state.window import UserWindow, WindowEvent
-from stream_app.kafka import client_security, faust_credentials, true_end_offsets, tuned_transport
+from stream_app.kafka import client_security, faust_credentials, read_whole_topic, true_end_offsets, tuned_transport
 from stream_app.metrics import WorkerMetrics
 from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_event, parse_item
 from stream_app.serving import ServingState
@@ -161,15 +161,8 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
     @app.task
     async def follow_catalog():
         """Every worker keeps the whole catalog: read `items` from the start, no consumer group."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, group_id=None,
-            auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
-            **client_security(settings.security),
-        )
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(topics.items, p) for p in consumer.partitions_for_topic(topics.items)]
-            consumer.assign(partitions)
+        async with read_whole_topic(settings, topics.items) as consumer:
+            partitions = sorted(consumer.assignment())
             end = await asyncio.to_thread(true_end_offsets, settings, await consumer.end_offsets(partitions))
             while True:
                 records = await consumer.getmany(timeout_ms=200, max_records=512)
@@ -178,8 +171,6 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
                 if not catalog_ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in partitions]):
                     log.info("catalog loaded: %d items", len(serving.catalog))
                     catalog_ready.set()
-        finally:
-            await consumer.stop()
 
     async def apply_catalog_records(messages) -> None:
         upserts = {}
@@ -201,22 +192,13 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
     @app.task
     async def follow_model_updates():
         """Swap to each version announced on `model-updates` (the last one, on start)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, group_id=None, auto_offset_reset="earliest",
-            enable_auto_commit=False, fetch_max_wait_ms=100, **client_security(settings.security),
-        )
-        await consumer.start()
-        try:
-            consumer.assign([TopicPartition(topics.model_updates, p)
-                             for p in consumer.partitions_for_topic(topics.model_updates)])
+        async with read_whole_topic(settings, topics.model_updates) as consumer:
             await catalog_ready.wait()
             while True:
                 records = await consumer.getmany(timeout_ms=500)
                 messages = [m for batch in records.values() for m in batch]
                 if messages:
                     await apply_model_update(messages[-1])  # only the newest announcement matters
-        finally:
-            await consumer.stop()
 
     async def apply_model_update(message) -> None:
         try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer
-
-from stream_app.kafka import client_security
+from stream_app.kafka import read_whole_topic
 from stream_app.settings import Settings
 
 
@@ -17,13 +15,7 @@ async def read_recommendations(settings: Settings, follow: bool, idle_s: float =
     Consumes until idle rather than to the reported end offset: the embedded broker
     can under-report end offsets (see docs/ARCHITECTURE.md).
     """
-    consumer = AIOKafkaConsumer(
-        settings.topics.recommendations, bootstrap_servers=settings.bootstrap_servers, group_id=None,
-        auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
-        **client_security(settings.security),
-    )
-    await consumer.start()
-    try:
+    async with read_whole_topic(settings, settings.topics.recommendations) as consumer:
         while True:
             batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
             if not batch and not follow:
@@ -31,5 +23,3 @@ async def read_recommendations(settings: Settings, follow: bool, idle_s: float =
             for messages in batch.values():
                 for message in messages:
                     yield json.loads(message.value)
-    finally:
-        await consumer.stop()

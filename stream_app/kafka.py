@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping
 
 import faust
 import kafka
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -39,6 +41,21 @@ def faust_credentials(security: KafkaSecurity) -> faust.auth.Credentials | None:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+@asynccontextmanager
+async def read_whole_topic(settings: Settings, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer outside any group, assigned every partition of `topic` from the start,
+    committing nothing: for state every worker (or reader) needs in full."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+                                **client_security(settings.security))
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 async def ensure_topics(settings: Settings) -> int:

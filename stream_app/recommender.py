@@ -76,7 +76,7 @@ class Recommender:
         exclude = [set(w.item_ids) for w in windows]
         ranked = self.index.top_k(users, self.k, exclude)
         results = []
-        for b, window in enumerate(windows):
+        for b in range(len(windows)):
             if has_history[b]:
                 results.append(self._explain(ranked[b], histories[b], vectors[b], known[b]))
             else:
@@ -104,15 +104,14 @@ class Recommender:
                 users[b] = self._weighted_mean(windows[b], vectors[b], known[b])
             return users
         spec = self.runtime.feature_spec
-        T = spec.max_len
-        masks = [known[b] for b in rows]
+        T = spec.max_len  # vectors/known cover each window's last T events; unknown items are dropped
         seq = np.zeros((len(rows), T, self.index.dim), dtype=np.float32)  # [B', T, D], left-padded
         for j, b in enumerate(rows):
-            v = vectors[b][known[b]][-T:]
+            v = vectors[b][known[b]]
             seq[j, T - len(v):] = v
-        types = left_pad([np.array([spec.event_type_id(t) for t in windows[b].event_types[-T:]])[m]
-                          for b, m in zip(rows, masks)], T)
-        ts = left_pad([np.array(windows[b].ts[-T:], dtype=np.float64)[m] for b, m in zip(rows, masks)], T)
+        types = left_pad([np.array([spec.event_type_id(t) for t in windows[b].event_types[-T:]])[known[b]]
+                          for b in rows], T)
+        ts = left_pad([np.array(windows[b].ts[-T:], dtype=np.float64)[known[b]] for b in rows], T)
         mask = types > 0
         buckets = recency_buckets(ts, mask, spec.n_time_buckets)
         users[rows] = self.runtime.user_encoder.encode(seq, types, buckets, mask)
