@@ -73,9 +73,9 @@ def dlq_headers(message, reason: str) -> list[tuple[str, bytes]]:
     ]
 
 
-def build_app(settings: Settings, serving: ServingState, partitions: int,
-              metrics: WorkerMetrics | None = None) -> StreamrecApp:
-    metrics = metrics or WorkerMetrics()
+def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
+    """A Faust app with streamrec's store, group, producer/consumer tuning and web settings,
+    and no agents (`build_app` adds streamrec's; bench/bare_agent.py a bare one)."""
     app = StreamrecApp(
         settings.app_id,
         broker=settings.broker,
@@ -93,6 +93,13 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
         web_host=settings.web_host,
     )
     app.transport_class = tuned_transport(settings)
+    return app
+
+
+def build_app(settings: Settings, serving: ServingState, partitions: int,
+              metrics: WorkerMetrics | None = None) -> StreamrecApp:
+    metrics = metrics or WorkerMetrics()
+    app = faust_app(settings, partitions)
     topics = settings.topics
     events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
     recommendations_topic = app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation)

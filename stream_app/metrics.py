@@ -34,9 +34,12 @@ class WorkerMetrics:
                               f"Share of the last {hit_window} events (of users with a previous list) whose "
                               f"item was in that list: a rolling online HR@k", registry=r)
         self._recent_hits: deque[bool] = deque(maxlen=hit_window)
+        self.hit_rate.set_function(self._rolling_hit_rate)  # computed per scrape, not per event
+
+    def _rolling_hit_rate(self) -> float:
+        return sum(self._recent_hits) / len(self._recent_hits) if self._recent_hits else 0.0
 
     def observe_hit(self, hit: bool) -> None:
         self._recent_hits.append(hit)
         if hit:
             self.hits.inc()
-        self.hit_rate.set(sum(self._recent_hits) / len(self._recent_hits))
