@@ -37,7 +37,7 @@ def train(
     max_len: int = typer.Option(50, help="Window length the user tower sees."),
     text: bool = typer.Option(True, help="--no-text trains the ID-only baseline (no language model)."),
     id_residual: bool = typer.Option(True, help="Learned per-item residual for warm items."),
-    residual_dropout: float = typer.Option(0.0, help="Training: share of warm items scored text-only per step."),
+    residual_dropout: float = typer.Option(0.2, help="Training: share of warm items scored text-only per step (cold-item recall; 0 = off)."),
     repeat: bool = typer.Option(True, help="Learned repeat term: beta per event type for items already in the window."),
     text_model_dir: str = typer.Option("", help="Local Hugging Face encoder dir [default: bundled all-MiniLM-L6-v2]."),
     train_top_layers: int = typer.Option(0, help="Fine-tune the top N LM layers (0 = frozen LM, embeddings cached)."),
@@ -113,7 +113,7 @@ def _variant_name(model) -> str:
     kind = "text + ID residual" if c.use_text and c.id_residual else "text only" if c.use_text else "ID only"
     tuned = f", LM top {c.item_tower.train_top_layers} tuned" if c.item_tower.train_top_layers else ""
     repeat = " + repeat" if c.repeat_bias else ""
-    dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.residual_dropout else ""
+    dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.id_residual else ""
     return f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}{tuned}{dropped}"
 
 

@@ -43,7 +43,7 @@ class RecommenderConfig:
     user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
     use_text: bool = True  # False = ID-only baseline (no language model)
     id_residual: bool = True  # learned per-item residual for warm items (text mode)
-    residual_dropout: float = 0.0  # training: share of warm items scored text-only in a step (cold-start calibration)
+    residual_dropout: float = 0.2  # training: share of warm items scored text-only in a step (cold-item recall)
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 
