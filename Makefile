@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 DATA    ?= $(abspath ../shared/data/ml-100k)
 export STREAMREC_REGISTRY ?= $(abspath .streamrec/registry)
 
-.PHONY: setup test test-slow test-reliability demo train bench clean
+.PHONY: setup test test-slow test-reliability demo train bench bench-e2e clean
 
 setup: .venv/.installed
 
@@ -27,8 +27,14 @@ test-slow: setup
 test-reliability: setup
 	STREAMREC_RELIABILITY=full $(PY) -m pytest -q -s tests/reliability
 
+# Benchmarks print their figures and the command that reproduces them (docs/benchmarks.md).
 bench: setup
 	$(PY) bench/encoders.py
+	$(PY) bench/retrieval.py
+
+# Events -> recommendations through the broker, streamrec vs a bare Faust agent (~15 min).
+bench-e2e: setup
+	$(PY) bench/e2e.py --rates 250 500 1000 2000 3000 4000 --seconds 8 --workers 1 2
 
 # Trains and registers a model if the registry has none yet, then runs the live demo.
 demo: setup

@@ -19,10 +19,11 @@ import torch
 
 from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
 from export.artifacts import CANARY_SIZE, feature_spec_dict, write_catalog, write_item_canary, write_json
+from export.exceptions import RegistryError
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
-from export.registry import ModelVersion, Registry
+from export.registry import ModelVersion, Registry, is_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
     parity_grid: {"batch": (...), "tokens": (...)} for the random-input cases (default ITEM_GRID).
     """
     catalog = list(catalog or [])
+    registry.check_writable()  # before loading and exporting anything
     tower = ItemTower(ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=None, max_tokens=max_tokens)).eval()
     hf_tok = hf_tokenizer_of(tower)
     dim = int(tower.lm.config.hidden_size)
@@ -93,5 +95,9 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
         })
         write_json(staging / "metrics.json", {"parity": {"item": report.to_dict()}})
         return registry.register(staging, version=version, make_latest=make_latest)
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        raise RegistryError(f"writing the new version to {registry.root} failed: {e}; nothing was registered") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already when registered (renamed into place)

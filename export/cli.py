@@ -45,7 +45,7 @@ def export_command(
 
     try:
         version = export_and_register(checkpoint, registry, make_latest=latest, data_dir=data)
-    except StreamrecError as e:
+    except (StreamrecError, OSError) as e:  # OSError: a storage failure outside the export's own writes
         _fail(e)
     typer.echo(f"registered {version.name} at {version.path}" + (" (latest)" if latest else ""))
 
@@ -117,7 +117,7 @@ def bootstrap_command(
     make_latest = latest if latest is not None else reg.latest() is None
     try:
         version = build_baseline_version(reg, catalog, max_tokens=max_tokens, make_latest=make_latest)
-    except StreamrecError as e:
+    except (StreamrecError, OSError) as e:  # OSError: a storage failure outside the export's own writes
         _fail(e)
     typer.echo(f"registered {version.name} at {version.path}" + (" (latest)" if make_latest else ""))
 

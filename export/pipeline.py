@@ -24,12 +24,12 @@ import torch
 from export.artifacts import (CANARY_SIZE, copy_checkpoint, feature_spec_dict, write_catalog, write_item_canary,
                               write_json, write_user_canary)
 from export.baseline import hf_tokenizer_of, versions_info
-from export.exceptions import ParityError, StreamrecError
+from export.exceptions import ParityError, RegistryError, StreamrecError
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
 from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, torch_user_vectors,
                            validate_item_tower, validate_user_tower)
-from export.registry import ModelVersion, Registry
+from export.registry import ModelVersion, Registry, is_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
     from encoders.recommender import load_checkpoint
 
     checkpoint_dir = Path(checkpoint_dir)
+    registry = Registry(registry_root)
+    registry.check_writable()  # before loading and exporting anything
     model, item_ids, item_texts = load_checkpoint(checkpoint_dir)
     if model.item_tower is None:
         raise StreamrecError(f"{checkpoint_dir} is an ID-only model (use_text=False): it cannot embed new items, so it "
@@ -109,7 +111,6 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
     hf_tok = hf_tokenizer_of(model.item_tower)
     item_onnx, user_onnx = item_onnx_config(max_tokens), user_onnx_config(spec)
 
-    registry = Registry(registry_root)
     staging = registry.new_staging_dir()
     try:
         export_item_tower(model.item_tower, staging / "item.onnx", item_onnx)
@@ -162,5 +163,9 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
     except ParityError:
         log.error("parity failed for %s; nothing registered", checkpoint_dir)
         raise
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        raise RegistryError(f"writing the new version to {registry.root} failed: {e}; nothing was registered") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # already renamed away when registered

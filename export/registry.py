@@ -57,6 +57,12 @@ def _validate_file_name(name: str) -> str:
     return name
 
 
+def is_storage_error(error: BaseException) -> bool:
+    """Did writing fail because of the filesystem (full, read-only, quota, permissions)? OSError, or
+    the plain Exception the Rust `tokenizers` library raises with "(os error N)" in its message."""
+    return isinstance(error, OSError) or re.search(r"\(os error \d+\)", str(error)) is not None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -165,10 +171,18 @@ class Registry:
 
     def new_staging_dir(self) -> Path:
         """An empty directory inside the root (same filesystem, so `register` can rename it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
-        path.chmod(0o755)  # workers may run as another user: versions are world-readable
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+            path.chmod(0o755)  # workers may run as another user: versions are world-readable
+        except OSError as e:
+            raise RegistryError(f"model registry {self.root} is not writable: {e}") from e
         return path
+
+    def check_writable(self) -> None:
+        """Fail now, before minutes of export, if a version could not even be staged (read-only, no
+        permission): creates and removes an empty staging directory. A full disk shows later."""
+        shutil.rmtree(self.new_staging_dir())
 
     # --- listing and the latest pointer --------------------------------------------------
 
@@ -320,25 +334,48 @@ class Registry:
         if target.exists():
             raise RegistryError(f"model version {name!r} already exists at {target}; choose another name")
 
-        if staging_dir.resolve().parent != self.root.resolve():  # rename needs the same filesystem
-            local = self.new_staging_dir()
-            shutil.copytree(staging_dir, local, dirs_exist_ok=True)
-            staging_dir = local
+        copied = None
+        try:
+            if staging_dir.resolve().parent != self.root.resolve():  # rename needs the same filesystem
+                copied = self.new_staging_dir()
+                shutil.copytree(staging_dir, copied, dirs_exist_ok=True)
+                staging_dir = copied
 
-        files = {}
-        for p in sorted(staging_dir.iterdir()):
-            if p.name == MANIFEST or p.name.startswith("."):
-                continue
-            with p.open("rb") as f:
-                os.fsync(f.fileno())
-            files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {"format": FORMAT, "version": name, "kind": kind,
-                    "created_at": datetime.now(UTC).isoformat(timespec="microseconds"), "files": files}
-        _write_json_atomic(staging_dir / MANIFEST, manifest)
-        _fsync_dir(staging_dir)
-        os.rename(staging_dir, target)  # atomic: the version appears complete or not at all
-        _fsync_dir(self.root)
-        loaded = self.load(name)
-        if make_latest:
-            self._write_latest(name)
+            files = {}
+            for p in sorted(staging_dir.iterdir()):
+                if p.name == MANIFEST or p.name.startswith("."):
+                    continue
+                with p.open("rb") as f:
+                    os.fsync(f.fileno())
+                files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            manifest = {"format": FORMAT, "version": name, "kind": kind,
+                        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"), "files": files}
+            _write_json_atomic(staging_dir / MANIFEST, manifest)
+            _fsync_dir(staging_dir)
+            os.rename(staging_dir, target)  # atomic: the version appears complete or not at all
+        except OSError as e:  # disk full, read-only, ...: nothing was registered
+            if copied is not None:
+                shutil.rmtree(copied, ignore_errors=True)
+            raise RegistryError(f"could not register model version {name!r} in {self.root}: {e}; "
+                                f"nothing was registered") from e
+        try:
+            _fsync_dir(self.root)
+            loaded = self.load(name)
+            if make_latest:
+                self._write_latest(name)
+        except (OSError, RegistryError) as e:  # e.g. no room left for `latest`: take the version back out
+            self._withdraw(target)
+            raise RegistryError(f"could not register model version {name!r} in {self.root}: {e}; "
+                                f"nothing was registered") from e
         return loaded
+
+    def _withdraw(self, path: Path) -> None:
+        """Un-publish a version directory that was renamed into place but not completed (not announced
+        yet): rename it back out of sight first, then delete it."""
+        hidden = path.with_name(f"{STAGING_PREFIX}withdrawn-{path.name}")
+        try:
+            os.rename(path, hidden)
+        except OSError:
+            hidden = path
+        shutil.rmtree(hidden, ignore_errors=True)
+        _fsync_dir(self.root)

@@ -3,6 +3,7 @@ Faust records for what the worker publishes."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from datetime import datetime, timezone
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from export.exceptions import StreamrecError
 
 _ID = Field(min_length=1, max_length=256)
+MAX_JSON_DEPTH = 64  # nesting levels of arrays/objects in a record (the value object itself is level 1)
 
 
 class InvalidRecord(StreamrecError):
@@ -29,7 +31,10 @@ def epoch_seconds(ts: int | float | str) -> float:
     if isinstance(ts, bool):
         raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
     if isinstance(ts, (int, float)):
-        seconds = float(ts) / 1000.0
+        try:
+            seconds = float(ts) / 1000.0
+        except OverflowError:  # an integer beyond float range (JSON allows any number of digits)
+            raise ValueError(f"ts {_abbreviated(ts)} is out of range") from None
     else:
         parsed = datetime.fromisoformat(ts)
         if parsed.tzinfo is None:
@@ -38,6 +43,11 @@ def epoch_seconds(ts: int | float | str) -> float:
     if not (seconds >= 0.0):  # also rejects NaN
         raise ValueError(f"ts {ts!r} is before 1970")
     return seconds
+
+
+def _abbreviated(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 class Event(BaseModel):
@@ -76,11 +86,27 @@ def _decode(raw: bytes | None, max_bytes: int) -> dict:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise InvalidRecord(f"not UTF-8: {e}") from None
-    except (json.JSONDecodeError, RecursionError) as e:
+    except RecursionError:
+        raise InvalidRecord(f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as e:  # JSONDecodeError, and integers over Python's digit limit
         raise InvalidRecord(f"not JSON: {e}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise InvalidRecord(f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     if not isinstance(value, dict):
         raise InvalidRecord(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def _depth(value: object) -> int:
+    """Nesting levels of arrays and objects, without recursion (how deep json.loads went depends on the
+    interpreter's recursion limit; the contract should not)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _validate(model: type[BaseModel], value: dict) -> Any:
@@ -91,6 +117,21 @@ def _validate(model: type[BaseModel], value: dict) -> Any:
         raise InvalidRecord(f"invalid {model.__name__.lower()}: {problems}") from None
 
 
+def _never_raises_anything_else(parse):
+    """A parser bug must dead-letter the record, not stop the worker: anything but InvalidRecord
+    becomes one, with the exception in the reason."""
+    @functools.wraps(parse)
+    def wrapper(*args, **kwargs):
+        try:
+            return parse(*args, **kwargs)
+        except InvalidRecord:
+            raise
+        except Exception as e:
+            raise InvalidRecord(f"could not be parsed ({type(e).__name__}: {_abbreviated(str(e), 200)})") from e
+    return wrapper
+
+
+@_never_raises_anything_else
 def parse_event(
     raw: bytes | None, *, max_bytes: int, event_types: set[str], max_future_skew_s: float
 ) -> Event:
@@ -102,6 +143,7 @@ def parse_event(
     return event
 
 
+@_never_raises_anything_else
 def parse_item(raw: bytes | None, *, max_bytes: int) -> Item:
     return _validate(Item, _decode(raw, max_bytes))
 

@@ -35,6 +35,33 @@ def load_recommender(settings: Settings, version: str | None = None,
     return recommender
 
 
+def load_at_start(settings: Settings) -> tuple[Recommender, dict[str, str]]:
+    """What a starting worker serves: the latest version, or — if that one is refused (missing or
+    corrupt file, checksum mismatch, canary failure) — the newest older version that passes.
+
+    Returns the recommender and the refused versions with their reasons (for /health). Raises
+    RegistryError, naming every version tried and why it failed, if nothing can be served. Blocking.
+    """
+    registry = Registry(settings.registry)
+    latest = registry.latest()
+    if latest is None:
+        return load_recommender(settings), {}  # raises: no latest version, and how to make one
+    refused: dict[str, str] = {}
+    for version in [latest] + [v for v in reversed(registry.versions()) if v != latest]:
+        try:
+            recommender = load_recommender(settings, version)
+        except Exception as e:  # any failure refuses the version; the next one may serve
+            refused[version] = f"{type(e).__name__}: {e}"
+            log.error("refusing model version %s%s: %s", version, " (latest)" if version == latest else "",
+                      refused[version])
+            continue
+        if refused:
+            log.error("serving model version %s instead of the latest, %s, which was refused", version, latest)
+        return recommender, refused
+    raise RegistryError(f"no model version in {settings.registry} can be served; refused:\n"
+                        + "\n".join(f"- {v}: {reason}" for v, reason in refused.items()))
+
+
 @dataclass
 class ServingState:
     """Shared by the agents of one worker."""

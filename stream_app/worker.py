@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sys
 
 import faiss
 import faust
 
+from export.exceptions import StreamrecError
 from stream_app.app import build_app
 from stream_app.kafka import ensure_topics
-from stream_app.serving import ServingState, load_recommender
+from stream_app.metrics import WorkerMetrics
+from stream_app.serving import ServingState, load_at_start
 from stream_app.settings import Settings
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Serve the latest model version; if it is refused, the newest older one that passes (listed in
+    /health `refused_versions`). Exits 1 with the reasons if no version can be served."""
     faiss.omp_set_num_threads(settings.inference_threads)  # FAISS would take every core (DESIGN.md: one)
-    serving = ServingState(load_recommender(settings))
+    handler = logging.StreamHandler()  # until Faust sets up logging: why a version is refused
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
+    logging.getLogger("stream_app").addHandler(handler)
+    try:
+        recommender, refused = load_at_start(settings)
+    except StreamrecError as e:
+        sys.exit(f"error: the worker cannot start: {e}")
+    finally:
+        logging.getLogger("stream_app").removeHandler(handler)
+    metrics = WorkerMetrics()
+    metrics.model_refusals.inc(len(refused))
+    serving = ServingState(recommender, refused=refused)
     partitions = asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
-    app = build_app(settings, serving, partitions)
+    app = build_app(settings, serving, partitions, metrics)
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

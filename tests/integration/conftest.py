@@ -58,6 +58,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "STREAMREC_APP_ID": settings.app_id, "STREAMREC_TOPICS": settings.topics.model_dump_json(),
         "STREAMREC_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
         "STREAMREC_PARTITIONS": str(settings.partitions),
+        "STREAMREC_PRODUCER_LINGER_MS": str(settings.producer_linger_ms),
     })
     return env
 
