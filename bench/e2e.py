@@ -5,7 +5,7 @@ Kafka tuning, one output record per event, no model) — the ceiling on this mac
 same offered rates.
 
 Each system gets its own fresh broker and state, is warmed up, then is offered each rate in
-turn (fresh events each time, the same slices for both systems), and finally a quarter of
+turn after 5 s idle (fresh events each time, the same slices for both systems), and finally a quarter of
 streamrec's best sustained rate (the latency target's operating point). Per rate: sustained
 events/s (answered events / time from first send to last answer) and per-event latency
 p50/p95/p99. Every event counts: streamrec answers a micro-batch with one record per user
@@ -56,6 +56,7 @@ IMG = ROOT / "docs" / "img"
 START_TIMEOUT_S = 240.0  # process start, group join, catalog load: the warm-up waits this long
 DRAIN_TIMEOUT_S = 120.0  # after the last send, for the last answer
 WARMUP_RATE, WARMUP_EVENTS = 200.0, 400
+SETTLE_S = 5.0  # idle time before each rate
 
 Events = list[tuple[str, dict]]  # (key = user id, value)
 
@@ -218,6 +219,7 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
             offset = 0
             for rate in [*rates, None] if then_quarter else rates:
                 rate = rate or round(best(rows) / 4)
+                time.sleep(SETTLE_S)  # let the previous rate's after-effects (compaction, GC) pass
                 events = stream[offset:offset + int(rate * seconds)]
                 offset += len(events)
                 rows.append(asyncio.run(measure(settings, system.output_topic, events, rate)))
@@ -382,20 +384,22 @@ def stream_text(args) -> str:
 def markdown(results: dict[System, list[dict]], scale: dict[System, list[dict]], bare: System, real: System,
              version, args, command: str, images: list[Path], load: tuple[float, float]) -> str:
     quarter = results[real][-1]["rate"]
+    settings = Settings()
     parts = [f"""## End to end
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
-start and {load[1]:.1f} at the end (other jobs were running: the figures are for a shared machine). The
+start and {load[1]:.1f} at the end (the broker, the workers and the load generator alone fill both cores at
+the higher rates; above ~1 at the start means other jobs were running). The
 embedded Tansu broker, the system under test and the load generator all run on this machine; each system
-gets a fresh broker and fresh state, a warm-up, then each offered rate for {args.seconds:g} s with fresh
+gets a fresh broker and fresh state, a warm-up, then each offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before each) with fresh
 events (the same events for both systems), and last {quarter:.0f}/s, a quarter of streamrec's best.
 Events: {stream_text(args)}.
 
 - (a) **bare Faust agent** (`bench/bare_agent.py`): the same Faust app settings (RocksDB store, fetch
-  wait 10 ms, linger 5 ms), the same `windows` table updated per event with `UserWindow.with_events`,
+  wait {settings.fetch_max_wait_ms} ms, linger {settings.producer_linger_ms} ms), the same `windows` table updated per event with `UserWindow.with_events`,
   one output record per event; no validation, no micro-batches, no model.
 - (b) **streamrec**: `streamrec worker`, model `{version.name}` ({version.kind}), micro-batches of up
-  to 256 events or 20 ms, one record per user touched by a batch.
+  to {settings.batch_size} events or {settings.batch_window_s * 1000:g} ms, one record per user touched by a batch.
 
 Latency counts every event: from its send to the receipt of the first record of its user triggered by it
 or a later event. Sustained = answered events / (last answer − first send); at an offered rate above a
