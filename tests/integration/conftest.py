@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,8 +19,8 @@ import pytest
 from stream_app.broker import EmbeddedBroker, stop_process
 from stream_app.demo import free_port
 from stream_app.settings import Settings, Topics
+from tests.support import ML100K
 
-ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -223,6 +224,24 @@ def read_windows(data_dir: Path) -> dict[str, "UserWindow"]:
                     windows[json.loads(key)] = UserWindow.loads(value, serializer="json")
         finally:
             db.close()
+    return windows
+
+
+def metric_values(text: str, name: str) -> list[float]:
+    """Values of a Prometheus series in /metrics text: every label set of `name`, or the one named
+    with its labels (`name{label="value"}`)."""
+    return [float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
+
+
+def reference_windows(events, settings: Settings) -> dict[str, "UserWindow"]:
+    """The windows a worker must hold: the pure window update applied to each (user, WindowEvent)
+    in order."""
+    from state.window import UserWindow
+
+    windows: dict[str, UserWindow] = {}
+    for user, e in events:
+        windows[user] = windows.get(user, UserWindow()).with_events(
+            [e], settings.window_size, settings.window_max_age_days * 86_400)
     return windows
 
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from export.model_updates import announce
 from export.registry import Registry
 from stream_app.cli import app as cli
-from stream_app.kafka import ensure_topics
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
     consume_until, copy_version, dumps, event, ml100k_items, produce, produce_paced, run, settings_env,
 )
@@ -53,8 +53,7 @@ def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
     registry = Registry(root)
     registry.set_latest(a)
     settings = settings.model_copy(update={"registry": root})
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in CATALOG]))
+    run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
     assert worker.health()["model_version"] == a
     new_item = (b"9001", dumps({"item_id": "9001", "title": "A Movie Published After Training (2026)"}))

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from encoders.retrain_cli import standalone
 from export.registry import Registry
-from stream_app.kafka import ensure_topics, true_end_offsets
+from stream_app.demo import publish_catalog
+from stream_app.kafka import true_end_offsets
 from stream_app.replay import publish
 from tests.integration.conftest import copy_version, dumps, event, ml100k_items, produce, run, settings_env
 
@@ -108,8 +109,7 @@ def promoted(broker, two_tower_registry, tmp_path_factory):
     settings = Settings(broker=broker.url, registry=root, topics=Topics(
         events=f"events-rt{tag}", items=f"items-rt{tag}", recommendations=f"recs-rt{tag}", dlq=f"dlq-rt{tag}",
         model_updates=f"updates-rt{tag}"))
-    run(ensure_topics(settings))
-    run(publish(settings, settings.topics.items, CATALOG, len(CATALOG)))
+    run(publish_catalog(settings, CATALOG))
     publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
     invalid = [(b"x", b"{not json"), event(999, "a1", "1", "teleport"), (b"a2", dumps({"user_id": "a2"}))]
     run(produce(settings, settings.topics.events, invalid))  # what the worker dead-letters

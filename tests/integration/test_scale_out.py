@@ -3,9 +3,9 @@
 import pytest
 
 from stream_app.demo import free_port
-from stream_app.kafka import ensure_topics
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, dumps, event, latest_by_user, ml100k_items, produce, read_windows, run,
+    consume_until, event, latest_by_user, ml100k_items, produce, read_windows, run,
 )
 
 pytestmark = pytest.mark.integration
@@ -15,8 +15,7 @@ USERS = [f"user{i}" for i in range(40)]
 
 def test_two_workers_split_partitions_and_answer_every_user(settings, start_worker, tmp_path):
     settings = settings.model_copy(update={"partitions": 4})
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in ml100k_items(100)]))
+    run(publish_catalog(settings, ml100k_items(100)))
     first = start_worker(settings)
     second_settings = settings.model_copy(update={"data_dir": tmp_path / "state-2", "web_port": free_port()})
     second = start_worker(second_settings)

@@ -5,8 +5,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_app.kafka import ensure_topics, true_end_offsets
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, dumps, event, latest_by_user, ml100k_items, produce, read_windows, run,
+    consume_until, event, latest_by_user, ml100k_items, produce, read_windows, run,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,8 +32,7 @@ def wait_for(settings, triggers):
 
 
 def test_windows_survive_restart_and_rebuild_from_changelog(settings, start_worker, tmp_path):
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in ml100k_items(60)]))
+    run(publish_catalog(settings, ml100k_items(60)))
 
     worker = start_worker(settings)
     run(produce(settings, settings.topics.events, [event(99, "cold", "not-in-the-catalog")]))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from export.registry import Registry
-from stream_app.kafka import ensure_topics
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
     consume_until, dumps, event, latest_by_user, ml100k_items, produce, run,
 )
@@ -35,8 +35,7 @@ def wait_for_triggers(settings, triggers: dict[str, str]) -> dict[str, dict]:
 
 
 def test_recommendations_dead_letters_and_live_catalog(settings, start_worker):
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in CATALOG]))
+    run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
 
     bad = [

@@ -30,18 +30,17 @@ import asyncio
 import json
 import os
 import random
-import re
 import time
 from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings as hsettings, strategies as st
 
-from state.window import UserWindow, WindowEvent
-from stream_app.kafka import ensure_topics
+from state.window import WindowEvent
 from stream_app.schemas import InvalidRecord, parse_event
 from stream_app.settings import Settings
-from tests.integration.conftest import consume_until, dumps, ml100k_items, produce, read_windows, run
+from stream_app.demo import publish_catalog
+from tests.integration.conftest import consume_until, metric_values, ml100k_items, read_windows, reference_windows, run
 from tests.reliability.conftest import scaled
 from tests.reliability.hostile import Conflict, Context, Resend, Sent, TYPES, reason_matches, render_all, strategies
 
@@ -83,16 +82,6 @@ async def produce_in_order(s: Settings, topic: str, records: list[Sent]) -> list
         return [m.offset for m in await asyncio.gather(*futures)]
 
 
-def reference_windows(good: list[Sent], s: Settings) -> dict[str, list[tuple]]:
-    """The windows the worker must hold: the pure window update applied to each good event in order."""
-    windows: dict[str, UserWindow] = {}
-    for r in good:
-        event_id, user, item, event_type, ts = r.event
-        windows[user] = windows.get(user, UserWindow()).with_events(
-            [WindowEvent(event_id, item, event_type, ts)], s.window_size, s.window_max_age_days * 86_400)
-    return {u: w.events() for u, w in windows.items()}
-
-
 class Answers:
     """Which good events the recommendations answer: a record triggered by an event answers it and
     every earlier event of that user. A reused event_id is credited to its first position only."""
@@ -123,11 +112,6 @@ class Answers:
         return all(through.get(user, -1) >= n for user, n in self.last.items())
 
 
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
-
-
 def describe(r: Sent) -> str:
     value = r.value if r.value is None or len(r.value) <= 160 else r.value[:160] + b"..."
     return f"#{r.n} {r.kind}: key={r.key!r} value={value!r}"
@@ -143,8 +127,7 @@ def test_hostile_records_through_the_real_worker(settings, start_worker):
     bad = [r for r in sent if not r.good]
     assert len(sent) >= N_RECORDS * 0.95 and len(good) > len(sent) / 3 and len(bad) > len(sent) / 3
 
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in CATALOG]))
+    run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
     pid = worker.process.pid
     t0 = time.monotonic()
@@ -164,8 +147,8 @@ def test_hostile_records_through_the_real_worker(settings, start_worker):
     worker.wait_for(lambda h: h.get("status") == "ok", timeout_s=30)
     _, body = worker.get("/metrics")
     text = body.decode()
-    assert metric(text, "streamrec_events_in_total") == len(sent)
-    assert metric(text, f'streamrec_events_dlq_total{{topic="{settings.topics.events}"}}') == len(bad)
+    assert metric_values(text, "streamrec_events_in_total") == [len(sent)]
+    assert metric_values(text, f'streamrec_events_dlq_total{{topic="{settings.topics.events}"}}') == [len(bad)]
 
     # Every bad record is dead-lettered: same bytes, same key, in order, at its offset, with its reason.
     problems = []
@@ -193,12 +176,14 @@ def test_hostile_records_through_the_real_worker(settings, start_worker):
     log = worker.log()
     worker.stop()
     assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
-    windows = {user: w.events() for user, w in read_windows(settings.data_dir).items()}
-    expected = reference_windows(good, settings)
+    stored = read_windows(settings.data_dir)
+    windows = {user: w.events() for user, w in stored.items()}
+    expected = {user: w.events() for user, w in reference_windows(
+        ((r.event[1], WindowEvent(r.event[0], *r.event[2:])) for r in good), settings).items()}
     wrong = sorted(u for u in expected.keys() | windows.keys() if windows.get(u) != expected.get(u))
     assert not wrong, f"seed {SEED}: {len(wrong)} windows differ from the reference, e.g. {wrong[0]!r}: " \
                       f"{windows.get(wrong[0])} != {expected.get(wrong[0])}"
-    assert all(len(set(w.event_ids)) == len(w.event_ids) for w in read_windows(settings.data_dir).values())
+    assert all(len(set(w.event_ids)) == len(w.event_ids) for w in stored.values())
 
     duplicates = sum(1 for r in good if r.kind.startswith("duplicate"))
     by_kind = Counter(r.kind.split(" (")[0] for r in bad)

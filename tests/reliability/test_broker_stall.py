@@ -10,8 +10,8 @@ import pytest
 
 from stream_app.broker import EmbeddedBroker
 from stream_app.demo import free_port
-from stream_app.kafka import ensure_topics
-from tests.integration.conftest import consume_until, dumps, event, ml100k_items, produce, produce_paced, run
+from stream_app.demo import publish_catalog
+from tests.integration.conftest import consume_until, event, ml100k_items, produce_paced, run
 from tests.reliability.conftest import scaled
 
 pytestmark = pytest.mark.integration
@@ -24,8 +24,7 @@ RATE = scaled(30, 100)
 def test_broker_stall_is_reported_and_survived(settings, start_worker, tmp_path):
     with EmbeddedBroker(port=free_port(), log_path=tmp_path / "stalled-broker.log") as broker:
         settings = settings.model_copy(update={"broker": broker.url})
-        run(ensure_topics(settings))
-        run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in ml100k_items(60)]))
+        run(publish_catalog(settings, ml100k_items(60)))
         worker = start_worker(settings)
         planned = [event(n, f"user{n}", str(1 + n % 60)) for n in range(N_EVENTS)]  # one event per user
 

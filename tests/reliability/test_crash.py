@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from state.window import UserWindow, WindowEvent
-from stream_app.kafka import ensure_topics
+from state.window import WindowEvent
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, dumps, event, ml100k_items, produce, produce_paced, read_windows, run,
+    consume_until, event, ml100k_items, produce_paced, read_windows, reference_windows, run,
 )
 from tests.reliability.conftest import scaled
 
@@ -26,33 +26,25 @@ def planned_events() -> list[tuple[bytes, bytes]]:
             for n in range(N_EVENTS)]
 
 
-def reference_windows(records, settings) -> dict[str, list[str]]:
-    """What the windows must hold: the pure window update applied to every event in order."""
-    windows: dict[str, UserWindow] = {}
-    for _, value in records:
-        e = json.loads(value)
-        window = windows.get(e["user_id"], UserWindow())
-        windows[e["user_id"]] = window.with_events([WindowEvent(e["event_id"], e["item_id"], e["event_type"],
-                                                                 e["ts"] / 1000)],
-                                                    settings.window_size, settings.window_max_age_days * 86_400)
-    return {u: w.event_ids for u, w in windows.items()}
+def answered_by(planned):
+    """-> covered(records): the planned events answered by a record triggered by them or by a later
+    event of the same user."""
+    events = [json.loads(v) for _, v in planned]
+    order = {e["event_id"]: n for n, e in enumerate(events)}
 
+    def covered(records) -> set[str]:
+        latest_answered: dict[str, int] = {}
+        for r in records:
+            value = json.loads(r.value)
+            n = order[value["trigger_event_id"]]
+            latest_answered[value["user_id"]] = max(latest_answered.get(value["user_id"], -1), n)
+        return {e["event_id"] for n, e in enumerate(events) if n <= latest_answered.get(e["user_id"], -1)}
 
-def covered(records, planned) -> set[str]:
-    """Events answered by a record triggered by them or by a later event of the same user."""
-    order = {json.loads(v)["event_id"]: n for n, (_, v) in enumerate(planned)}
-    latest_answered: dict[str, int] = {}
-    for r in records:
-        value = json.loads(r.value)
-        n = order[value["trigger_event_id"]]
-        latest_answered[value["user_id"]] = max(latest_answered.get(value["user_id"], -1), n)
-    return {json.loads(v)["event_id"] for n, (k, v) in enumerate(planned)
-            if n <= latest_answered.get(json.loads(v)["user_id"], -1)}
+    return covered
 
 
 def test_kill_9_mid_stream_loses_nothing(settings, start_worker):
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in ml100k_items(60)]))
+    run(publish_catalog(settings, ml100k_items(60)))
     worker = start_worker(settings)
     planned = planned_events()
 
@@ -67,12 +59,16 @@ def test_kill_9_mid_stream_loses_nothing(settings, start_worker):
     producer.join()
 
     ids = {json.loads(v)["event_id"] for _, v in planned}
+    covered = answered_by(planned)
     records = run(consume_until(settings, settings.topics.recommendations,
-                                lambda rs: covered(rs, planned) == ids, timeout_s=120))
+                                lambda rs: covered(rs) == ids, timeout_s=120))
     triggers = [json.loads(r.value)["trigger_event_id"] for r in records]
     duplicates = len(triggers) - len(set(triggers))
     restarted.stop()
     windows = {u: w.event_ids for u, w in read_windows(settings.data_dir).items()}
-    assert windows == reference_windows(planned, settings)
+    sent = [json.loads(v) for _, v in planned]
+    expected = reference_windows(((e["user_id"], WindowEvent(e["event_id"], e["item_id"], e["event_type"],
+                                                             e["ts"] / 1000)) for e in sent), settings)
+    assert windows == {u: w.event_ids for u, w in expected.items()}
     print(f"\ncrash: {N_EVENTS} events, 0 lost, {duplicates} duplicate records (same trigger_event_id), "
           f"worker healthy again {recovery_s:.1f}s after kill -9")

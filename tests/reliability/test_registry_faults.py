@@ -27,9 +27,9 @@ import pytest
 
 from export.exceptions import RegistryError
 from export.registry import Registry, sha256_file
-from stream_app.kafka import ensure_topics
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    REPO, consume_until, dumps, event, ml100k_items, produce, run, settings_env,
+    REPO, consume_until, event, ml100k_items, produce, run, settings_env,
 )
 
 PAGE = 4096  # tmpfs accounts whole pages
@@ -224,9 +224,8 @@ def test_worker_refuses_a_corrupt_latest_and_serves_the_newest_good_version(sett
     (root / "latest").write_text("v2-tampered\n")
     settings = settings.model_copy(update={"registry": root})
 
-    run(ensure_topics(settings))
     catalog = ml100k_items(20)
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in catalog]))
+    run(publish_catalog(settings, catalog))
     worker = start_worker(settings)
     health = worker.health()
     assert health["model_version"] == "v1-good"

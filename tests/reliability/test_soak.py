@@ -33,8 +33,8 @@ import time
 
 import pytest
 
-from stream_app.kafka import ensure_topics
-from tests.integration.conftest import dumps, ml100k_items, produce, run
+from stream_app.demo import publish_catalog
+from tests.integration.conftest import dumps, metric_values, ml100k_items, run
 from tests.reliability.conftest import scaled
 
 pytestmark = pytest.mark.integration
@@ -110,10 +110,6 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def metric_values(text: str, name: str) -> list[float]:
-    return [float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)]
-
-
 def histogram(text: str, name: str) -> dict[float, float]:
     """Cumulative bucket counts {upper bound: count} of a Prometheus histogram."""
     return {float("inf") if le == "+Inf" else float(le): float(v)
@@ -157,8 +153,7 @@ async def answered_through(settings, last_n: dict[str, int], timeout_s: float) -
 @pytest.mark.timeout(DURATION_S + 900)  # start-up, drain and reading every answer come on top
 def test_soak_steady_rate(settings, start_worker, broker):
     settings = settings.model_copy(update={"producer_linger_ms": LINGER_MS})
-    run(ensure_topics(settings))
-    run(produce(settings, settings.topics.items, [(k.encode(), dumps(v)) for k, v in CATALOG]))
+    run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
     worker.wait_for_catalog(N_ITEMS)
     pid = worker.process.pid
