@@ -171,11 +171,7 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
 
 # -- running a system -------------------------------------------------------------------------
 def start_bare_agent(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, STREAMREC_BROKER=settings.broker, STREAMREC_DATA_DIR=str(settings.data_dir),
-               STREAMREC_WEB_PORT=str(settings.web_port))
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_agent.py")], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    return start_worker(settings, log_path, command=(str(ROOT / "bench" / "bare_agent.py"),))
 
 
 def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -202,8 +198,7 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with EmbeddedBroker(port=free_port(), log_path=work / "broker.log") as broker:
-        settings = Settings(broker=broker.url, partitions=system.partitions, data_dir=work / "state-0",
-                            web_port=free_port())
+        settings = Settings(broker=broker.url, partitions=system.partitions)  # each process: its own dir and port
         asyncio.run(publish_catalog(settings, items))
         start = start_bare_agent if system.bare else start_worker
         each = [settings.model_copy(update={"data_dir": work / f"state-{n}", "web_port": free_port()})

@@ -35,12 +35,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+WORKER_COMMAND = ("-m", "stream_app.cli", "worker")
+
+
+def start_worker(settings: Settings, log_path: Path, command: tuple[str, ...] = WORKER_COMMAND) -> subprocess.Popen:
+    """`python <command>` (default `streamrec worker`) with these settings in its environment."""
     env = dict(os.environ, STREAMREC_BROKER=settings.broker, STREAMREC_DATA_DIR=str(settings.data_dir),
                STREAMREC_REGISTRY=str(settings.registry), STREAMREC_WEB_PORT=str(settings.web_port))
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, *command], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def render(latest: dict[str, dict], titles: dict[str, str], received: int, sent: int) -> Group:
