@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -19,11 +18,10 @@ import torch
 
 from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
 from export.artifacts import CANARY_SIZE, feature_spec_dict, write_catalog, write_item_canary, write_json
-from export.exceptions import RegistryError
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
-from export.registry import ModelVersion, Registry, is_storage_error
+from export.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +65,7 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
     onnx_config = item_onnx_config(max_tokens)
     ids, texts = [i for i, _ in catalog], [t for _, t in catalog]
 
-    staging = registry.new_staging_dir()
-    try:
+    with registry.staging() as staging:
         export_item_tower(tower, staging / "item.onnx", onnx_config)
         save_tokenizer(hf_tok, staging / "tokenizer.json", max_tokens)
         vectors = torch_item_vectors(tower, hf_tok, texts, max_tokens) if texts else np.zeros((0, dim), np.float32)
@@ -79,8 +76,11 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
                                      grid=parity_grid or ITEM_GRID)
         log.info("parity %s", report.summary())
         raise_if_failed(report)
-        canary_texts = texts or SAMPLE_TEXTS
-        write_item_canary(staging, canary_texts, torch_item_vectors(tower, hf_tok, canary_texts[:CANARY_SIZE], max_tokens))
+        if texts:  # the catalog's own vectors serve as the canary's reference
+            write_item_canary(staging, texts, vectors)
+        else:
+            write_item_canary(staging, SAMPLE_TEXTS, torch_item_vectors(tower, hf_tok, SAMPLE_TEXTS[:CANARY_SIZE],
+                                                                        max_tokens))
 
         write_json(staging / "config.json", {
             "kind": "baseline",
@@ -95,9 +95,3 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
         })
         write_json(staging / "metrics.json", {"parity": {"item": report.to_dict()}})
         return registry.register(staging, version=version, make_latest=make_latest)
-    except Exception as e:
-        if not is_storage_error(e):
-            raise
-        raise RegistryError(f"writing the new version to {registry.root} failed: {e}; nothing was registered") from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when registered (renamed into place)

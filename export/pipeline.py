@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,12 +23,12 @@ import torch
 from export.artifacts import (CANARY_SIZE, copy_checkpoint, feature_spec_dict, write_catalog, write_item_canary,
                               write_json, write_user_canary)
 from export.baseline import hf_tokenizer_of, versions_info
-from export.exceptions import ParityError, RegistryError, StreamrecError
+from export.exceptions import ParityError, StreamrecError
 from export.features import FeatureSpec
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
 from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, torch_user_vectors,
                            validate_item_tower, validate_user_tower)
-from export.registry import ModelVersion, Registry, is_storage_error
+from export.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +110,7 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
     hf_tok = hf_tokenizer_of(model.item_tower)
     item_onnx, user_onnx = item_onnx_config(max_tokens), user_onnx_config(spec)
 
-    staging = registry.new_staging_dir()
-    try:
+    with registry.staging() as staging:
         export_item_tower(model.item_tower, staging / "item.onnx", item_onnx)
         export_user_tower(model.user_tower, staging / "user.onnx", user_onnx, spec, dim)
         save_tokenizer(hf_tok, staging / "tokenizer.json", max_tokens)
@@ -130,7 +128,11 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
                                           catalog_torch=catalog, windows=windows)
         for r in (item_report, user_report):
             log.info("parity %s", r.summary())
-        raise_if_failed(item_report, user_report)
+        try:
+            raise_if_failed(item_report, user_report)
+        except ParityError:
+            log.error("parity failed for %s; nothing registered", checkpoint_dir)
+            raise
         write_item_canary(staging, item_texts, text_vectors)
         canary = windows.head(CANARY_SIZE)
         write_user_canary(staging, canary.items, canary.event_types, canary.time_buckets, canary.mask,
@@ -160,12 +162,3 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
                        "windows": "data" if data_dir is not None else "synthetic"},
         })
         return registry.register(staging, version=version, make_latest=make_latest)
-    except ParityError:
-        log.error("parity failed for %s; nothing registered", checkpoint_dir)
-        raise
-    except Exception as e:
-        if not is_storage_error(e):
-            raise
-        raise RegistryError(f"writing the new version to {registry.root} failed: {e}; nothing was registered") from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # already renamed away when registered

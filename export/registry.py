@@ -25,9 +25,11 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Iterator
 
 from export.exceptions import RegistryError
 
@@ -178,6 +180,21 @@ class Registry:
         except OSError as e:
             raise RegistryError(f"model registry {self.root} is not writable: {e}") from e
         return path
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A staging directory to build a new version in and `register`. A storage failure while
+        building (full, read-only) becomes a RegistryError saying nothing was registered; the
+        directory is always removed (once registered it has been renamed away already)."""
+        path = self.new_staging_dir()
+        try:
+            yield path
+        except Exception as e:
+            if not is_storage_error(e):
+                raise
+            raise RegistryError(f"writing the new version to {self.root} failed: {e}; nothing was registered") from e
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def check_writable(self) -> None:
         """Fail now, before minutes of export, if a version could not even be staged (read-only, no
