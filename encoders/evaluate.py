@@ -43,8 +43,8 @@ def model_scores(model: Recommender, history: Interactions, batch_size: int = 64
         vectors = catalog[torch.from_numpy(w.items)] * torch.from_numpy(w.mask).unsqueeze(-1)  # [B, T, D]
         users = model.user_tower(vectors, torch.from_numpy(w.event_types), torch.from_numpy(w.time_buckets),
                                  torch.from_numpy(w.mask))  # [B, D]
-        repeat = model.repeat_scores(torch.from_numpy(w.items), torch.from_numpy(w.event_types),
-                                     torch.from_numpy(w.mask))[:, -1]  # [B, N]
+        repeat = model.last_repeat_scores(torch.from_numpy(w.items), torch.from_numpy(w.event_types),
+                                          torch.from_numpy(w.mask))  # [B, N]
         out.append((users @ catalog.T + repeat).numpy())
     return np.concatenate(out)
 

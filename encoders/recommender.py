@@ -114,13 +114,31 @@ class Recommender(nn.Module):
         if self.repeat is None:
             return torch.zeros(B, T, self.config.n_items)
         step = torch.arange(T, device=items.device)  # [T]
-        later_same = (items.unsqueeze(2) == items.unsqueeze(1)) & attention_mask.unsqueeze(1) & (step > step.unsqueeze(1))
-        next_same = torch.where(later_same, step, T).amin(dim=2)  # [B, T] next position with the same item (T = none)
         t = step.view(1, T, 1)  # query position
+        next_same = _next_same(items, attention_mask)  # [B, T]
         live = attention_mask.unsqueeze(1) & (step <= t) & (t < next_same.unsqueeze(1))  # [B, T, T]: event s is the latest on its item at t
         beta = self.repeat[event_types].unsqueeze(1) * live  # [B, T, T]
         return torch.zeros(B, T, self.config.n_items, device=items.device).scatter_add_(
             2, items.unsqueeze(1).expand(B, T, T), beta)  # [B, T, N], at most one live event per item
+
+    def last_repeat_scores(self, items: torch.Tensor, event_types: torch.Tensor,
+                           attention_mask: torch.Tensor) -> torch.Tensor:
+        """`repeat_scores(...)[:, -1]`, the term scoring a whole window needs, without the [B, T, N]
+        tensor: -> [B, N]."""
+        B, T = items.shape
+        if self.repeat is None:
+            return torch.zeros(B, self.config.n_items)
+        latest = attention_mask & (_next_same(items, attention_mask) == T)  # [B, T]: no later event on the item
+        return torch.zeros(B, self.config.n_items, device=items.device).scatter_add_(
+            1, items, self.repeat[event_types] * latest)
+
+
+def _next_same(items: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] -> [B, T]: the next position holding the same item (T if none), padding ignored."""
+    T = items.size(1)
+    step = torch.arange(T, device=items.device)
+    later_same = (items.unsqueeze(2) == items.unsqueeze(1)) & attention_mask.unsqueeze(1) & (step > step.unsqueeze(1))
+    return torch.where(later_same, step, T).amin(dim=2)
 
 
 def transplant(source: Recommender, source_ids: list[str], item_ids: list[str], item_texts: list[str]) -> Recommender:

@@ -269,7 +269,7 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     from encoders.evaluate import evaluate_model, evaluate_popularity
     from encoders.item_tower import ItemTowerConfig
     from encoders.recommender import RecommenderConfig, save_checkpoint, transplant
-    from encoders.train import TrainConfig, train
+    from encoders.train import TrainConfig, sized_for, train
     from encoders.user_tower import UserTowerConfig
     from export.registry import Registry
 
@@ -309,11 +309,9 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
             sum(data.item_ids[t] not in known for t in holdout.targets))
         model_config, init = production.config, copy.deepcopy(production)
     else:
-        model_config = RecommenderConfig(
-            n_items=data.n_items, item_tower=ItemTowerConfig(proj_dim=config.dim),
-            user_tower=UserTowerConfig(dim=config.dim, n_layers=config.layers, n_heads=config.heads,
-                                       max_len=spec.max_len, n_event_ids=spec.n_event_ids,
-                                       n_time_buckets=spec.n_time_buckets))
+        model_config = sized_for(RecommenderConfig(
+            item_tower=ItemTowerConfig(proj_dim=config.dim),
+            user_tower=UserTowerConfig(dim=config.dim, n_layers=config.layers, n_heads=config.heads)), spec, data.n_items)
         init = None
     train_config = TrainConfig(seed=config.seed, epochs=config.epochs, patience=config.patience, lr=config.lr,
                                batch_size=config.batch_size, threads=config.threads, max_minutes=config.max_minutes,

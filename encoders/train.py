@@ -211,6 +211,12 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
     return model, metrics
 
 
+def sized_for(model_config: RecommenderConfig, spec: FeatureSpec, n_items: int) -> RecommenderConfig:
+    """`model_config` with the catalog size and the feature spec's window, event and time-bucket counts."""
+    return replace(model_config, n_items=n_items, user_tower=replace(
+        model_config.user_tower, max_len=spec.max_len, n_event_ids=spec.n_event_ids, n_time_buckets=spec.n_time_buckets))
+
+
 def run(data_dir: str | Path, out_dir: str | Path, model_config: RecommenderConfig | None = None,
         config: TrainConfig | None = None) -> Path:
     """`streamrec train`: data dir -> trained checkpoint dir (with curves.png)."""
@@ -219,10 +225,7 @@ def run(data_dir: str | Path, out_dir: str | Path, model_config: RecommenderConf
     split = split_leave_one_out(data)
     if config.cold_items > 0:
         split = withhold_items(split, config.cold_items)
-    model_config = model_config or RecommenderConfig()
-    spec = config.features
-    model_config = replace(model_config, n_items=data.n_items, user_tower=replace(
-        model_config.user_tower, max_len=spec.max_len, n_event_ids=spec.n_event_ids, n_time_buckets=spec.n_time_buckets))
+    model_config = sized_for(model_config or RecommenderConfig(), config.features, data.n_items)
     model, metrics = train(model_config, config, split)
     out = save_checkpoint(model, data.item_ids, data.item_texts, out_dir, metrics)
     plot_curves(History(**metrics["curves"]), out / "curves.png")

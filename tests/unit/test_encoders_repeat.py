@@ -49,6 +49,17 @@ def test_repeat_scores_by_hand():
     assert r[1, 3].tolist() == [0, -1, -3, 0, -2, 0]
 
 
+def test_last_repeat_scores_are_the_newest_position():
+    g = torch.Generator().manual_seed(2)
+    items, events = torch.randint(0, N, (6, 4), generator=g), torch.randint(1, 5, (6, 4), generator=g)
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    mask[0, :2] = False
+    model = id_model(BETA)
+    assert model.last_repeat_scores(ITEMS, EVENTS, MASK).tolist() == [[0, 0, 0, -2, 0, -1], [0, -1, -3, 0, -2, 0]]
+    torch.testing.assert_close(model.last_repeat_scores(items, events, mask),
+                               model.repeat_scores(items, events, mask)[:, -1], rtol=0, atol=0)
+
+
 def test_repeat_window_is_the_causal_prefix():
     g = torch.Generator().manual_seed(1)
     items, events = torch.randint(0, N, (5, 4), generator=g), torch.randint(1, 5, (5, 4), generator=g)

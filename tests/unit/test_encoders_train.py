@@ -17,6 +17,7 @@ from encoders.item_tower import ItemTowerConfig
 from encoders.train import TrainConfig, run, train
 from encoders.user_tower import UserTowerConfig
 from export.features import FeatureSpec
+from tests.support import ML100K
 
 GENRES = ["comedy", "drama", "horror", "action", "romance"]
 SPEC = FeatureSpec(max_len=8)
@@ -126,9 +127,6 @@ def test_checkpoint_round_trip(split, fixture_dir, tmp_path):
 def test_cli_imports_without_torch():
     code = "import sys, encoders.cli; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 
 
 def ml100k_split():
