@@ -23,7 +23,7 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from state.window import UserWindow, WindowEvent  # noqa: E402
-from stream_app.app import faust_app  # noqa: E402
+from stream_app.app import faust_app, freeze_heap  # noqa: E402
 from stream_app.kafka import ensure_topics  # noqa: E402
 from stream_app.schemas import epoch_seconds  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
@@ -54,7 +54,9 @@ def main() -> None:
     settings = Settings()
     partitions = asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
-    faust.Worker(build_bare_app(settings, partitions), loglevel="info").execute_from_commandline()
+    app = build_bare_app(settings, partitions)
+    freeze_heap()  # as the worker does: no full GC passes over the modules mid-stream
+    faust.Worker(app, loglevel="info").execute_from_commandline()
 
 
 if __name__ == "__main__":

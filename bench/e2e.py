@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bare_agent import OUTPUT_TOPIC as BARE_OUTPUT_TOPIC  # noqa: E402
 from bench.report import cpu, write_section  # noqa: E402
 from export.registry import Registry  # noqa: E402
+from stream_app.app import freeze_heap  # noqa: E402
 from stream_app.broker import EmbeddedBroker, stop_process  # noqa: E402
 from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
@@ -145,6 +146,7 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
                 done.set()
 
     bodies = [(user.encode(), json.dumps(value).encode()) for user, value in events]
+    freeze_heap()  # a full GC pass in the load generator would stall sends and receipts alike
     collector = asyncio.create_task(collect())
     start = time.monotonic()
     try:

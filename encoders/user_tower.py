@@ -50,13 +50,18 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.dim, config.dim)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """x [B, T, C], allowed [B, 1, T, T] bool (True = query may attend to key) -> [B, T, C]."""
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [B, T, C], allowed [B, 1, T, T] bool (True = query may attend to key) -> [B, T, C],
+        or [B, 1, C] with `last_only`: the newest position's query alone."""
         B, T, C = x.size()  # batch, time, channels
         q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # [B, h, T, c]
+        if last_only:
+            q, allowed = q[:, -1:], allowed[:, :, -1:]  # [B, 1, C], [B, 1, 1, T]
+        Q = q.size(1)  # queries: T, or 1
+        q = q.view(B, Q, self.n_heads, C // self.n_heads).transpose(1, 2)  # [B, h, Q, c]
+        k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (k, v))  # [B, h, T, c]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+        return self.out(y.transpose(1, 2).reshape(B, Q, C))
 
 
 class Block(nn.Module):
@@ -72,8 +77,10 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), allowed))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, T, C] -> [B, T, C], or [B, 1, C] with `last_only` (keys and values still span T)."""
+        residual = x[:, -1:] if last_only else x
+        x = residual + self.drop(self.attn(self.ln1(x), allowed, last_only))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
@@ -102,16 +109,7 @@ class UserTower(nn.Module):
         item_vectors [B, T, D] float, event_types [B, T] long, time_buckets [B, T] long,
         attention_mask [B, T] bool (True = real event), left-padded, T <= max_len.
         """
-        T = item_vectors.size(1)  # window length
-        positions = torch.arange(T - 1, -1, -1, device=item_vectors.device)  # [T], 0 at the newest event
-        x = item_vectors + self.pos_emb(positions) + self.event_emb(event_types) + self.time_emb(time_buckets)
-        x = self.drop(self.ln_in(x))  # [B, T, D]
-        query, key = positions.unsqueeze(1), positions.unsqueeze(0)  # [T, 1], [1, T] (distance from the end)
-        allowed = ((key >= query) & attention_mask[:, None, None, :]) | (key == query)  # [B, 1, T, T] causal + padding, self always
-        keep = attention_mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
-        for block in self.blocks:
-            x = block(x, allowed) * keep
-        return self.ln_out(x) * keep
+        return self._hidden(item_vectors, event_types, time_buckets, attention_mask, last_only=False)
 
     def forward(
         self,
@@ -120,5 +118,22 @@ class UserTower(nn.Module):
         time_buckets: torch.Tensor,
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """The user vector: [B, D] hidden state at position T-1 (the newest event)."""
-        return self.sequence(item_vectors, event_types, time_buckets, attention_mask)[:, -1]
+        """The user vector: [B, D], the hidden state at position T-1 (the newest event).
+
+        Equal to sequence(...)[:, -1], but the last block computes that position alone: its
+        other outputs are never read (what the worker runs, via ONNX, for every batch).
+        """
+        return self._hidden(item_vectors, event_types, time_buckets, attention_mask, last_only=True)[:, -1]
+
+    def _hidden(self, item_vectors, event_types, time_buckets, attention_mask, last_only: bool) -> torch.Tensor:
+        T = item_vectors.size(1)  # window length
+        positions = torch.arange(T - 1, -1, -1, device=item_vectors.device)  # [T], 0 at the newest event
+        x = item_vectors + self.pos_emb(positions) + self.event_emb(event_types) + self.time_emb(time_buckets)
+        x = self.drop(self.ln_in(x))  # [B, T, D]
+        query, key = positions.unsqueeze(1), positions.unsqueeze(0)  # [T, 1], [1, T] (distance from the end)
+        allowed = ((key >= query) & attention_mask[:, None, None, :]) | (key == query)  # [B, 1, T, T] causal + padding, self always
+        keep = attention_mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            x = block(x, allowed, last) * (keep[:, -1:] if last else keep)  # [B, T, D], the last block [B, 1, D]
+        return self.ln_out(x) * (keep[:, -1:] if last_only else keep)

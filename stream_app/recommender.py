@@ -104,14 +104,16 @@ class Recommender:
                 users[b] = self._weighted_mean(windows[b], vectors[b], known[b])
             return users
         spec = self.runtime.feature_spec
-        T = spec.max_len  # vectors/known cover each window's last T events; unknown items are dropped
+        # vectors/known cover each window's last max_len events; unknown items are dropped. Pad to
+        # the longest window in the batch, not max_len: the tower's cost grows with T.
+        T = max(int(known[b].sum()) for b in rows)
         seq = np.zeros((len(rows), T, self.index.dim), dtype=np.float32)  # [B', T, D], left-padded
         for j, b in enumerate(rows):
             v = vectors[b][known[b]]
             seq[j, T - len(v):] = v
-        types = left_pad([np.array([spec.event_type_id(t) for t in windows[b].event_types[-T:]])[known[b]]
+        types = left_pad([np.array([spec.event_type_id(t) for t in windows[b].event_types[-spec.max_len:]])[known[b]]
                           for b in rows], T)
-        ts = left_pad([np.array(windows[b].ts[-T:], dtype=np.float64)[known[b]] for b in rows], T)
+        ts = left_pad([np.array(windows[b].ts[-spec.max_len:], dtype=np.float64)[known[b]] for b in rows], T)
         mask = types > 0
         buckets = recency_buckets(ts, mask, spec.n_time_buckets)
         users[rows] = self.runtime.user_encoder.encode(seq, types, buckets, mask)
