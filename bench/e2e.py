@@ -4,9 +4,10 @@ Kafka tuning, one output record per event, no model) — the ceiling on this mac
 (b) streamrec's worker serving the registry's latest model, on the same event stream at the
 same offered rates.
 
-Each system gets its own fresh broker and state, is warmed up, then is offered each rate in
-turn after 5 s idle (fresh events each time, the same slices for both systems), and finally a quarter of
-streamrec's best sustained rate (the latency target's operating point). Per rate: sustained
+In each of `--repeats` rounds (medians reported), each system gets its own fresh broker and
+state, is warmed up, then is offered each rate in turn after 5 s idle (fresh events each time,
+the same slices for both systems), and finally a quarter of streamrec's best sustained rate
+(the latency target's operating point). Per rate: sustained
 events/s (answered events / time from first send to last answer) and per-event latency
 p50/p95/p99. Every event counts: streamrec answers a micro-batch with one record per user
 (trigger = that user's newest event in it), so an event is answered by the first record of
@@ -20,7 +21,7 @@ in per-user bursts (`--sessions` users active at once, bursts of geometric lengt
 docs/benchmarks.md and the plots docs/img/e2e_throughput.png and docs/img/e2e_latency.png.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py [--stream ml100k|synthetic] [--rates 250 500 1000 2000] \\
-        [--seconds 10] [--workers 1 2] [--write-docs]
+        [--seconds 10] [--repeats 3] [--workers 1 2] [--write-docs]
 """
 
 from __future__ import annotations
@@ -227,6 +228,35 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
     return rows
 
 
+def run_rounds(real: System, bare: System, items: Events, stream: Events, rates: list[float], seconds: float,
+               work: Path, repeats: int) -> dict[System, list[dict]]:
+    """`repeats` rounds of streamrec then the bare agent on the same events and rates (the first
+    round's quarter-of-best rate in every round); per rate, the median over the rounds. This
+    machine's run-to-run spread is larger than the differences measured (docs/benchmarks.md)."""
+    rounds: dict[System, list[list[dict]]] = {real: [], bare: []}
+    offered: list[float] = []
+    for r in range(repeats):
+        rows = run_system(real, items, stream, offered or rates, seconds, work / f"streamrec-{r}",
+                          then_quarter=not offered)
+        offered = offered or [row["rate"] for row in rows]
+        rounds[real].append(rows)
+        rounds[bare].append(run_system(bare, items, stream, offered, seconds, work / f"bare-{r}"))
+    return {system: median_rows(runs) for system, runs in rounds.items()}
+
+
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per offered rate, the median of each figure over the runs, the range of p99, all latencies."""
+    merged = []
+    for rows in zip(*runs):
+        row = {key: float(np.median([r[key] for r in rows]))
+               for key in ("events_per_s", "sent_per_s", "p50", "p95", "p99", "records")}
+        row.update(rate=rows[0]["rate"], events=rows[0]["events"], answered=min(r["answered"] for r in rows),
+                   runs=len(rows), p99_range=(min(r["p99"] for r in rows), max(r["p99"] for r in rows)),
+                   latency_ms=np.concatenate([r["latency_ms"] for r in rows]))
+        merged.append(row)
+    return merged
+
+
 def line(row: dict) -> str:
     missing = f", {row['events'] - row['answered']} UNANSWERED" if row["answered"] < row["events"] else ""
     return (f"sustained {row['events_per_s']:6.0f}/s, p50 {row['p50']:7.1f} ms, p95 {row['p95']:7.1f} ms, "
@@ -240,12 +270,17 @@ def best(rows: list[dict]) -> float:
 
 # -- report -----------------------------------------------------------------------------------
 def comparison_table(bare: list[dict], real: list[dict]) -> str:
-    head = ("| offered /s | bare: sustained /s | p50 | p95 | p99 ms | streamrec: sustained /s | p50 | p95 | p99 ms "
-            "| records / events | p99 b/a |\n| " + " | ".join(["---:"] * 11) + " |")
-    body = [f"| {a['rate']:.0f} | {a['events_per_s']:.0f} | {a['p50']:.1f} | {a['p95']:.1f} | {a['p99']:.1f} "
-            f"| {b['events_per_s']:.0f} | {b['p50']:.1f} | {b['p95']:.1f} | {b['p99']:.1f} "
-            f"| {b['records']} / {b['events']} | {b['p99'] / a['p99']:.2f} |" for a, b in zip(bare, real)]
+    head = ("| offered /s | bare: sustained /s | p50 | p95 | p99 ms (range) | streamrec: sustained /s | p50 | p95 "
+            "| p99 ms (range) | records / events | p99 b/a |\n| " + " | ".join(["---:"] * 11) + " |")
+    body = [f"| {a['rate']:.0f} | {a['events_per_s']:.0f} | {a['p50']:.1f} | {a['p95']:.1f} | {p99(a)} "
+            f"| {b['events_per_s']:.0f} | {b['p50']:.1f} | {b['p95']:.1f} | {p99(b)} "
+            f"| {b['records']:.0f} / {b['events']} | {b['p99'] / a['p99']:.2f} |" for a, b in zip(bare, real)]
     return "\n".join([head, *body])
+
+
+def p99(row: dict) -> str:
+    low, high = row.get("p99_range", (row["p99"], row["p99"]))
+    return f"{row['p99']:.1f}" + (f" ({low:.0f}–{high:.0f})" if row.get("runs", 1) > 1 else "")
 
 
 def scale_table(results: dict[System, list[dict]]) -> str:
@@ -317,6 +352,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--stream", choices=["ml100k", "synthetic"], default="ml100k")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of streamrec then bare; medians reported")
     parser.add_argument("--users", type=int, default=10_000, help="synthetic: user ids")
     parser.add_argument("--items", type=int, default=1682, help="synthetic: items (≤ the ml-100k catalog)")
     parser.add_argument("--zipf", type=float, default=1.0, help="synthetic: item popularity ∝ 1/rank^zipf")
@@ -346,9 +382,7 @@ def main() -> None:
     print(f"model {version.name} ({version.kind}); stream {args.stream}; logs in {work}", flush=True)
 
     real, bare = System("streamrec", bare=False), System("bare Faust agent", bare=True)
-    results = {real: run_system(real, items, stream, args.rates, args.seconds, work / "streamrec", then_quarter=True)}
-    offered = [r["rate"] for r in results[real]]  # the given rates and a quarter of streamrec's best
-    results[bare] = run_system(bare, items, stream, offered, args.seconds, work / "bare")
+    results = run_rounds(real, bare, items, stream, args.rates, args.seconds, work, args.repeats)
     scale: dict[System, list[dict]] = {}
     for n in args.workers:
         system = System(f"streamrec, {n} worker{'s' * (n > 1)}, {args.scale_partitions} partitions", bare=False,
@@ -387,9 +421,12 @@ def markdown(results: dict[System, list[dict]], scale: dict[System, list[dict]],
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
 start and {load[1]:.1f} at the end (the broker, the workers and the load generator alone fill both cores at
 the higher rates; above ~1 at the start means other jobs were running). The
-embedded Tansu broker, the system under test and the load generator all run on this machine; each system
-gets a fresh broker and fresh state, a warm-up, then each offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before each) with fresh
-events (the same events for both systems), and last {quarter:.0f}/s, a quarter of streamrec's best.
+embedded Tansu broker, the system under test and the load generator all run on this machine. In each of
+{args.repeats} rounds, streamrec and then the bare agent each get a fresh broker and fresh state, a warm-up, then each
+offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before each) with fresh events (the same events for both
+systems and every round), and last {quarter:.0f}/s, a quarter of streamrec's best in the first round. Figures
+are medians over the rounds, with the range of p99 across rounds in brackets. All three processes leave their
+start-up heap out of Python's full garbage-collector passes (`stream_app.app.freeze_heap`).
 Events: {stream_text(args)}.
 
 - (a) **bare Faust agent** (`bench/bare_agent.py`): the same Faust app settings (RocksDB store, fetch
@@ -404,8 +441,8 @@ system's capacity this is its drain rate. The bare agent is the ceiling of the *
 event it reads and writes the table (one changelog record) and sends one record. streamrec writes each
 touched user's window once per micro-batch and sends one record per user per batch, so where a user's
 events come in bursts (see records / events) it does less Kafka and RocksDB work per event and can pass
-that ceiling. The systems run one after the other, so a change in the machine's other load between the
-runs moves the comparison.
+that ceiling. The systems run one after the other; the rounds interleave them so that a change in the
+machine's other load moves both.
 
 {comparison_table(results[bare], results[real])}
 

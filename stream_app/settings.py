@@ -52,7 +52,7 @@ class Settings(BaseSettings):
 
     # Micro-batching and output.
     batch_size: int = 256
-    batch_window_s: float = 0.005  # the wait for a batch to fill (bench/e2e.py: 20 / 5 / 1 ms compared)
+    batch_window_s: float = 0.002  # the wait for a batch to fill (docs/benchmarks.md: 20 / 5 / 2 / 1 ms compared)
     top_k: int = 10
     ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS  # catalogs this big use FAISS IVF; None = always exact
     trending_half_life_s: float = 3_600.0
