@@ -6,8 +6,8 @@ same offered rates.
 
 In each of `--repeats` rounds (medians reported), each system gets its own fresh broker and
 state, is warmed up, then is offered each rate in turn after 5 s idle (fresh events each time,
-the same slices for both systems), and finally a quarter of streamrec's best sustained rate
-(the latency target's operating point). Per rate: sustained
+the same slices for both systems); then, on a fresh broker, a quarter of streamrec's best
+sustained rate (the latency target's operating point). Per rate: sustained
 events/s (answered events / time from first send to last answer) and per-event latency
 p50/p95/p99. Every event counts: streamrec answers a micro-batch with one record per user
 (trigger = that user's newest event in it), so an event is answered by the first record of
@@ -194,10 +194,10 @@ def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_T
     raise TimeoutError(f"workers on ports {ports} did not settle on {partitions} partitions in {timeout_s:.0f}s")
 
 
-def run_system(system: System, items: Events, stream: Events, rates: list[float], seconds: float, work: Path,
-               then_quarter: bool = False) -> list[dict]:
+def run_system(system: System, items: Events, stream: Events, rates: list[float], seconds: float,
+               work: Path) -> list[dict]:
     """Fresh broker and state; start the system, warm it up, offer each rate in turn with the
-    stream's next `rate * seconds` events (then, if asked, a quarter of the best sustained rate)."""
+    stream's next `rate * seconds` events."""
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with EmbeddedBroker(port=free_port(), log_path=work / "broker.log") as broker:
@@ -215,8 +215,7 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
             if warm["answered"] < warm["events"]:
                 raise RuntimeError(f"{system.label} did not answer its warm-up; logs in {work}")
             offset = 0
-            for rate in [*rates, None] if then_quarter else rates:
-                rate = rate or round(best(rows) / 4)
+            for rate in rates:
                 time.sleep(SETTLE_S)  # let the previous rate's after-effects (compaction, GC) pass
                 events = stream[offset:offset + int(rate * seconds)]
                 offset += len(events)
@@ -230,17 +229,19 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
 
 def run_rounds(real: System, bare: System, items: Events, stream: Events, rates: list[float], seconds: float,
                work: Path, repeats: int) -> dict[System, list[dict]]:
-    """`repeats` rounds of streamrec then the bare agent on the same events and rates (the first
-    round's quarter-of-best rate in every round); per rate, the median over the rounds. This
-    machine's run-to-run spread is larger than the differences measured (docs/benchmarks.md)."""
+    """`repeats` rounds of streamrec then the bare agent on the same events and rates, each
+    followed by a quarter of streamrec's best rate in the first round, on a fresh broker (the
+    embedded broker slows down as record batches pile up, docs/reliability.md); per rate, the
+    median over the rounds. This machine's run-to-run spread is larger than the differences
+    measured (docs/benchmarks.md)."""
     rounds: dict[System, list[list[dict]]] = {real: [], bare: []}
-    offered: list[float] = []
+    quarter = 0.0
     for r in range(repeats):
-        rows = run_system(real, items, stream, offered or rates, seconds, work / f"streamrec-{r}",
-                          then_quarter=not offered)
-        offered = offered or [row["rate"] for row in rows]
-        rounds[real].append(rows)
-        rounds[bare].append(run_system(bare, items, stream, offered, seconds, work / f"bare-{r}"))
+        for system in (real, bare):
+            name = f"{'bare' if system.bare else 'streamrec'}-{r}"
+            rows = run_system(system, items, stream, rates, seconds, work / name)
+            quarter = quarter or round(best(rows) / 4)
+            rounds[system].append(rows + run_system(system, items, stream, [quarter], seconds, work / f"{name}-quarter"))
     return {system: median_rows(runs) for system, runs in rounds.items()}
 
 
@@ -424,7 +425,8 @@ the higher rates; above ~1 at the start means other jobs were running). The
 embedded Tansu broker, the system under test and the load generator all run on this machine. In each of
 {args.repeats} rounds, streamrec and then the bare agent each get a fresh broker and fresh state, a warm-up, then each
 offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before each) with fresh events (the same events for both
-systems and every round), and last {quarter:.0f}/s, a quarter of streamrec's best in the first round. Figures
+systems and every round); then, on a fresh broker again, {quarter:.0f}/s, a quarter of streamrec's best in
+the first round (the broker slows down as record batches pile up, docs/reliability.md). Figures
 are medians over the rounds, with the range of p99 across rounds in brackets. All three processes leave their
 start-up heap out of Python's full garbage-collector passes (`stream_app.app.freeze_heap`).
 Events: {stream_text(args)}.
