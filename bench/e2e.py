@@ -302,7 +302,7 @@ def verdicts(bare: list[dict], real: list[dict]) -> list[str]:
     return [
         f"- max sustained: bare {best(bare):.0f}/s, streamrec {best(real):.0f}/s: b/a = {ratio:.2f} "
         f"(target ≥ 0.7: {ok(ratio >= 0.7)})",
-        f"- p99 b/a per rate: {', '.join(f'{r:.2f}' for r in p99_ratios)} (target ≤ 1.25 at every rate: "
+        f"- p99 b/a per rate: {', '.join(f'{r:.3f}' for r in p99_ratios)} (target ≤ 1.25 at every rate: "
         f"{ok(not beyond)}{'; above at ' + ', '.join(beyond) if beyond else ''})",
         f"- streamrec p99 at a quarter of its best ({quarter['rate']:.0f}/s): {quarter['p99']:.1f} ms "
         f"(target ≤ 100 ms: {ok(quarter['p99'] <= 100)})",
