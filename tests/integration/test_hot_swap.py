@@ -1,13 +1,15 @@
 """Model hot swap under a continuous stream: nothing lost, one switch, rollback, refusal."""
 
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from export.model_updates import announce
-from export.registry import Registry
+from export.registry import MANIFEST, Registry
 from stream_app.cli import app as cli
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
@@ -25,6 +27,17 @@ def stream_events(settings, first: int, count: int, rate: float) -> list[str]:
     produce_paced(settings, settings.topics.events,
                   [event(n, f"user{n}", str(1 + n % len(CATALOG)), "click") for n in numbers], rate)
     return [f"user{n}-{n}" for n in numbers]
+
+
+def register_as_newest(source_root: Path, registry: Registry) -> str:
+    """The source registry's version registered anew, so it is the newest in `registry` whichever
+    session fixture was built first (versions are ordered by registration time)."""
+    source = Path(source_root) / Registry(source_root).versions()[-1]
+    with registry.staging() as staging:
+        for f in source.iterdir():
+            if f.name != MANIFEST:
+                shutil.copy2(f, staging / f.name)
+        return registry.register(staging, make_latest=False).name
 
 
 def outputs_for(settings, event_ids: list[str]) -> list[dict]:
@@ -48,9 +61,9 @@ def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
         settings, start_worker, baseline_registry, two_tower_registry, tmp_path):
     root = tmp_path / "registry"
     root.mkdir()
-    a = copy_version(baseline_registry, root)
-    b = copy_version(two_tower_registry, root)
     registry = Registry(root)
+    a = copy_version(baseline_registry, root)
+    b = register_as_newest(two_tower_registry, registry)  # rollback from B goes to A
     registry.set_latest(a)
     settings = settings.model_copy(update={"registry": root})
     run(publish_catalog(settings, CATALOG))
