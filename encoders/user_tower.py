@@ -126,6 +126,7 @@ class UserTower(nn.Module):
         return self._hidden(item_vectors, event_types, time_buckets, attention_mask, last_only=True)[:, -1]
 
     def _hidden(self, item_vectors, event_types, time_buckets, attention_mask, last_only: bool) -> torch.Tensor:
+        """Hidden states [B, T, D]; with `last_only`, [B, 1, D] for the newest position."""
         T = item_vectors.size(1)  # window length
         positions = torch.arange(T - 1, -1, -1, device=item_vectors.device)  # [T], 0 at the newest event
         x = item_vectors + self.pos_emb(positions) + self.event_emb(event_types) + self.time_emb(time_buckets)
