@@ -22,8 +22,8 @@ from pathlib import Path
 import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from state.window import UserWindow, WindowEvent  # noqa: E402
-from stream_app.app import faust_app, freeze_heap  # noqa: E402
+from state.window import WindowEvent  # noqa: E402
+from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
 from stream_app.kafka import ensure_topics  # noqa: E402
 from stream_app.schemas import epoch_seconds  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
@@ -35,7 +35,7 @@ def build_bare_app(settings: Settings, partitions: int) -> faust.App:
     app = faust_app(settings.model_copy(update={"app_id": f"{settings.app_id}-bare"}), partitions)
     events = app.topic(settings.topics.events, key_serializer="raw", value_serializer="raw")
     output = app.topic(OUTPUT_TOPIC, key_serializer="raw", value_serializer="raw")
-    windows = app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions)
+    windows = windows_table(app, settings, partitions)
     max_age_s = settings.window_max_age_days * 86_400.0
 
     @app.agent(events)

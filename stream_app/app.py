@@ -110,6 +110,14 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
     return app
 
 
+def windows_table(app: faust.App, settings: Settings, partitions: int) -> faust.Table:
+    """The per-user `UserWindow` table (RocksDB, changelog-backed), with bounded RocksDB memory."""
+    rocksdb = {"write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+               "block_cache_size": settings.rocksdb_block_cache_mb << 20}
+    return app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions,
+                     options=rocksdb)
+
+
 def build_app(settings: Settings, serving: ServingState, partitions: int,
               metrics: WorkerMetrics | None = None) -> StreamrecApp:
     metrics = metrics or WorkerMetrics()
@@ -118,7 +126,7 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
     events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
     recommendations_topic = app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation)
     dlq_topic = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
-    windows = app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions)
+    windows = windows_table(app, settings, partitions)
     catalog_ready = asyncio.Event()
     event_types = set(settings.event_weights)
     max_age_s = settings.window_max_age_days * 86_400.0
