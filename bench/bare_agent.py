@@ -55,7 +55,7 @@ def main() -> None:
     partitions = asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
     app = build_bare_app(settings, partitions)
-    freeze_heap()  # as the worker does: no full GC passes over the modules mid-stream
+    freeze_heap()  # as the worker does before its first event (it has no catalog to wait for)
     faust.Worker(app, loglevel="info").execute_from_commandline()
 
 

@@ -280,8 +280,9 @@ def comparison_table(bare: list[dict], real: list[dict]) -> str:
 
 
 def p99(row: dict) -> str:
-    low, high = row.get("p99_range", (row["p99"], row["p99"]))
-    return f"{row['p99']:.1f}" + (f" ({low:.0f}–{high:.0f})" if row.get("runs", 1) > 1 else "")
+    """A `median_rows` row's p99, with its range over the runs when there was more than one."""
+    low, high = row["p99_range"]
+    return f"{row['p99']:.1f}" + (f" ({low:.0f}–{high:.0f})" if row["runs"] > 1 else "")
 
 
 def scale_table(results: dict[System, list[dict]]) -> str:

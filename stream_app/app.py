@@ -199,7 +199,7 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
                     await apply_catalog_records(messages)
                 if not catalog_ready.is_set() and all([await consumer.position(tp) >= end[tp] for tp in partitions]):
                     log.info("catalog loaded: %d items", len(serving.catalog))
-                    freeze_heap()
+                    freeze_heap()  # modules, model and catalog: all built before the first event
                     catalog_ready.set()
 
     async def apply_catalog_records(messages) -> None:

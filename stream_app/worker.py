@@ -11,7 +11,7 @@ import faust
 from threadpoolctl import threadpool_limits
 
 from export.exceptions import StreamrecError
-from stream_app.app import build_app, freeze_heap
+from stream_app.app import build_app
 from stream_app.kafka import ensure_topics
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState, load_at_start
@@ -45,5 +45,4 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     partitions = asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
     app = build_app(settings, serving, partitions, metrics)
-    freeze_heap()  # modules and model; the catalog once loaded
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
