@@ -9,13 +9,25 @@ export STREAMREC_REGISTRY ?= $(abspath .streamrec/registry)
 
 .PHONY: setup test test-slow test-reliability demo train bench bench-e2e clean
 
-setup: .venv/.installed
+setup: .venv/.installed kafka/libs/.installed
 
 .venv/.installed: pyproject.toml
 	python3.11 -m venv .venv || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[train,dev]'
 	touch $@
+
+# Apache Kafka's jars (kafka/pom.xml) for `make test` and `streamrec broker --engine kafka`;
+# needs Java 17 and Maven. Without them `make demo` still runs on the embedded Tansu broker.
+kafka/libs/.installed: kafka/pom.xml
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then \
+		rm -rf kafka/libs && \
+		mvn -q -B -f kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+			-DoutputDirectory=$(CURDIR)/kafka/libs && touch $@; \
+	else \
+		echo "note: java and mvn not found: Apache Kafka not installed. make demo runs on Tansu;" \
+			"make test needs Java 17 and Maven (README)." >&2; \
+	fi
 
 test: setup
 	$(PY) -m pytest -q

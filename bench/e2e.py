@@ -48,7 +48,7 @@ from bench.bare_agent import OUTPUT_TOPIC as BARE_OUTPUT_TOPIC  # noqa: E402
 from bench.report import cpu, write_section  # noqa: E402
 from export.registry import Registry  # noqa: E402
 from stream_app.app import freeze_heap  # noqa: E402
-from stream_app.broker import EmbeddedBroker, stop_process  # noqa: E402
+from stream_app.broker import TansuBroker, stop_process  # noqa: E402
 from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
@@ -200,7 +200,7 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
     stream's next `rate * seconds` events."""
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    with EmbeddedBroker(port=free_port(), log_path=work / "broker.log") as broker:
+    with TansuBroker(port=free_port(), log_path=work / "broker.log") as broker:
         settings = Settings(broker=broker.url, partitions=system.partitions)  # each process: its own dir and port
         asyncio.run(publish_catalog(settings, items))
         start = start_bare_agent if system.bare else start_worker

@@ -2,7 +2,7 @@
 
     events  from a stored position (`{partition: offset}` JSON) and/or a time bound
             (`--since 7d`: Kafka record timestamps, via offsets_for_times) up to the TRUE
-            end (`stream_app.kafka.true_end_offsets`; the embedded broker under-reports it)
+            end (`stream_app.kafka.end_offsets`: corrected on Tansu, which under-reports it)
     items   from the start: last record per item; a tombstone or `available: false` removes it
     both    validated with the worker's own parser (docs/topics.md); invalid records are
             skipped and counted (the worker has already dead-lettered them)
@@ -24,7 +24,7 @@ from pathlib import Path
 import kafka
 
 from export.exceptions import StreamrecError
-from stream_app.kafka import client_security, true_end_offsets
+from stream_app.kafka import client_security, end_offsets
 from stream_app.schemas import InvalidRecord, parse_event, parse_item
 from stream_app.settings import Settings
 
@@ -147,7 +147,7 @@ def read_topic(settings: Settings, topic: str, stored: dict[int, int] | None = N
         tps = [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         earliest = consumer.beginning_offsets(tps)
-        end = true_end_offsets(settings, consumer.end_offsets(tps))
+        end = end_offsets(settings, consumer.end_offsets(tps))
         start = {tp: max(earliest[tp], (stored or {}).get(tp.partition, 0)) for tp in tps}
         if since_s is not None:
             found = consumer.offsets_for_times({tp: int((time.time() - since_s) * 1000) for tp in tps})

@@ -16,3 +16,7 @@ class RegistryError(StreamrecError):
 
 class ParityError(StreamrecError):
     """ONNX Runtime disagrees with torch beyond tolerance; nothing was registered."""
+
+
+class BrokerError(StreamrecError):
+    """A broker the project starts (Apache Kafka or Tansu) cannot start or has stopped."""

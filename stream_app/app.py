@@ -21,7 +21,8 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from state.window import UserWindow, WindowEvent
-from stream_app.kafka import client_security, faust_credentials, read_whole_topic, true_end_offsets, tuned_transport
+from stream_app.kafka import (client_security, end_offsets, faust_credentials, read_whole_topic, topic_configs,
+                              tuned_transport)
 from stream_app.metrics import WorkerMetrics
 from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_event, parse_item
 from stream_app.serving import ServingState
@@ -102,6 +103,8 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_request_timeout=max(40.0, settings.session_timeout_s + 5),
         producer_linger=settings.producer_linger_ms / 1000.0,
+        producer_acks=-1,
+        topic_replication_factor=settings.replication_factor,
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,
@@ -115,7 +118,7 @@ def windows_table(app: faust.App, settings: Settings, partitions: int) -> faust.
     rocksdb = {"write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
                "block_cache_size": settings.rocksdb_block_cache_mb << 20}
     return app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions,
-                     options=rocksdb)
+                     options=rocksdb, extra_topic_configs=topic_configs(settings))
 
 
 def build_app(settings: Settings, serving: ServingState, partitions: int,
@@ -192,7 +195,7 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
         """Every worker keeps the whole catalog: read `items` from the start, no consumer group."""
         async with read_whole_topic(settings, topics.items) as consumer:
             partitions = sorted(consumer.assignment())
-            end = await asyncio.to_thread(true_end_offsets, settings, await consumer.end_offsets(partitions))
+            end = await asyncio.to_thread(end_offsets, settings, await consumer.end_offsets(partitions))
             while True:
                 records = await consumer.getmany(timeout_ms=200, max_records=512)
                 for tp, messages in records.items():

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -22,13 +22,31 @@ def _settings(**overrides) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-@app.command()
-def broker(host: str = "127.0.0.1", port: int = 9092):
-    """Run the embedded Kafka-compatible broker (Tansu) in the foreground until SIGINT/SIGTERM."""
-    from stream_app.broker import broker_command
+class BrokerEngine(str, Enum):
+    tansu = "tansu"
+    kafka = "kafka"
 
-    command = broker_command(host, port)
-    os.execv(command[0], command)  # the broker itself handles SIGINT/SIGTERM
+
+@app.command()
+def broker(engine: BrokerEngine = typer.Option(BrokerEngine.tansu, help="tansu: embedded, no Java, memory only; "
+                                               "kafka: Apache Kafka (KRaft), needs Java 17 and `make setup`'s jars"),
+           host: str = "127.0.0.1", port: int = typer.Option(9092, help="client port of the first node"),
+           nodes: int = typer.Option(1, help="kafka: nodes (3: replication factor 3, min.insync.replicas 2)"),
+           data_dir: Path = typer.Option(Path(".streamrec/kafka"), help="kafka: log dirs (formatted once, kept)")):
+    """Run a local broker on 127.0.0.1 in the foreground until SIGINT/SIGTERM.
+
+    Kafka node i listens on port+i for clients and port+1000+i for its controller."""
+    from export.exceptions import BrokerError
+    from stream_app.broker import KafkaCluster, TansuBroker, run_in_foreground
+
+    if engine is BrokerEngine.tansu:
+        process = TansuBroker(host, port)
+    else:
+        process = KafkaCluster(data_dir, nodes, host, ports=[port + i for i in range(nodes)])
+    try:
+        run_in_foreground(process)
+    except BrokerError as e:
+        sys.exit(f"error: {e}")
 
 
 @app.command()

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from export.exceptions import RegistryError
 from export.registry import Registry
-from stream_app.broker import EmbeddedBroker, stop_process
+from stream_app.broker import TansuBroker, stop_process
 from stream_app.consume import read_recommendations
 from stream_app.kafka import ensure_topics
 from stream_app.replay import dataset_records, publish
@@ -118,7 +118,7 @@ def _caught_up(latest: dict[str, dict], events: list[tuple[str, dict]]) -> bool:
 def run_demo(data: Path, rate: float, n_events: int, n_users: int, port: int) -> int:
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
-    broker = EmbeddedBroker(port=port or free_port(), log_path=workdir / "broker.log")
+    broker = TansuBroker(port=port or free_port(), log_path=workdir / "broker.log")
     settings = Settings(broker=broker.url, data_dir=workdir / "state", web_port=free_port())
     console.print(f"broker {broker.url} · worker state {settings.data_dir} · logs in {workdir}")
     try:

@@ -1,9 +1,10 @@
-"""Kafka plumbing: client security options, topic creation, and the Faust
-transport tuned for low latency."""
+"""Kafka plumbing: client security options, topic creation, which broker we talk to, and
+the Faust transport tuned for low latency (with Tansu's end-offset fix on Tansu only)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
@@ -12,6 +13,7 @@ import faust
 import kafka
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka.admin import KafkaAdminClient
 from aiokafka.errors import TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -52,10 +54,46 @@ async def read_whole_topic(settings: Settings, topic: str) -> AsyncIterator[AIOK
                                 **client_security(settings.security))
     await consumer.start()
     try:
+        # Without a subscription aiokafka's metadata names no topic on Apache Kafka (Tansu lists them
+        # all): without this refresh the consumer was assigned nothing and the catalog "loaded" empty.
+        await consumer._client.force_metadata_update()
         consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
         yield consumer
     finally:
         await consumer.stop()
+
+
+TANSU_CLUSTER_ID = "tansu_cluster"  # Tansu's default --cluster-id
+
+
+def broker_engine(settings: Settings) -> str:
+    """"kafka" or "tansu": as configured, else asked of the cluster once per process. Blocking."""
+    if settings.broker_engine != "auto":
+        return settings.broker_engine
+    return _detected_engine(settings.bootstrap_servers, settings.security)
+
+
+@functools.cache
+def _detected_engine(bootstrap_servers: str, security: KafkaSecurity) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_security(security))
+    try:
+        cluster_id = admin.describe_cluster()["cluster_id"]
+    finally:
+        admin.close()
+    return "tansu" if cluster_id == TANSU_CLUSTER_ID else "kafka"
+
+
+def with_engine(settings: Settings) -> Settings:
+    """`settings` with `broker_engine` resolved, so nothing downstream asks the cluster again."""
+    return settings.model_copy(update={"broker_engine": broker_engine(settings)})
+
+
+def topic_configs(settings: Settings, compacted: bool = False) -> dict[str, str]:
+    """Per-topic configs for every topic streamrec creates (Faust's changelogs included)."""
+    configs = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    if compacted:
+        configs["cleanup.policy"] = "compact"
+    return configs
 
 
 async def ensure_topics(settings: Settings) -> int:
@@ -64,13 +102,14 @@ async def ensure_topics(settings: Settings) -> int:
     await admin.start()
     try:
         t = settings.topics
-        compacted = {"cleanup.policy": "compact"}
+        plain, compacted, replicas = topic_configs(settings), topic_configs(settings, compacted=True), \
+            settings.replication_factor
         wanted = [
-            NewTopic(t.events, settings.partitions, 1),
-            NewTopic(t.items, 1, 1, topic_configs=compacted),
-            NewTopic(t.recommendations, settings.partitions, 1, topic_configs=compacted),
-            NewTopic(t.dlq, 1, 1),
-            NewTopic(t.model_updates, 1, 1),
+            NewTopic(t.events, settings.partitions, replicas, topic_configs=plain),
+            NewTopic(t.items, 1, replicas, topic_configs=compacted),
+            NewTopic(t.recommendations, settings.partitions, replicas, topic_configs=compacted),
+            NewTopic(t.dlq, 1, replicas, topic_configs=plain),
+            NewTopic(t.model_updates, 1, replicas, topic_configs=plain),
         ]
         existing = set(await admin.list_topics())
         for topic in wanted:
@@ -85,13 +124,20 @@ async def ensure_topics(settings: Settings) -> int:
         await admin.close()
 
 
-def true_end_offsets(settings: Settings, reported: Mapping) -> dict:
-    """End offsets, corrected for brokers that under-report them. Blocking: call via a thread.
+def end_offsets(settings: Settings, reported: Mapping) -> dict:
+    """The true end offsets of `reported` (what ListOffsets said). Blocking: call via a thread.
+    On Tansu they need correcting (`tansu_end_offsets`); on Apache Kafka they are right."""
+    if broker_engine(settings) == "tansu":
+        return tansu_end_offsets(settings, reported)
+    return dict(reported)
+
+
+def tansu_end_offsets(settings: Settings, reported: Mapping) -> dict:
+    """End offsets, corrected for Tansu's under-reporting.
 
     The embedded Tansu answers ListOffsets(latest) with the base offset of the
     last record batch + 1, so a multi-record batch hides its tail. Reading from
-    the reported end - 1 finds the real last offset; on Apache Kafka it finds
-    the end it was told. The probe is a kafka-python client: an extra aiokafka
+    the reported end - 1 finds the real last offset. The probe is a kafka-python client: an extra aiokafka
     client started during Faust's table recovery gets that recovery cancelled.
     """
     probe = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
@@ -123,21 +169,36 @@ class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class _IdempotentProducer(faust_aiokafka.Producer):
+    """Every record the worker writes (recommendations, dead letters, changelogs) is acknowledged
+    by all in-sync replicas and written once per send, even when the send is retried. Faust
+    enables idempotence only inside transactions."""
+
+    def _settings_extra(self):
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 def tuned_transport(settings: Settings) -> type:
+    """Faust's aiokafka transport with our fetch wait; `settings.broker_engine` must be resolved
+    (`with_engine`). On Kafka the producer is idempotent; Tansu answers InitProducerId with an
+    error, so there it is not, and only Tansu gets the end-offset fix."""
     thread = type("ConsumerThread", (_TunedConsumerThread,), {"settings": settings})
 
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self):
             return thread(self, loop=self.loop, beacon=self.beacon)
 
+    class TansuConsumer(Consumer):
         async def highwaters(self, *partitions):
             """Table recovery reads changelogs up to these offsets and refuses to start
             when its persisted offset lies beyond them: both need the true end."""
             reported = await super().highwaters(*partitions)
-            return await asyncio.to_thread(true_end_offsets, settings, reported)
+            return await asyncio.to_thread(tansu_end_offsets, settings, reported)
 
     class Transport(faust_aiokafka.Transport):
         pass
 
-    Transport.Consumer = Consumer
+    tansu = settings.broker_engine == "tansu"
+    Transport.Consumer = TansuConsumer if tansu else Consumer
+    Transport.Producer = faust_aiokafka.Producer if tansu else _IdempotentProducer  # Tansu fails InitProducerId
     return Transport

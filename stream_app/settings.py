@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,13 @@ class Settings(BaseSettings):
     topics: Topics = Topics()
     security: KafkaSecurity = KafkaSecurity()
     partitions: int = 1  # used when the worker creates missing topics
+    # Topics the worker creates (and Faust's changelogs): replicas each, and how many must have a
+    # write before it is acknowledged (acks=all). 3 and 2 on a three-node cluster.
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
+    # Which broker this is, for the workarounds one of them needs (docs/ARCHITECTURE.md):
+    # "auto" asks the cluster (Tansu answers with its default cluster id `tansu_cluster`).
+    broker_engine: Literal["auto", "kafka", "tansu"] = "auto"
 
     # Behaviour window per user.
     window_size: int = 50

@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from export.exceptions import StreamrecError
 from stream_app.app import build_app
-from stream_app.kafka import ensure_topics
+from stream_app.kafka import ensure_topics, with_engine
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState, load_at_start
 from stream_app.settings import Settings
@@ -42,6 +42,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     metrics = WorkerMetrics()
     metrics.model_refusals.inc(len(refused))
     serving = ServingState(recommender, refused=refused)
+    settings = with_engine(settings)
     partitions = asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
     app = build_app(settings, serving, partitions, metrics)

@@ -1,4 +1,5 @@
-"""Real components: a Tansu broker process, worker processes with RocksDB state dirs."""
+"""Real components: an Apache Kafka broker process (one JVM for the session; Tansu for its smoke
+suite), worker processes with RocksDB state dirs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import EmbeddedBroker, stop_process
+from stream_app.broker import KafkaCluster, TansuBroker, stop_process
 from stream_app.demo import free_port
 from stream_app.settings import Settings, Topics
 from tests.support import ML100K
@@ -26,7 +27,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    with EmbeddedBroker(port=free_port(), log_path=tmp_path_factory.mktemp("broker") / "tansu.log") as b:
+    """Apache Kafka, one node (KRaft), for the whole run."""
+    with KafkaCluster(tmp_path_factory.mktemp("kafka"), ports=[free_port()], controller_ports=[free_port()]) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def tansu_broker(tmp_path_factory):
+    """The embedded broker `make demo` runs, for its smoke suite."""
+    with TansuBroker(port=free_port(), log_path=tmp_path_factory.mktemp("tansu") / "tansu.log") as b:
         yield b
 
 
@@ -41,14 +50,31 @@ def baseline_registry(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def settings(broker, baseline_registry, tmp_path) -> Settings:
+def fresh_settings(broker, registry: Path, tmp_path: Path) -> Settings:
     """Fresh topic names and app id per test: the broker is shared by the session."""
     tag = uuid.uuid4().hex[:8]
     topics = Topics(events=f"events-{tag}", items=f"items-{tag}", recommendations=f"recs-{tag}",
                     dlq=f"dlq-{tag}", model_updates=f"updates-{tag}")
-    return Settings(broker=broker.url, data_dir=tmp_path / "state", registry=baseline_registry,
+    return Settings(broker=broker.url, data_dir=tmp_path / "state", registry=registry,
                     web_port=free_port(), app_id=f"streamrec-{tag}", topics=topics, session_timeout_s=6.0)
+
+
+@pytest.fixture
+def settings(broker, baseline_registry, tmp_path) -> Settings:
+    """On Apache Kafka."""
+    return fresh_settings(broker, baseline_registry, tmp_path)
+
+
+@pytest.fixture(params=["kafka", "tansu"])
+def settings_on_each_broker(request, baseline_registry, tmp_path) -> Settings:
+    """The Tansu smoke suite: tests that take this run on Apache Kafka and on Tansu."""
+    broker = request.getfixturevalue("broker" if request.param == "kafka" else "tansu_broker")
+    return fresh_settings(broker, baseline_registry, tmp_path)
+
+
+@pytest.fixture
+def tansu_settings(tansu_broker, baseline_registry, tmp_path) -> Settings:
+    return fresh_settings(tansu_broker, baseline_registry, tmp_path)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

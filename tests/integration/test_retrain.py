@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from encoders.retrain_cli import standalone
 from export.registry import Registry
 from stream_app.demo import publish_catalog
-from stream_app.kafka import true_end_offsets
+from stream_app.kafka import end_offsets
 from stream_app.replay import publish
 from tests.integration.conftest import copy_version, dumps, event, ml100k_items, produce, run, settings_env
 
@@ -68,7 +68,7 @@ def end_offset(settings, topic: str) -> int:
     consumer = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
     try:
         tp = kafka.TopicPartition(topic, 0)
-        return true_end_offsets(settings, consumer.end_offsets([tp]))[tp]
+        return end_offsets(settings, consumer.end_offsets([tp]))[tp]
     finally:
         consumer.close()
 

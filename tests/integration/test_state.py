@@ -1,10 +1,10 @@
 """User windows live in RocksDB and survive restarts; an empty state dir is rebuilt
-from the changelog — including the tail the embedded broker's end offsets hide."""
+from the changelog — on Tansu too, including the tail its end offsets hide."""
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.kafka import ensure_topics, true_end_offsets
+from stream_app.kafka import broker_engine, end_offsets, ensure_topics
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
     consume_until, event, latest_by_user, ml100k_items, produce, read_windows, run,
@@ -31,7 +31,8 @@ def wait_for(settings, triggers):
     run(consume_until(settings, settings.topics.recommendations, done))
 
 
-def test_windows_survive_restart_and_rebuild_from_changelog(settings, start_worker, tmp_path):
+def test_windows_survive_restart_and_rebuild_from_changelog(settings_on_each_broker, start_worker, tmp_path):
+    settings = settings_on_each_broker  # the Tansu smoke suite runs this too
     run(publish_catalog(settings, ml100k_items(60)))
 
     worker = start_worker(settings)
@@ -73,10 +74,21 @@ async def _send_one_batch(settings, topic: str, n: int) -> int:
         await consumer.stop()
 
 
-def test_embedded_broker_under_reports_end_offsets_and_the_probe_corrects_them(settings):
-    """Why stream_app.kafka.true_end_offsets exists; if Tansu fixes this, the test says so."""
+def test_tansu_under_reports_end_offsets_and_the_probe_corrects_them(tansu_settings):
+    """Why stream_app.kafka.tansu_end_offsets exists; if Tansu fixes this, the test says so."""
+    settings = tansu_settings
     run(ensure_topics(settings))
     reported = run(_send_one_batch(settings, settings.topics.dlq, 5))
     assert reported < 5, "end offsets are right now: the Tansu workaround can go"
     tp = TopicPartition(settings.topics.dlq, 0)
-    assert true_end_offsets(settings, {tp: reported}) == {tp: 5}
+    assert end_offsets(settings, {tp: reported}) == {tp: 5}
+
+
+def test_kafka_reports_end_offsets_and_gets_no_workaround(settings):
+    """On Apache Kafka the reported end is the end, and `end_offsets` passes it through unprobed."""
+    run(ensure_topics(settings))
+    reported = run(_send_one_batch(settings, settings.topics.dlq, 5))
+    assert reported == 5
+    tp = TopicPartition(settings.topics.dlq, 0)
+    assert broker_engine(settings) == "kafka"
+    assert end_offsets(settings, {tp: 4}) == {tp: 4}  # no probe: a wrong end would stay wrong

@@ -34,7 +34,8 @@ def wait_for_triggers(settings, triggers: dict[str, str]) -> dict[str, dict]:
     return latest_by_user(run(consume_until(settings, settings.topics.recommendations, done)))
 
 
-def test_recommendations_dead_letters_and_live_catalog(settings, start_worker):
+def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, start_worker):
+    settings = settings_on_each_broker  # the Tansu smoke suite runs this too
     run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stream_app.broker import EmbeddedBroker
+from stream_app.broker import KafkaCluster
 from stream_app.demo import free_port
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import consume_until, event, ml100k_items, produce_paced, run
@@ -22,7 +22,7 @@ RATE = scaled(30, 100)
 
 
 def test_broker_stall_is_reported_and_survived(settings, start_worker, tmp_path):
-    with EmbeddedBroker(port=free_port(), log_path=tmp_path / "stalled-broker.log") as broker:
+    with KafkaCluster(tmp_path / "stalled-kafka", ports=[free_port()], controller_ports=[free_port()]) as broker:
         settings = settings.model_copy(update={"broker": broker.url})
         run(publish_catalog(settings, ml100k_items(60)))
         worker = start_worker(settings)
@@ -31,7 +31,8 @@ def test_broker_stall_is_reported_and_survived(settings, start_worker, tmp_path)
         producer = threading.Thread(target=produce_paced, args=(settings, settings.topics.events, planned, RATE))
         producer.start()
         time.sleep(N_EVENTS / RATE / 4)
-        os.kill(broker.process.pid, signal.SIGSTOP)
+        (jvm,) = broker.children()
+        os.kill(jvm.pid, signal.SIGSTOP)
         try:
             stalled_at = time.monotonic()
             worker.wait_for(lambda h: h.get("status") == "broker unreachable", timeout_s=STALL_S)
@@ -40,7 +41,7 @@ def test_broker_stall_is_reported_and_survived(settings, start_worker, tmp_path)
             assert "streamrec_broker_up 0.0" in body.decode()
             time.sleep(max(0.0, STALL_S - (time.monotonic() - stalled_at)))
         finally:
-            os.kill(broker.process.pid, signal.SIGCONT)
+            os.kill(jvm.pid, signal.SIGCONT)
         resumed_at = time.monotonic()
         worker.wait_for(lambda h: h.get("status") == "ok", timeout_s=120)
         healthy_s = time.monotonic() - resumed_at
