@@ -124,9 +124,11 @@ def bootstrap_command(
 
 @models.command("ensure")
 def ensure_command(
-    data: Path = typer.Option(..., exists=True, file_okay=False, help="interactions + catalog (e.g. ml-100k)"),
+    data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                        help="interactions + catalog (e.g. ml-100k); needed to train"),
     registry: Path = RegistryOption,
-    baseline: bool = typer.Option(False, "--baseline", help="build the zero-training baseline instead of training"),
+    baseline: bool = typer.Option(False, "--baseline", help="build the zero-training baseline instead of training "
+                                  "(over --data's catalog, or none: workers embed `items` as it arrives)"),
 ) -> None:
     """Make sure the registry has a loadable latest version: keep it, else train (or bootstrap) one."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -143,6 +145,8 @@ def ensure_command(
     if baseline:
         bootstrap_command(registry=registry, data=data, max_tokens=32, latest=True)
         return
+    if data is None:
+        raise typer.BadParameter("training needs --data (or pass --baseline)")
     import os
 
     from encoders.cli import app as trainer_app  # `streamrec train`, with its own defaults

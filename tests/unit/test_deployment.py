@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import re
+
 import yaml
 
+from stream_app.broker import cluster_properties
 from stream_app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -12,10 +15,10 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 def test_services_and_images():
     services = COMPOSE["services"]
-    assert set(services) == {"kafka", "worker", "trainer"}
+    assert set(services) == {"kafka", "model-init", "worker", "trainer"}
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
-    for name in ("worker", "trainer"):
+    for name in ("model-init", "worker", "trainer"):
         dockerfile = REPO / services[name]["build"]["dockerfile"]
         assert dockerfile.is_file()
 
@@ -40,3 +43,23 @@ def test_worker_and_trainer_share_the_registry():
     worker, trainer = COMPOSE["services"]["worker"], COMPOSE["services"]["trainer"]
     assert any(v.startswith("registry:") for v in worker["volumes"])
     assert any(v.startswith("registry:") for v in trainer["volumes"])
+
+
+def test_compose_kafka_is_the_test_broker():
+    """Same Kafka version as kafka/pom.xml, same broker settings as the tests' KafkaCluster."""
+    pom_version = re.search(r"<kafka.version>(.+)</kafka.version>", (REPO / "kafka/pom.xml").read_text()).group(1)
+    kafka = COMPOSE["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{pom_version}"
+    env = kafka["environment"]
+    for key, value in cluster_properties(1).items():
+        assert env.get("KAFKA_" + key.upper().replace(".", "_")) == value, key
+
+
+def test_an_empty_registry_gets_a_model_before_the_worker_starts():
+    services = COMPOSE["services"]
+    init = services["model-init"]
+    assert init["command"][:3] == ["streamrec", "models", "ensure"]  # keeps a loadable latest, else builds one
+    assert any(v.startswith("registry:") for v in init["volumes"])
+    for name in ("worker", "trainer"):
+        assert services[name]["depends_on"]["model-init"] == {"condition": "service_completed_successfully"}
+    assert services["worker"]["restart"] == "on-failure"
