@@ -191,7 +191,8 @@ class KafkaCluster(_Broker):
 
     def __init__(self, data_dir: Path, n_nodes: int = 1, host: str = "127.0.0.1", ports: list[int] | None = None,
                  controller_ports: list[int] | None = None, heap_mb: int = KAFKA_HEAP_MB, libs: Path = KAFKA_LIBS,
-                 extra_properties: dict[str, str] | None = None, format_args: list[str] | None = None):
+                 extra_properties: dict[str, str] | None = None, format_args: list[str] | None = None,
+                 client_options: dict | None = None):
         ports = ports or [9092 + i for i in range(n_nodes)]
         controller_ports = controller_ports or [p + 1000 for p in ports]
         if len(ports) != n_nodes or len(controller_ports) != n_nodes:
@@ -199,6 +200,7 @@ class KafkaCluster(_Broker):
         self.data_dir, self.host, self.heap_mb, self.libs = Path(data_dir), host, heap_mb, libs
         self.extra_properties = extra_properties or {}  # override node_properties (listeners, security)
         self.format_args = format_args or []  # extra StorageTool format arguments (e.g. --add-scram)
+        self.client_options = client_options or {}  # kafka-python options of the readiness check (SASL, TLS)
         self.nodes = [KafkaNode(i + 1, p, c) for i, (p, c) in enumerate(zip(ports, controller_ports))]
         self.processes: dict[int, subprocess.Popen] = {}
 
@@ -232,7 +234,7 @@ class KafkaCluster(_Broker):
         if (self.node_dir(node.node_id) / "log" / "meta.properties").exists():
             return  # formatted by an earlier start: keep the log
         command = kafka_java(self.libs, "kafka.tools.StorageTool", "format", "-t", self._cluster_id(), "-c",
-                             str(config), *self.format_args, heap_mb=128)
+                             str(config), *self.format_args, heap_mb=128, logs_dir=self.node_dir(node.node_id))
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka node {node.node_id} failed:\n{done.stdout}{done.stderr}")
@@ -258,7 +260,8 @@ class KafkaCluster(_Broker):
         running = {n for n, p in self.processes.items() if p.poll() is None}
         while True:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000)
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000,
+                                         **self.client_options)
                 try:
                     brokers = {b["broker_id"] for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")}
                 finally:
