@@ -44,9 +44,9 @@ bench: setup
 	$(PY) bench/encoders.py
 	$(PY) bench/retrieval.py
 
-# Events -> recommendations through the broker, streamrec vs a bare Faust agent (~15 min).
+# Events -> recommendations through Apache Kafka and Tansu, streamrec vs a bare Faust agent (~30 min).
 bench-e2e: setup
-	$(PY) bench/e2e.py --rates 250 500 1000 2000 3000 4000 --seconds 8 --workers 1 2
+	$(PY) bench/e2e.py --engine kafka tansu --rates 250 500 1000 2000 3000 4000 --seconds 8 --workers 1 2
 
 # Trains and registers a model if the registry has none yet, then runs the live demo.
 demo: setup

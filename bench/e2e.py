@@ -1,4 +1,5 @@
-"""End to end: events produced -> answers consumed, through the embedded broker, for
+"""End to end: events produced -> answers consumed, through a broker on this machine (`--engine`:
+Apache Kafka, the embedded Tansu, or both one after the other, side by side), for
 (a) a bare Faust agent (bench/bare_agent.py: streamrec's engine, RocksDB window table and
 Kafka tuning, one output record per event, no model) — the ceiling on this machine — and
 (b) streamrec's worker serving the registry's latest model, on the same event stream at the
@@ -20,8 +21,8 @@ in per-user bursts (`--sessions` users active at once, bursts of geometric lengt
 `--scale-partitions`-partition events topic. `--write-docs` rewrites "## End to end" in
 docs/benchmarks.md and the plots docs/img/e2e_throughput.png and docs/img/e2e_latency.png.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py [--stream ml100k|synthetic] [--rates 250 500 1000 2000] \\
-        [--seconds 10] [--repeats 3] [--workers 1 2] [--write-docs]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py [--engine kafka tansu] [--stream ml100k|synthetic] \\
+        [--rates 250 500 1000 2000] [--seconds 10] [--repeats 3] [--workers 1 2] [--write-docs]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +50,7 @@ from bench.bare_agent import OUTPUT_TOPIC as BARE_OUTPUT_TOPIC  # noqa: E402
 from bench.report import cpu, write_section  # noqa: E402
 from export.registry import Registry  # noqa: E402
 from stream_app.app import freeze_heap  # noqa: E402
-from stream_app.broker import TansuBroker, stop_process  # noqa: E402
+from stream_app.broker import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
@@ -67,6 +69,7 @@ Events = list[tuple[str, dict]]  # (key = user id, value)
 class System:
     label: str
     bare: bool  # bench/bare_agent.py, else `streamrec worker`
+    engine: str  # the broker: kafka | tansu
     workers: int = 1
     partitions: int = 1
 
@@ -173,6 +176,17 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
 
 
 # -- running a system -------------------------------------------------------------------------
+@contextmanager
+def fresh_broker(engine: str, work: Path):
+    """A new, empty broker of this engine for one run (Kafka: one node, log under `work`)."""
+    if engine == "kafka":
+        broker = KafkaCluster(work / "kafka", ports=[free_port()], controller_ports=[free_port()])
+    else:
+        broker = TansuBroker(port=free_port(), log_path=work / "broker.log")
+    with broker:
+        yield broker
+
+
 def start_bare_agent(settings: Settings, log_path: Path) -> subprocess.Popen:
     return start_worker(settings, log_path, command=(str(ROOT / "bench" / "bare_agent.py"),))
 
@@ -200,7 +214,7 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
     stream's next `rate * seconds` events."""
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    with TansuBroker(port=free_port(), log_path=work / "broker.log") as broker:
+    with fresh_broker(system.engine, work) as broker:
         settings = Settings(broker=broker.url, partitions=system.partitions)  # each process: its own dir and port
         asyncio.run(publish_catalog(settings, items))
         start = start_bare_agent if system.bare else start_worker
@@ -230,15 +244,15 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
 def run_rounds(real: System, bare: System, items: Events, stream: Events, rates: list[float], seconds: float,
                work: Path, repeats: int) -> dict[System, list[dict]]:
     """`repeats` rounds of streamrec then the bare agent on the same events and rates, each
-    followed by a quarter of streamrec's best rate in the first round, on a fresh broker (the
-    embedded broker slows down as record batches pile up, docs/reliability.md); per rate, the
+    followed by a quarter of streamrec's best rate in the first round, on a fresh broker (Tansu
+    slows down as record batches pile up, docs/reliability.md); per rate, the
     median over the rounds. This machine's run-to-run spread is larger than the differences
     measured (docs/benchmarks.md)."""
     rounds: dict[System, list[list[dict]]] = {real: [], bare: []}
     quarter = 0.0
     for r in range(repeats):
         for system in (real, bare):
-            name = f"{'bare' if system.bare else 'streamrec'}-{r}"
+            name = f"{system.engine}-{'bare' if system.bare else 'streamrec'}-{r}"
             rows = run_system(system, items, stream, rates, seconds, work / name)
             quarter = quarter or round(best(rows) / 4)
             rounds[system].append(rows + run_system(system, items, stream, [quarter], seconds, work / f"{name}-quarter"))
@@ -311,6 +325,7 @@ def verdicts(bare: list[dict], real: list[dict]) -> list[str]:
 
 
 def plot(results: dict[System, list[dict]], bare: System, real: System) -> list[Path]:
+    """Throughput and latency CDF for one engine: docs/img/e2e_{throughput,latency}_<engine>.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,11 +338,11 @@ def plot(results: dict[System, list[dict]], bare: System, real: System) -> list[
         ax.plot([r["rate"] for r in rows], [r["events_per_s"] for r in rows], "o-", label=system.label)
         top = max(top, *(r["rate"] for r in rows))
     ax.plot([0, top], [0, top], ":", color="grey", label="sustained = offered")
-    ax.set(xlabel="offered events/s", ylabel="sustained events/s", title="Throughput, end to end")
+    ax.set(xlabel="offered events/s", ylabel="sustained events/s", title=f"Throughput, end to end ({real.engine})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    throughput = IMG / "e2e_throughput.png"
+    throughput = IMG / f"e2e_throughput_{real.engine}.png"
     IMG.mkdir(parents=True, exist_ok=True)
     fig.savefig(throughput, dpi=110)
 
@@ -339,11 +354,11 @@ def plot(results: dict[System, list[dict]], bare: System, real: System) -> list[
         ax.axvline(np.percentile(latency, 99), color=curve.get_color(), linestyle=":", linewidth=1)
     ax.axvline(100, color="red", linestyle="--", linewidth=1, label="100 ms target")
     ax.set(xscale="log", xlabel="event → answer latency, ms (dotted: p99)", ylabel="fraction of events",
-           title=f"Latency CDF at {rate:.0f} events/s (¼ of streamrec's best)")
+           title=f"Latency CDF at {rate:.0f} events/s (¼ of streamrec's best; {real.engine})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    latency_png = IMG / "e2e_latency.png"
+    latency_png = IMG / f"e2e_latency_{real.engine}.png"
     fig.savefig(latency_png, dpi=110)
     return [throughput, latency_png]
 
@@ -351,6 +366,8 @@ def plot(results: dict[System, list[dict]], bare: System, real: System) -> list[
 # -- main -------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", nargs="+", choices=["kafka", "tansu"], default=["kafka"],
+                        help="broker(s): each engine gets the whole run, reported side by side")
     parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--stream", choices=["ml100k", "synthetic"], default="ml100k")
@@ -383,26 +400,51 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     print(f"model {version.name} ({version.kind}); stream {args.stream}; logs in {work}", flush=True)
 
-    real, bare = System("streamrec", bare=False), System("bare Faust agent", bare=True)
-    results = run_rounds(real, bare, items, stream, args.rates, args.seconds, work, args.repeats)
-    scale: dict[System, list[dict]] = {}
-    for n in args.workers:
-        system = System(f"streamrec, {n} worker{'s' * (n > 1)}, {args.scale_partitions} partitions", bare=False,
-                        workers=n, partitions=args.scale_partitions)
-        scale[system] = run_system(system, items, stream, scale_rates, scale_seconds, work / f"workers-{n}")
+    runs = []  # (engine, {bare, real: rows}, {scale system: rows}, bare, real)
+    for engine in args.engine:
+        real, bare = System("streamrec", bare=False, engine=engine), System("bare Faust agent", bare=True, engine=engine)
+        results = run_rounds(real, bare, items, stream, args.rates, args.seconds, work, args.repeats)
+        scale: dict[System, list[dict]] = {}
+        for n in args.workers:
+            system = System(f"streamrec, {n} worker{'s' * (n > 1)}, {args.scale_partitions} partitions", bare=False,
+                            engine=engine, workers=n, partitions=args.scale_partitions)
+            scale[system] = run_system(system, items, stream, scale_rates, scale_seconds,
+                                       work / f"{engine}-workers-{n}")
+        runs.append((engine, results, scale, bare, real))
     load_after = os.getloadavg()[0]
 
-    print()
-    print(comparison_table(results[bare], results[real]))
-    print("\n".join(verdicts(results[bare], results[real])))
-    if scale:
-        print(scale_table(scale))
+    for engine, results, scale, bare, real in runs:
+        print(f"\n{engine}:")
+        print(comparison_table(results[bare], results[real]))
+        print("\n".join(verdicts(results[bare], results[real])))
+        if scale:
+            print(scale_table(scale))
+    if len(runs) > 1:
+        print("\n" + engines_table(runs))
     command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py " + " ".join(sys.argv[1:])
     print(f"\nreproduce: {command}")
     if args.write_docs:
-        images = plot({bare: results[bare], real: results[real], **scale}, bare, real)
+        sections = [markdown(results, scale, bare, real, version, args, plot({bare: results[bare], real: results[real],
+                                                                              **scale}, bare, real))
+                    for _, results, scale, bare, real in runs]
         write_section(ROOT / "docs" / "benchmarks.md", "## End to end",
-                      markdown(results, scale, bare, real, version, args, command, images, (load_before, load_after)))
+                      header(runs, args, command, (load_before, load_after)) + "".join(sections))
+
+
+def engines_table(runs) -> str:
+    """Per offered rate, both systems on every engine: the side-by-side view."""
+    head = ("| offered /s | " + " | ".join(f"{engine} {label}: sustained /s | p99 ms" for engine, *_ in runs
+                                             for label in ("bare", "streamrec")) + " |\n| "
+            + " | ".join(["---:"] * (1 + 4 * len(runs))) + " |")
+    columns = [(results[bare], results[real]) for _, results, _, bare, real in runs]
+    body = []
+    for k, row in enumerate(columns[0][0]):
+        cells = [f"{row['rate']:.0f}"]
+        for bare_rows, real_rows in columns:
+            for r in (bare_rows[k], real_rows[k]):
+                cells += [f"{r['events_per_s']:.0f}", f"{r['p99']:.1f}"]
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, *body])
 
 
 def stream_text(args) -> str:
@@ -414,20 +456,26 @@ def stream_text(args) -> str:
             f"{args.burst:g} events")
 
 
-def markdown(results: dict[System, list[dict]], scale: dict[System, list[dict]], bare: System, real: System,
-             version, args, command: str, images: list[Path], load: tuple[float, float]) -> str:
-    quarter = results[real][-1]["rate"]
+def header(runs, args, command: str, load: tuple[float, float]) -> str:
+    """What was measured and how, for every engine in the run; the side-by-side table when several."""
     settings = Settings()
-    parts = [f"""## End to end
+    engines = " and ".join({"kafka": "Apache Kafka (one KRaft node, `stream_app.broker.KafkaCluster`)",
+                            "tansu": "the embedded Tansu"}[engine] for engine, *_ in runs)
+    side_by_side = f"""
+Both brokers, same events and rates (medians over the rounds):
+
+{engines_table(runs)}
+""" if len(runs) > 1 else ""
+    return f"""## End to end
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
 start and {load[1]:.1f} at the end (the broker, the workers and the load generator alone fill both cores at
-the higher rates; above ~1 at the start means other jobs were running). The
-embedded Tansu broker, the system under test and the load generator all run on this machine. In each of
+the higher rates; above ~1 at the start means other jobs were running). Broker: {engines}, one engine
+after the other. The broker, the system under test and the load generator all run on this machine. In each of
 {args.repeats} rounds, streamrec and then the bare agent each get a fresh broker and fresh state, a warm-up, then each
 offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before each) with fresh events (the same events for both
-systems and every round); then, on a fresh broker again, {quarter:.0f}/s, a quarter of streamrec's best in
-the first round (the broker slows down as record batches pile up, docs/reliability.md). Figures
+systems, every round and every engine); then, on a fresh broker again, a quarter of streamrec's best in
+the first round (Tansu slows down as record batches pile up, docs/reliability.md). Figures
 are medians over the rounds, with the range of p99 across rounds in brackets. All three processes leave their
 start-up heap out of Python's full garbage-collector passes (`stream_app.app.freeze_heap`).
 Events: {stream_text(args)}.
@@ -435,8 +483,9 @@ Events: {stream_text(args)}.
 - (a) **bare Faust agent** (`bench/bare_agent.py`): the same Faust app settings (RocksDB store, fetch
   wait {settings.fetch_max_wait_ms} ms, linger {settings.producer_linger_ms} ms), the same `windows` table updated per event with `UserWindow.with_events`,
   one output record per event; no validation, no micro-batches, no model.
-- (b) **streamrec**: `streamrec worker`, model `{version.name}` ({version.kind}), micro-batches of up
-  to {settings.batch_size} events or {settings.batch_window_s * 1000:g} ms, one record per user touched by a batch.
+- (b) **streamrec**: `streamrec worker`, micro-batches of up to {settings.batch_size} events or
+  {settings.batch_window_s * 1000:g} ms, one record per user touched by a batch; on Apache Kafka its producer is
+  idempotent with acks=all (Tansu cannot: docs/ARCHITECTURE.md).
 
 Latency counts every event: from its send to the receipt of the first record of its user triggered by it
 or a later event. Sustained = answered events / (last answer − first send); at an offered rate above a
@@ -446,6 +495,22 @@ touched user's window once per micro-batch and sends one record per user per bat
 events come in bursts (see records / events) it does less Kafka and RocksDB work per event and can pass
 that ceiling. The systems run one after the other; the rounds interleave them so that a change in the
 machine's other load moves both.
+{side_by_side}
+Reproduce:
+
+```
+{command}
+```
+"""
+
+
+def markdown(results: dict[System, list[dict]], scale: dict[System, list[dict]], bare: System, real: System,
+             version, args, images: list[Path]) -> str:
+    """One engine's tables, verdicts and plots."""
+    parts = [f"""
+### On {real.engine}
+
+Model `{version.name}` ({version.kind}); the quarter point is {results[real][-1]["rate"]:.0f}/s.
 
 {comparison_table(results[bare], results[real])}
 
@@ -453,25 +518,18 @@ Against the targets of issue 7:
 
 """, "\n".join(verdicts(results[bare], results[real])), f"""
 
-![sustained vs offered events/s](img/{images[0].name})
-![latency CDF](img/{images[1].name})
+![sustained vs offered events/s, {real.engine}](img/{images[0].name})
+![latency CDF, {real.engine}](img/{images[1].name})
 """]
     if scale:
         bests = ", ".join(f"{s.label} {best(rows):.0f}/s" for s, rows in scale.items())
         parts.append(f"""
-Scale-out: streamrec with {" and ".join(str(s.workers) for s in scale)} worker(s) in one consumer group on a
-{args.scale_partitions}-partition events topic, {args.scale_seconds or args.seconds:g} s per rate. Best sustained:
-{bests}. The machine has {os.cpu_count()} logical CPUs for the broker, the load generator, the workers and the
-other jobs, so a second worker process adds little CPU.
+Scale-out on {real.engine}: streamrec with {" and ".join(str(s.workers) for s in scale)} worker(s) in one consumer
+group on a {args.scale_partitions}-partition events topic, {args.scale_seconds or args.seconds:g} s per rate. Best
+sustained: {bests}. The machine has {os.cpu_count()} logical CPUs for the broker, the load generator, the workers
+and the other jobs, so a second worker process adds little CPU.
 
 {scale_table(scale)}
-""")
-    parts.append(f"""
-Reproduce:
-
-```
-{command}
-```
 """)
     return "".join(parts)
 
