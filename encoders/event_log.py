@@ -24,7 +24,7 @@ from pathlib import Path
 import kafka
 
 from export.exceptions import StreamrecError
-from stream_app.kafka import client_security, end_offsets
+from stream_app.kafka import check_connection, client_security, end_offsets
 from stream_app.schemas import InvalidRecord, parse_event, parse_item
 from stream_app.settings import Settings
 
@@ -185,6 +185,7 @@ class EventLog:
 
 def read_event_log(settings: Settings, stored: dict[int, int] | None = None,
                    since_s: float | None = None) -> EventLog:
+    check_connection(settings)  # a wrong password or CA: a BrokerError saying so, not a bootstrap timeout
     records, start, end = read_topic(settings, settings.topics.events, stored, since_s)
     events, invalid = valid_events([r.value for r in records], settings)
     item_records, _, _ = read_topic(settings, settings.topics.items)

@@ -24,7 +24,7 @@ from state.window import UserWindow, WindowEvent
 from stream_app.kafka import (client_security, end_offsets, faust_credentials, read_whole_topic, topic_configs,
                               tuned_transport)
 from stream_app.metrics import WorkerMetrics
-from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_event, parse_item
+from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_control, parse_event, parse_item
 from stream_app.serving import ServingState
 from stream_app.settings import Settings
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BROKER_PROBE_INTERVAL_S = 2.0
 BROKER_PROBE_TIMEOUT_MS = 3_000
+FORGET_CATCH_UP_TIMEOUT_S = 30.0  # how long a forget waits for the events sent before it (forget_users)
 
 
 class StreamrecApp(faust.App):
@@ -129,7 +130,11 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
     events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
     recommendations_topic = app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation)
     dlq_topic = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
+    control_topic = app.topic(topics.control, key_serializer="raw", value_serializer="raw")
+    # Raw, for tombstones: the Recommendation-typed topic would send None as the JSON `null`, not a tombstone.
+    recommendation_tombstones = app.topic(topics.recommendations, key_serializer="raw", value_serializer="raw")
     windows = windows_table(app, settings, partitions)
+    events_done: dict[int, int] = {}  # events partition -> offset after the last event this worker processed
     catalog_ready = asyncio.Event()
     event_types = set(settings.event_weights)
     max_age_s = settings.window_max_age_days * 86_400.0
@@ -148,6 +153,8 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
             touched = await valid_events_by_user(batch)
             if touched:
                 await recommend_for(stream, touched)
+            for event in batch:  # what a forget request waits for (forget_users)
+                events_done[event.message.partition] = event.message.offset + 1
 
     async def valid_events_by_user(batch) -> dict[str, tuple[list[WindowEvent], faust.EventT]]:
         """The batch's valid events grouped by user (with each user's last Faust event); DLQ the rest."""
@@ -189,6 +196,46 @@ def build_app(settings: Settings, serving: ServingState, partitions: int,
             await recommendations_topic.send(key=user.encode(), value=record)
             metrics.latency.observe(max(0.0, now - event.message.timestamp))
         metrics.recommendations_out.inc(len(users))
+
+    @app.agent(control_topic)
+    async def forget_users(stream):
+        """Forget requests: delete the user's window (a changelog tombstone, compacted away) and tombstone
+        their key on `recommendations`. `control` is keyed by user and co-partitioned with `events`, so the
+        request reaches the worker, store and changelog partition holding the window."""
+        await catalog_ready.wait()  # the events agent waits for it too; a forget waits for the events agent
+        async for event in stream.events():
+            try:
+                request = parse_control(event.message.key, event.value, max_bytes=settings.max_record_bytes)
+            except InvalidRecord as e:
+                await send_to_dlq(event.message, e.reason)
+                continue
+            user = request.user_id
+            if not await events_caught_up(event.message.partition):
+                log.warning("forgetting user %r before this worker has processed the events sent before the "
+                            "request (rebalance or backlog): an older event processed later re-creates a "
+                            "window; send the request again once the lag is gone", user)
+            with event_context(stream, event):  # the table write goes to this partition's changelog
+                try:
+                    del windows[user]
+                except KeyError:
+                    pass
+            await recommendation_tombstones.send(key=user.encode(), value=None)
+            metrics.users_forgotten.inc()
+            log.info("forgot user %r (requested at %d)", user, request.requested_at)
+
+    async def events_caught_up(partition: int) -> bool:
+        """Wait until this worker has processed `events` partition `partition` up to its end offset now, so
+        that events sent before a forget request cannot re-create the window after it (the two topics are
+        read independently). False if that takes FORGET_CATCH_UP_TIMEOUT_S or a rebalance starts: the
+        request is not held up longer (and a rebalance waits for it to be acknowledged)."""
+        tp = TP(topics.events, partition)
+        end = (await app.consumer.highwaters(tp)).get(tp) or 0
+        deadline = time.monotonic() + FORGET_CATCH_UP_TIMEOUT_S
+        while max(events_done.get(partition, 0), app.consumer._committed_offset.get(tp) or 0) < end:
+            if app.rebalancing or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     @app.task
     async def follow_catalog():

@@ -66,10 +66,15 @@ def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/i
            limit: Optional[int] = typer.Option(None, help="publish only the first N events"),
            broker: Optional[str] = None):
     """Publish a dataset's catalog and/or interactions, in timestamp order."""
-    from stream_app.kafka import ensure_topics
+    from export.exceptions import BrokerError
+    from stream_app.kafka import check_connection, ensure_topics
     from stream_app.replay import dataset_records, publish
 
     settings = _settings(broker=broker)
+    try:
+        check_connection(settings)
+    except BrokerError as e:
+        sys.exit(f"error: {e}")
     items, stream = dataset_records(data)
     stream = stream[:limit] if limit else stream
 
@@ -140,6 +145,29 @@ def rollback(to: Optional[str] = typer.Option(None, help="version to serve (defa
     reg.set_latest(version.name)
     announce(version, settings.bootstrap_servers, settings.topics.model_updates, **client_security(settings.security))
     typer.echo(f"rolled back {current} -> {version.name}")
+
+
+@app.command()
+def forget(user: str = typer.Option(..., help="the user id (the key of their events)"),
+           broker: Optional[str] = None):
+    """Forget a user: the worker deletes their window and tombstones their recommendations."""
+    from export.exceptions import StreamrecError
+    from stream_app.forget import request_forget
+    from stream_app.kafka import check_connection
+    from stream_app.schemas import InvalidRecord
+
+    settings = _settings(broker=broker)
+    try:
+        check_connection(settings)
+        partition, offset = asyncio.run(request_forget(settings, user))
+    except InvalidRecord as e:
+        raise typer.BadParameter(e.reason, param_hint="--user") from None
+    except StreamrecError as e:  # broker unreachable; control topic not co-partitioned with events
+        sys.exit(f"error: {e}")
+    typer.echo(f"forget request for user {user!r} sent to {settings.topics.control}[{partition}]@{offset}: the "
+               f"worker deletes their window (tombstone on its changelog) and tombstones their key on "
+               f"{settings.topics.recommendations}; their events in {settings.topics.events} expire with its "
+               f"retention.ms")
 
 
 def _mount_trainer_commands() -> None:

@@ -13,7 +13,7 @@ async def read_recommendations(settings: Settings, follow: bool, idle_s: float =
     """Every record from the start; without `follow`, stop once nothing new arrives for `idle_s`.
 
     Consumes until idle rather than to the reported end offset: the embedded broker
-    can under-report end offsets (see docs/ARCHITECTURE.md).
+    can under-report end offsets (see docs/ARCHITECTURE.md). Tombstones (a forgotten user) are skipped.
     """
     async with read_whole_topic(settings, settings.topics.recommendations) as consumer:
         while True:
@@ -22,4 +22,5 @@ async def read_recommendations(settings: Settings, follow: bool, idle_s: float =
                 return
             for messages in batch.values():
                 for message in messages:
-                    yield json.loads(message.value)
+                    if message.value is not None:
+                        yield json.loads(message.value)

@@ -4,8 +4,10 @@ the Faust transport tuned for low latency (with Tansu's end-offset fix on Tansu 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import ssl
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
 
@@ -14,17 +16,28 @@ import kafka
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kafka.admin import KafkaAdminClient
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from export.exceptions import BrokerError, StreamrecError
 from stream_app.settings import KafkaSecurity, Settings
+
+
+def ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
+    """The TLS context of every client: verifies the broker against `ssl_cafile` (else the system's
+    CAs) and, for mutual TLS, presents `ssl_certfile` / `ssl_keyfile`."""
+    context = ssl.create_default_context(cafile=security.ssl_cafile)
+    context.check_hostname = security.ssl_check_hostname
+    if security.ssl_certfile is not None:
+        context.load_cert_chain(security.ssl_certfile, security.ssl_keyfile)
+    return context
 
 
 def client_security(security: KafkaSecurity) -> dict[str, Any]:
     """Keyword arguments for aiokafka and kafka-python clients (they share the names)."""
     options: dict[str, Any] = {"security_protocol": security.protocol}
     if security.protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=security.ssl_cafile)
+        options["ssl_context"] = ssl_context(security)
     if security.protocol.startswith("SASL"):
         options["sasl_mechanism"] = security.sasl_mechanism
         options["sasl_plain_username"] = security.sasl_username
@@ -34,7 +47,7 @@ def client_security(security: KafkaSecurity) -> dict[str, Any]:
 
 def faust_credentials(security: KafkaSecurity) -> faust.auth.Credentials | None:
     """The same settings as Faust's `broker_credentials`."""
-    context = ssl.create_default_context(cafile=security.ssl_cafile) if security.protocol.endswith("SSL") else None
+    context = ssl_context(security) if security.protocol.endswith("SSL") else None
     if security.protocol.startswith("SASL"):
         password = security.sasl_password.get_secret_value() if security.sasl_password else None
         return faust.SASLCredentials(
@@ -43,6 +56,91 @@ def faust_credentials(security: KafkaSecurity) -> faust.auth.Credentials | None:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+CONNECTION_CHECK_TIMEOUT_S = 15.0
+
+
+def check_connection(settings: Settings, timeout_s: float = CONNECTION_CHECK_TIMEOUT_S) -> None:
+    """Connect to a bootstrap server with the settings' security (TCP, TLS, SASL) and ask for
+    metadata; raise BrokerError saying what to check if that fails. Blocking; for start-up.
+
+    A refused or dropped connection is retried until `timeout_s` (a broker still starting); a
+    rejected password, certificate or SASL mechanism fails at once. The Kafka clients themselves
+    log those and retry: kafka-python until its bootstrap timeout, then `KafkaTimeoutError: Unable
+    to bootstrap`, which does not say why (docs/security.md)."""
+    security = settings.security
+    try:
+        options = client_security(security)
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        files = [f"STREAMREC_SECURITY__{name.upper()}={value}" for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                 if (value := getattr(security, name)) is not None]
+        raise BrokerError(f"cannot load the TLS files ({e}): check {', '.join(files)}") from None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asyncio.run, whether or not a loop runs here
+        pool.submit(asyncio.run, _check_connection(settings, options, timeout_s)).result()
+
+
+def _servers(bootstrap_servers: str) -> list[tuple[str, int]]:
+    servers = []
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        servers.append((host.strip("[]"), int(port)))
+    return servers
+
+
+async def _check_connection(settings: Settings, options: dict[str, Any], timeout_s: float) -> None:
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    security = settings.security
+    sasl = security.protocol.startswith("SASL")
+    how = security.protocol + (f", SASL {security.sasl_mechanism}" if sasl else "")
+    deadline = time.monotonic() + timeout_s
+    last = "no attempt"
+    while True:
+        for host, port in _servers(settings.bootstrap_servers):
+            where = f"{host}:{port}"
+            conn = None
+            try:
+                attempt_s = max(0.5, min(5.0, deadline - time.monotonic()))
+                conn = await asyncio.wait_for(
+                    create_conn(host, port, request_timeout_ms=int(attempt_s * 1000), **options), attempt_s)
+                await asyncio.wait_for(conn.send(MetadataRequest([])), attempt_s)
+                return
+            except SaslAuthenticationFailed:
+                raise BrokerError(
+                    f"authentication failed for user {security.sasl_username!r} on {where} (SASL "
+                    f"{security.sasl_mechanism}): check STREAMREC_SECURITY__SASL_USERNAME and "
+                    f"STREAMREC_SECURITY__SASL_PASSWORD") from None
+            except UnsupportedSaslMechanismError:
+                raise BrokerError(
+                    f"the broker at {where} does not accept SASL mechanism {security.sasl_mechanism!r}: check "
+                    f"STREAMREC_SECURITY__SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)") from None
+            except ssl.SSLCertVerificationError as e:
+                hint = (" and STREAMREC_SECURITY__SSL_CHECK_HOSTNAME (the certificate must name the host of "
+                        "STREAMREC_BROKER)" if e.verify_code == 62 else "")  # X509_V_ERR_HOSTNAME_MISMATCH
+                raise BrokerError(
+                    f"TLS: the broker certificate of {where} was not accepted ({e.verify_message}): check "
+                    f"STREAMREC_SECURITY__SSL_CAFILE (the CA that signed the broker's certificate){hint}") from None
+            except ssl.SSLError as e:
+                raise BrokerError(
+                    f"TLS handshake with {where} failed ({e.reason or e}): check that STREAMREC_SECURITY__PROTOCOL "
+                    f"({security.protocol}) matches the broker's listener, and, if the broker requires client "
+                    f"certificates, STREAMREC_SECURITY__SSL_CERTFILE / STREAMREC_SECURITY__SSL_KEYFILE") from None
+            except (OSError, asyncio.TimeoutError, KafkaError) as e:  # refused, closed, no answer: retried
+                name = type(e).__name__
+                last = f"{where}: {e if str(e).startswith(name) else f'{name}: {e}'}".rstrip(": ")
+            finally:
+                if conn is not None:
+                    conn.close()
+        if time.monotonic() >= deadline:
+            raise BrokerError(
+                f"no Kafka broker answered at {settings.bootstrap_servers} ({how}) within {timeout_s:.0f}s "
+                f"(last error: {last}): check STREAMREC_BROKER, that STREAMREC_SECURITY__PROTOCOL matches the "
+                f"broker's listener, and, if the broker requires client certificates, "
+                f"STREAMREC_SECURITY__SSL_CERTFILE / STREAMREC_SECURITY__SSL_KEYFILE")
+        await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 @asynccontextmanager
@@ -119,9 +217,27 @@ async def ensure_topics(settings: Settings) -> int:
                 except TopicAlreadyExistsError:
                     pass  # another worker won the race
         (events,) = await admin.describe_topics([t.events])
-        return len(events["partitions"])
+        partitions = len(events["partitions"])
+        await _ensure_copartitioned(admin, NewTopic(t.control, partitions, replicas, topic_configs=plain), existing)
+        return partitions
     finally:
         await admin.close()
+
+
+async def _ensure_copartitioned(admin: AIOKafkaAdminClient, topic: NewTopic, existing: set[str]) -> None:
+    """Create `topic` (keyed by user, like `events`) with as many partitions as `events`: a user's forget
+    request must reach the worker, store and changelog partition that hold the user's window."""
+    if topic.name not in existing:
+        try:
+            await admin.create_topics([topic])
+            return
+        except TopicAlreadyExistsError:
+            pass  # another worker won the race (with the same count)
+    (found,) = await admin.describe_topics([topic.name])
+    if len(found["partitions"]) != topic.num_partitions:
+        raise StreamrecError(f"topic {topic.name!r} has {len(found['partitions'])} partitions but the events "
+                             f"topic has {topic.num_partitions}: they must match (co-partitioned by user id); "
+                             f"recreate {topic.name!r} with {topic.num_partitions} partitions")
 
 
 def end_offsets(settings: Settings, reported: Mapping) -> dict:

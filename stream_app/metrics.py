@@ -24,6 +24,9 @@ class WorkerMetrics:
         self.latency = Histogram("streamrec_event_to_recommendation_seconds",
                                  "From the event's Kafka timestamp to its recommendation being sent",
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.users_forgotten = Counter("streamrec_users_forgotten",
+                                       "Forget requests carried out (window deleted, recommendations tombstoned)",
+                                       registry=r)
         self.model = Info("streamrec_model", "The model version being served", registry=r)
         self.model_refusals = Counter("streamrec_model_refusals", "Announced model versions refused", registry=r)
         self.windows = Gauge("streamrec_windows", "User windows held by this worker", registry=r)

@@ -148,6 +148,38 @@ def parse_item(raw: bytes | None, *, max_bytes: int) -> Item:
     return _validate(Item, _decode(raw, max_bytes))
 
 
+FORGET_USER = "forget_user"
+
+
+class Control(BaseModel):
+    """A `control` record: an operator's request about one user (only `forget_user` so far)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)  # e.g. a ticket reference
+
+    action: str = _ID
+    user_id: str = _ID
+    requested_at: int = Field(ge=0)  # epoch milliseconds
+
+
+def forget_request(user_id: str, requested_at_ms: int | None = None) -> dict:
+    """The `control` value that asks the worker to forget `user_id` (key: the user id)."""
+    return {"action": FORGET_USER, "user_id": user_id,
+            "requested_at": int(time.time() * 1000) if requested_at_ms is None else requested_at_ms}
+
+
+@_never_raises_anything_else
+def parse_control(key: bytes | None, raw: bytes | None, *, max_bytes: int) -> Control:
+    """A valid control record whose key is its user id (the key picks the partition, and so the worker
+    and the store holding that user's window)."""
+    record: Control = _validate(Control, _decode(raw, max_bytes))
+    if record.action != FORGET_USER:
+        raise InvalidRecord(f"unknown action {_abbreviated(record.action)}; expected {FORGET_USER!r}")
+    if key != record.user_id.encode("utf-8"):
+        raise InvalidRecord(f"key {_abbreviated(key)} is not the user_id {_abbreviated(record.user_id)}: "
+                            f"the key must be the user id (it picks the user's partition)")
+    return record
+
+
 class RecommendedItem(faust.Record, serializer="json", include_metadata=False):
     item_id: str
     score: float

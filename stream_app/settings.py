@@ -17,16 +17,23 @@ class Topics(BaseModel, frozen=True):
     recommendations: str = "recommendations"
     dlq: str = "events-dlq"
     model_updates: str = "model-updates"
+    control: str = "streamrec-control"  # forget requests; co-partitioned with events (docs/topics.md)
 
 
 class KafkaSecurity(BaseModel, frozen=True):
-    """Passed through to every Kafka client (Faust, aiokafka); defaults suit the local broker."""
+    """Passed through to every Kafka client (Faust, aiokafka, kafka-python); defaults suit the local
+    broker. Env vars: STREAMREC_SECURITY__<FIELD> (docs/security.md)."""
 
     protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    sasl_mechanism: str = "PLAIN"
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): the CA that signed the broker's certificate (PEM; None: the system's CAs),
+    # and for mutual TLS the client's certificate chain and its unencrypted private key (PEM).
     ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None  # None: the key is in ssl_certfile
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host in STREAMREC_BROKER
 
 
 class Settings(BaseSettings):

@@ -10,9 +10,9 @@ import faiss
 import faust
 from threadpoolctl import threadpool_limits
 
-from export.exceptions import StreamrecError
+from export.exceptions import BrokerError, StreamrecError
 from stream_app.app import build_app
-from stream_app.kafka import ensure_topics, with_engine
+from stream_app.kafka import check_connection, ensure_topics, with_engine
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState, load_at_start
 from stream_app.settings import Settings
@@ -29,6 +29,10 @@ def limit_threads(n: int) -> None:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Serve the latest model version; if it is refused, the newest older one that passes (listed in
     /health `refused_versions`). Exits 1 with the reasons if no version can be served."""
+    try:
+        check_connection(settings)  # a wrong password or CA fails here, clearly, instead of a hang
+    except BrokerError as e:
+        sys.exit(f"error: {e}")
     limit_threads(settings.inference_threads)
     handler = logging.StreamHandler()  # until Faust sets up logging: why a version is refused
     handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))

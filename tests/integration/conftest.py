@@ -54,7 +54,7 @@ def fresh_settings(broker, registry: Path, tmp_path: Path) -> Settings:
     """Fresh topic names and app id per test: the broker is shared by the session."""
     tag = uuid.uuid4().hex[:8]
     topics = Topics(events=f"events-{tag}", items=f"items-{tag}", recommendations=f"recs-{tag}",
-                    dlq=f"dlq-{tag}", model_updates=f"updates-{tag}")
+                    dlq=f"dlq-{tag}", model_updates=f"updates-{tag}", control=f"control-{tag}")
     return Settings(broker=broker.url, data_dir=tmp_path / "state", registry=registry,
                     web_port=free_port(), app_id=f"streamrec-{tag}", topics=topics, session_timeout_s=6.0)
 

@@ -108,7 +108,7 @@ def promoted(broker, two_tower_registry, tmp_path_factory):
     tag = tmp.name[-8:].replace("-", "")
     settings = Settings(broker=broker.url, registry=root, topics=Topics(
         events=f"events-rt{tag}", items=f"items-rt{tag}", recommendations=f"recs-rt{tag}", dlq=f"dlq-rt{tag}",
-        model_updates=f"updates-rt{tag}"))
+        model_updates=f"updates-rt{tag}", control=f"control-rt{tag}"))
     run(publish_catalog(settings, CATALOG))
     publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
     invalid = [(b"x", b"{not json"), event(999, "a1", "1", "teleport"), (b"a2", dumps({"user_id": "a2"}))]
