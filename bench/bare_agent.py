@@ -24,9 +24,9 @@ import faust
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from state.window import WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
-from stream_app.kafka import ensure_topics  # noqa: E402
-from stream_app.schemas import epoch_seconds  # noqa: E402
-from stream_app.settings import Settings  # noqa: E402
+from core.kafka import ensure_topics  # noqa: E402
+from core.contracts import epoch_seconds  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 OUTPUT_TOPIC = "bare-out"
 

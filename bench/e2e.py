@@ -50,10 +50,10 @@ from bench.bare_agent import OUTPUT_TOPIC as BARE_OUTPUT_TOPIC  # noqa: E402
 from bench.report import cpu, write_section  # noqa: E402
 from export.registry import Registry  # noqa: E402
 from stream_app.app import freeze_heap  # noqa: E402
-from stream_app.broker import KafkaCluster, TansuBroker, stop_process  # noqa: E402
+from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
-from stream_app.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 IMG = ROOT / "docs" / "img"
@@ -459,7 +459,7 @@ def stream_text(args) -> str:
 def header(runs, args, command: str, load: tuple[float, float]) -> str:
     """What was measured and how, for every engine in the run; the side-by-side table when several."""
     settings = Settings()
-    engines = " and ".join({"kafka": "Apache Kafka (one KRaft node, `stream_app.broker.KafkaCluster`)",
+    engines = " and ".join({"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)",
                             "tansu": "the embedded Tansu"}[engine] for engine, *_ in runs)
     side_by_side = f"""
 Both brokers, same events and rates (medians over the rounds):

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import cpu, write_section  # noqa: E402
-from export.features import FeatureSpec  # noqa: E402
+from core.features import FeatureSpec  # noqa: E402
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config  # noqa: E402
 from export.parity import random_windows  # noqa: E402
 from export.runtime import ItemEncoder, load_tokenizer, make_session, provider  # noqa: E402
@@ -119,7 +119,7 @@ def bench_item(args, workdir: Path) -> tuple[dict, str]:
                           load_tokenizer(workdir / "tokenizer.json", max_tokens), tower.lm.config.hidden_size,
                           batch_size=args.item_batch)
     if (Path(args.data) / "ml-100k.item").is_file():
-        from encoders.data import load_interactions
+        from core.datasets import load_interactions
 
         texts = load_interactions(args.data, FeatureSpec()).item_texts[: args.titles]
         source = f"{len(texts)} ml-100k titles (title + year + genres)"

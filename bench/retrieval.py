@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import cpu, write_section  # noqa: E402
 from state.ann import IvfConfig  # noqa: E402
-from state.item_index import DEFAULT_ANN_MIN_ITEMS, ItemIndex  # noqa: E402
+from core.settings import DEFAULT_ANN_MIN_ITEMS
+from state.item_index import ItemIndex  # noqa: E402
 
 DIM = 64
 K = 10

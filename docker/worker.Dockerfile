@@ -2,10 +2,12 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY core core
 COPY stream_app stream_app
 COPY state state
 COPY export export
 COPY encoders encoders
+COPY streamrec streamrec
 RUN pip install --no-cache-dir .
 ENV STREAMREC_DATA_DIR=/var/lib/streamrec/state \
     STREAMREC_REGISTRY=/var/lib/streamrec/registry \

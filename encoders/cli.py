@@ -50,7 +50,7 @@ def train(
     from encoders.recommender import RecommenderConfig
     from encoders.train import TrainConfig, run
     from encoders.user_tower import UserTowerConfig
-    from export.features import FeatureSpec
+    from core.features import FeatureSpec
 
     if loss not in ("full", "sampled"):
         raise typer.BadParameter(f"--loss must be 'full' or 'sampled', got {loss!r}")
@@ -85,7 +85,7 @@ def evaluate(
 
     import torch
 
-    from encoders.data import load_interactions, split_leave_one_out
+    from core.datasets import load_interactions, split_leave_one_out
     from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items, write_report
     from encoders.recommender import load_checkpoint
 

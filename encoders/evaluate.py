@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encoders.data import Interactions, Split, make_windows
+from core.datasets import Interactions, Split, make_windows
 from encoders.metrics import METRICS, hit_rate, ndcg, ranking_metrics, target_ranks
 from encoders.recommender import Recommender
 

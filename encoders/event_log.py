@@ -2,12 +2,12 @@
 
     events  from a stored position (`{partition: offset}` JSON) and/or a time bound
             (`--since 7d`: Kafka record timestamps, via offsets_for_times) up to the TRUE
-            end (`stream_app.kafka.end_offsets`: corrected on Tansu, which under-reports it)
+            end (`core.kafka.end_offsets`: corrected on Tansu, which under-reports it)
     items   from the start: last record per item; a tombstone or `available: false` removes it
     both    validated with the worker's own parser (docs/topics.md); invalid records are
             skipped and counted (the worker has already dead-lettered them)
     write   events.jsonl + items.jsonl in a work dir, merged with optional base data,
-            readable by `encoders.data.load_interactions`
+            readable by `core.datasets.load_interactions`
 
 Torch-free (kafka-python, NumPy-free even); the retrain job imports it.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import kafka
 
-from export.exceptions import StreamrecError
-from stream_app.kafka import check_connection, client_security, end_offsets
-from stream_app.schemas import InvalidRecord, parse_event, parse_item
-from stream_app.settings import Settings
+from core.errors import StreamrecError
+from core.kafka import check_connection, client_security, end_offsets
+from core.contracts import InvalidRecord, parse_event, parse_item
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def write_offsets(path: Path, offsets: dict[int, int]) -> None:
 def valid_events(values: list[bytes | None], settings: Settings) -> tuple[list[dict], int]:
     """Raw `events` values -> (valid events in topic schema with ts in epoch ms, invalid count).
 
-    Same contract as the worker (`stream_app.schemas.parse_event`); duplicates by event_id
+    Same contract as the worker (`core.contracts.parse_event`); duplicates by event_id
     (at-least-once producers) are kept once.
     """
     events, seen, invalid = [], set(), 0
@@ -203,7 +203,7 @@ def merge_dataset(event_log: EventLog,
                   base: tuple[list[dict], list[dict]] | None = None) -> tuple[list[dict], list[dict]]:
     """(events, items) for events.jsonl / items.jsonl: base data first, then the topics.
 
-    Base events (`encoders.data.read_records`: ts in seconds) that also came from the topic
+    Base events (`core.datasets.read_records`: ts in seconds) that also came from the topic
     (same user, item, type and millisecond) are kept once. The topic's catalog wins over the
     base's; a removed item stays in items.jsonl (`available: false`) only if an event refers
     to it, so its history keeps its text.

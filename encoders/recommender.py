@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders.item_tower import ItemTower, ItemTowerConfig
 from encoders.user_tower import UserTower, UserTowerConfig
-from export.features import FeatureSpec
+from core.features import FeatureSpec
 
 
 @dataclass

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.data import Interactions, Split, load_interactions, read_records, split_leave_one_out
+from core.datasets import Interactions, Split, load_interactions, read_records, split_leave_one_out
 from encoders.event_log import (merge_dataset, parse_duration, read_event_log, read_offsets, write_dataset,
                                 write_offsets)
-from export.exceptions import StreamrecError
-from export.features import FeatureSpec
-from stream_app.settings import Settings
+from core.errors import StreamrecError
+from core.features import FeatureSpec
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     })
     from export.model_updates import announce
     from export.pipeline import export_and_register
-    from stream_app.kafka import client_security
+    from core.kafka import client_security
 
     new = export_and_register(checkpoint_dir, settings.registry, make_latest=True, data_dir=data_dir)
     report["promoted_version"] = new.name

@@ -58,7 +58,7 @@ def retrain(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from encoders.event_log import parse_duration
     from encoders.retrain import RetrainConfig, run_every, run_once
-    from stream_app.settings import Settings
+    from core.settings import Settings
 
     settings = Settings(**{k: v for k, v in {"broker": broker, "registry": registry}.items() if v is not None})
     config = RetrainConfig(since=since, from_offsets=from_offsets, save_offsets=save_offsets, base=base,

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from encoders.data import Interactions, Split, load_interactions, make_windows, split_leave_one_out
+from core.datasets import Interactions, Split, load_interactions, make_windows, split_leave_one_out
 from encoders.evaluate import evaluate_model, warm_items, withhold_items
 from encoders.recommender import Recommender, RecommenderConfig, save_checkpoint
-from export.features import FeatureSpec, left_pad
+from core.features import FeatureSpec, left_pad
 
 
 @dataclass

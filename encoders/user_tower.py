@@ -4,7 +4,7 @@ Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. Unlike
 SASRec the inputs are item *vectors* (from the item tower), not item ids, so a
 brand-new item is usable the moment its text is embedded. Each position adds an
 event-type embedding (view / click / purchase), a recency-bucket embedding
-(export.features.recency_buckets) and a position embedding counted from the end
+(core.features.recency_buckets) and a position embedding counted from the end
 of the window, because windows are LEFT-padded: the newest event always sits at
 position T-1, where the user vector is read.
 

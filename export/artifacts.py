@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.features import FeatureSpec
+from core.features import FeatureSpec
 
 
 def write_json(path: Path, data: object) -> Path:

@@ -18,7 +18,7 @@ import torch
 
 from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
 from export.artifacts import CANARY_SIZE, feature_spec_dict, write_catalog, write_item_canary, write_json
-from export.features import FeatureSpec
+from core.features import FeatureSpec
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
 from export.registry import ModelVersion, Registry

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from export.exceptions import StreamrecError
+from core.errors import StreamrecError
 
 DEFAULT_REGISTRY = ".streamrec/registry"
 
@@ -109,8 +109,8 @@ def bootstrap_command(
     reg = Registry(registry)
     catalog = None
     if data is not None:
-        from encoders.data import load_interactions
-        from export.features import FeatureSpec
+        from core.datasets import load_interactions
+        from core.features import FeatureSpec
 
         d = load_interactions(data, FeatureSpec())
         catalog = list(zip(d.item_ids, d.item_texts))

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.features import FeatureSpec
+from core.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 

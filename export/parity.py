@@ -22,8 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.exceptions import ParityError
-from export.features import FeatureSpec
+from core.errors import ParityError
+from core.features import FeatureSpec
 from export.onnx_export import OnnxConfig
 from export.runtime import ItemEncoder, UserEncoder, load_tokenizer, make_session
 

@@ -23,8 +23,8 @@ import torch
 from export.artifacts import (CANARY_SIZE, copy_checkpoint, feature_spec_dict, write_catalog, write_item_canary,
                               write_json, write_user_canary)
 from export.baseline import hf_tokenizer_of, versions_info
-from export.exceptions import ParityError, StreamrecError
-from export.features import FeatureSpec
+from core.errors import ParityError, StreamrecError
+from core.features import FeatureSpec
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
 from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, torch_user_vectors,
                            validate_item_tower, validate_user_tower)
@@ -37,7 +37,7 @@ CACHE_ATOL = 1e-3  # stored text cache vs a fresh forward of the same LM (torch 
 
 def windows_from_data(data_dir: str | Path, item_ids: list[str], spec: FeatureSpec, seed: int = 0) -> WindowBatch:
     """Real windows of varied length: per user the newest `max_len` events, and one random earlier cut."""
-    from encoders.data import load_interactions, make_windows
+    from core.datasets import load_interactions, make_windows
 
     data = load_interactions(data_dir, spec)
     index = {item_id: i for i, item_id in enumerate(item_ids)}
@@ -61,7 +61,7 @@ def windows_from_data(data_dir: str | Path, item_ids: list[str], spec: FeatureSp
 
 def synthetic_windows(n_items: int, spec: FeatureSpec, n: int = 1000, seed: int = 0) -> WindowBatch:
     """Without data: catalog items in random windows of every length 1..max_len."""
-    from encoders.data import make_windows
+    from core.datasets import make_windows
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, spec.max_len + 1, size=n)

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Iterator
 
-from export.exceptions import RegistryError
+from core.errors import RegistryError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"

@@ -28,8 +28,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from export.exceptions import ParityError, RegistryError
-from export.features import FeatureSpec
+from core.errors import ParityError, RegistryError
+from core.features import FeatureSpec
 from export.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class ItemEncoder:
 
 
 class UserEncoder:
-    """Behaviour windows -> user vectors with user.onnx (inputs left-padded, see export/features.py)."""
+    """Behaviour windows -> user vectors with user.onnx (inputs left-padded, see core/features.py)."""
 
     def __init__(self, session: ort.InferenceSession, dim: int, spec: FeatureSpec, batch_size: int = 256):
         self.session, self.dim, self.spec, self.batch_size = session, dim, spec, batch_size
@@ -203,7 +203,7 @@ class UserEncoder:
                              f"{x.shape}, {ev.shape}, {tb.shape}, {m.shape}")
         if x.shape[1] > self.spec.max_len:
             raise ValueError(f"window length T={x.shape[1]} exceeds the model's max_len={self.spec.max_len}; "
-                             f"keep the last {self.spec.max_len} events (export.features.left_pad)")
+                             f"keep the last {self.spec.max_len} events (core.features.left_pad)")
         out = np.empty((x.shape[0], self.dim), dtype=np.float32)
         for s in range(0, x.shape[0], self.batch_size):
             e = s + self.batch_size

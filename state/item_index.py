@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.settings import DEFAULT_ANN_MIN_ITEMS
 from state.ann import Ivf, IvfConfig, LiveAnn
 
-# Exact top-k costs ~2.6 ms per user at 100k items on one core and 5-9 ms at 200k, at or over
-# the 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
-# needs no build or second copy of the vectors, and its recall is 1.
-DEFAULT_ANN_MIN_ITEMS = 100_000
 
 
 class ItemIndex:

@@ -21,12 +21,12 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from state.window import UserWindow, WindowEvent
-from stream_app.kafka import (client_security, end_offsets, faust_credentials, read_whole_topic, topic_configs,
+from core.kafka import (client_security, end_offsets, faust_credentials, read_whole_topic, topic_configs,
                               tuned_transport)
 from stream_app.metrics import WorkerMetrics
-from stream_app.schemas import InvalidRecord, ModelUpdate, Recommendation, parse_control, parse_event, parse_item
+from core.contracts import InvalidRecord, ModelUpdate, Recommendation, parse_control, parse_event, parse_item
 from stream_app.serving import ServingState
-from stream_app.settings import Settings
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ FORGET_CATCH_UP_TIMEOUT_S = 30.0  # how long a forget waits for the events sent 
 
 
 class StreamrecApp(faust.App):
-    transport_class: type  # set by build_app: stream_app.kafka.tuned_transport
+    transport_class: type  # set by build_app: core.kafka.tuned_transport
 
     def _new_transport(self):
         return self.transport_class(self.conf.broker_consumer, self)

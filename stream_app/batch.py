@@ -9,9 +9,9 @@ from tqdm import tqdm
 
 from state.window import UserWindow, WindowEvent
 from stream_app.recommender import Recommender
-from stream_app.schemas import Item, epoch_seconds
+from core.contracts import Item, epoch_seconds
 from stream_app.serving import load_recommender
-from stream_app.settings import Settings
+from core.settings import Settings
 
 BATCH = 256
 
@@ -20,7 +20,7 @@ def _catalog_items(recommender: Recommender, catalog: Path | None) -> list[Item]
     if catalog is None:  # the model's own catalog: ids only, vectors already computed
         return [Item(item_id=i, title=i) for i in recommender.runtime.catalog_ids]
     if catalog.is_dir():
-        from encoders.data import read_records
+        from core.datasets import read_records
 
         _, records = read_records(catalog)
     else:

@@ -1,5 +1,6 @@
-"""The `streamrec` command. Torch-free at import: training commands import the
-trainer only when they run, so `streamrec worker` never loads torch."""
+"""The worker side's commands of `streamrec` (broker, worker, replay, recommendations, predict,
+demo, rollback, forget). `streamrec.cli` adds the trainer's; `python -m stream_app.cli` runs
+these alone, never importing the trainer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from stream_app.settings import Settings
+from core.settings import Settings
 
 app = typer.Typer(help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -36,8 +37,8 @@ def broker(engine: BrokerEngine = typer.Option(BrokerEngine.tansu, help="tansu: 
     """Run a local broker on 127.0.0.1 in the foreground until SIGINT/SIGTERM.
 
     Kafka node i listens on port+i for clients and port+1000+i for its controller."""
-    from export.exceptions import BrokerError
-    from stream_app.broker import KafkaCluster, TansuBroker, run_in_foreground
+    from core.errors import BrokerError
+    from core.brokers import KafkaCluster, TansuBroker, run_in_foreground
 
     if engine is BrokerEngine.tansu:
         process = TansuBroker(host, port)
@@ -66,8 +67,8 @@ def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/i
            limit: Optional[int] = typer.Option(None, help="publish only the first N events"),
            broker: Optional[str] = None):
     """Publish a dataset's catalog and/or interactions, in timestamp order."""
-    from export.exceptions import BrokerError
-    from stream_app.kafka import check_connection, ensure_topics
+    from core.errors import BrokerError
+    from core.kafka import check_connection, ensure_topics
     from stream_app.replay import dataset_records, publish
 
     settings = _settings(broker=broker)
@@ -131,7 +132,7 @@ def rollback(to: Optional[str] = typer.Option(None, help="version to serve (defa
     """Serve an older model again: point `latest` at it and announce it to running workers."""
     from export.model_updates import announce
     from export.registry import Registry
-    from stream_app.kafka import client_security
+    from core.kafka import client_security
 
     settings = _settings(broker=broker, registry=registry)
     reg = Registry(settings.registry)
@@ -151,10 +152,10 @@ def rollback(to: Optional[str] = typer.Option(None, help="version to serve (defa
 def forget(user: str = typer.Option(..., help="the user id (the key of their events)"),
            broker: Optional[str] = None):
     """Forget a user: the worker deletes their window and tombstones their recommendations."""
-    from export.exceptions import StreamrecError
+    from core.errors import StreamrecError
     from stream_app.forget import request_forget
-    from stream_app.kafka import check_connection
-    from stream_app.schemas import InvalidRecord
+    from core.kafka import check_connection
+    from core.contracts import InvalidRecord
 
     settings = _settings(broker=broker)
     try:
@@ -169,19 +170,6 @@ def forget(user: str = typer.Option(..., help="the user id (the key of their eve
                f"{settings.topics.recommendations}; their events in {settings.topics.events} expire with its "
                f"retention.ms")
 
-
-def _mount_trainer_commands() -> None:
-    """train/evaluate/retrain (encoders) and export/models (export) have their own torch-free CLIs."""
-    from encoders.cli import app as trainer_app
-    from encoders.retrain_cli import app as retrain_app
-    from export.cli import app as export_app
-
-    app.add_typer(trainer_app)
-    app.add_typer(retrain_app)
-    app.add_typer(export_app)
-
-
-_mount_trainer_commands()
 
 if __name__ == "__main__":
     app()

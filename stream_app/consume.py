@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-from stream_app.kafka import read_whole_topic
-from stream_app.settings import Settings
+from core.kafka import read_whole_topic
+from core.settings import Settings
 
 
 async def read_recommendations(settings: Settings, follow: bool, idle_s: float = 1.0) -> AsyncIterator[dict]:

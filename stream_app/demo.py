@@ -18,13 +18,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from export.exceptions import RegistryError
+from core.errors import RegistryError
 from export.registry import Registry
-from stream_app.broker import TansuBroker, stop_process
+from core.brokers import TansuBroker, stop_process
 from stream_app.consume import read_recommendations
-from stream_app.kafka import ensure_topics
+from core.kafka import ensure_topics
 from stream_app.replay import dataset_records, publish
-from stream_app.settings import Settings
+from core.settings import Settings
 
 WORKER_START_TIMEOUT_S = 120.0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from stream_app.kafka import ensure_topics
+from core.kafka import ensure_topics
 from stream_app.replay import producer
-from stream_app.schemas import forget_request, parse_control
-from stream_app.settings import Settings
+from core.contracts import forget_request, parse_control
+from core.settings import Settings
 
 
 async def request_forget(settings: Settings, user_id: str) -> tuple[int, int]:

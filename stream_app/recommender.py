@@ -14,12 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
-from export.features import item_text, left_pad, recency_buckets
+from core.features import item_text, left_pad, recency_buckets
 from export.runtime import ModelRuntime
-from state.item_index import DEFAULT_ANN_MIN_ITEMS, ItemIndex
+from core.settings import DEFAULT_ANN_MIN_ITEMS
+from state.item_index import ItemIndex
 from state.popularity import TrendingCounter
 from state.window import UserWindow
-from stream_app.schemas import Item, RecommendedItem
+from core.contracts import Item, RecommendedItem
 
 BASELINE_RECENCY_DECAY = 0.9  # each older event counts 10% less in the baseline user vector
 

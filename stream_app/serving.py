@@ -11,13 +11,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from export.exceptions import RegistryError
+from core.errors import RegistryError
 from export.registry import Registry
 from export.runtime import check_canary, load_runtime
 from state.popularity import TrendingCounter
 from stream_app.recommender import Recommender
-from stream_app.schemas import Item
-from stream_app.settings import Settings
+from core.contracts import Item
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import faiss
 import faust
 from threadpoolctl import threadpool_limits
 
-from export.exceptions import BrokerError, StreamrecError
+from core.errors import BrokerError, StreamrecError
 from stream_app.app import build_app
-from stream_app.kafka import check_connection, ensure_topics, with_engine
+from core.kafka import check_connection, ensure_topics, with_engine
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState, load_at_start
-from stream_app.settings import Settings
+from core.settings import Settings
 
 
 def limit_threads(n: int) -> None:

@@ -9,7 +9,7 @@ ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
 def ml100k_catalog(n_items: int, spec) -> tuple[list[str], list[str]]:
     """The first `n_items` ml-100k items as (ids, item texts)."""
-    from encoders.data import load_interactions
+    from core.datasets import load_interactions
 
     data = load_interactions(ML100K, spec)
     return data.item_ids[:n_items], data.item_texts[:n_items]
@@ -23,7 +23,7 @@ def small_two_tower_checkpoint(out: Path, n_items: int = 60, max_len: int = 12) 
     from encoders.item_tower import ItemTowerConfig
     from encoders.recommender import Recommender, RecommenderConfig, save_checkpoint
     from encoders.user_tower import UserTowerConfig
-    from export.features import FeatureSpec
+    from core.features import FeatureSpec
 
     spec = FeatureSpec(max_len=max_len)
     torch.manual_seed(0)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_app.broker import KafkaCluster, TansuBroker, stop_process
+from core.brokers import KafkaCluster, TansuBroker, stop_process
 from stream_app.demo import free_port
-from stream_app.settings import Settings, Topics
+from core.settings import Settings, Topics
 from tests.support import ML100K
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,9 +5,9 @@ import numpy as np
 
 from export.registry import Registry
 from state.window import UserWindow, WindowEvent
-from stream_app.schemas import Item
+from core.contracts import Item
 from stream_app.serving import load_recommender
-from stream_app.settings import Settings
+from core.settings import Settings
 
 
 def window(item_ids: list[str], start: float) -> UserWindow:

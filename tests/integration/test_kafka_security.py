@@ -18,11 +18,11 @@ import pytest
 from pydantic import SecretStr
 
 from encoders.event_log import read_event_log
-from export.exceptions import BrokerError
-from stream_app.broker import KafkaCluster
+from core.errors import BrokerError
+from core.brokers import KafkaCluster
 from stream_app.demo import free_port, publish_catalog
-from stream_app.kafka import check_connection, client_security
-from stream_app.settings import KafkaSecurity, Settings
+from core.kafka import check_connection, client_security
+from core.settings import KafkaSecurity, Settings
 from tests.integration.conftest import REPO, event, fresh_settings, ml100k_items, produce, run, settings_env
 from tests.support import ML100K
 

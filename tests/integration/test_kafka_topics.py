@@ -8,7 +8,7 @@ import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from stream_app.demo import publish_catalog
-from stream_app.kafka import ensure_topics
+from core.kafka import ensure_topics
 from tests.integration.conftest import consume_until, event, ml100k_items, produce, run
 
 pytestmark = pytest.mark.integration

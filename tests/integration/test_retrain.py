@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from encoders.retrain_cli import standalone
 from export.registry import Registry
 from stream_app.demo import publish_catalog
-from stream_app.kafka import end_offsets
+from core.kafka import end_offsets
 from stream_app.replay import publish
 from tests.integration.conftest import copy_version, dumps, event, ml100k_items, produce, run, settings_env
 
@@ -98,7 +98,7 @@ def retrain(settings, *args: str):
 @pytest.fixture(scope="module")
 def promoted(broker, two_tower_registry, tmp_path_factory):
     """Scenario A, run once for the module: the promotion every later test starts from."""
-    from stream_app.settings import Settings, Topics
+    from core.settings import Settings, Topics
 
     tmp = tmp_path_factory.mktemp("retrain")
     root = tmp / "registry"

@@ -4,7 +4,7 @@ from the changelog — on Tansu too, including the tail its end offsets hide."""
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_app.kafka import broker_engine, end_offsets, ensure_topics
+from core.kafka import broker_engine, end_offsets, ensure_topics
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
     consume_until, event, latest_by_user, ml100k_items, produce, read_windows, run,
@@ -75,7 +75,7 @@ async def _send_one_batch(settings, topic: str, n: int) -> int:
 
 
 def test_tansu_under_reports_end_offsets_and_the_probe_corrects_them(tansu_settings):
-    """Why stream_app.kafka.tansu_end_offsets exists; if Tansu fixes this, the test says so."""
+    """Why core.kafka.tansu_end_offsets exists; if Tansu fixes this, the test says so."""
     settings = tansu_settings
     run(ensure_topics(settings))
     reported = run(_send_one_batch(settings, settings.topics.dlq, 5))

@@ -11,9 +11,9 @@ SCRIPT = """
 import sys
 import stream_app.cli, stream_app.app, stream_app.worker  # everything `streamrec worker` imports
 from state.window import UserWindow, WindowEvent
-from stream_app.schemas import Item
+from core.contracts import Item
 from stream_app.serving import load_recommender
-from stream_app.settings import Settings
+from core.settings import Settings
 
 recommender = load_recommender(Settings(registry=sys.argv[1]), sys.argv[2])
 items = [Item(item_id=str(i), title=f"Movie {i} (1995)", categories=["Drama"]) for i in range(1, 40)]

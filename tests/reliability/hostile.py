@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import strategies as st
 
-from stream_app.schemas import MAX_JSON_DEPTH
+from core.contracts import MAX_JSON_DEPTH
 
 TYPES = ("view", "click", "purchase")
 FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts")

@@ -37,8 +37,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings as hsettings, strategies as st
 
 from state.window import WindowEvent
-from stream_app.schemas import InvalidRecord, parse_event
-from stream_app.settings import Settings
+from core.contracts import InvalidRecord, parse_event
+from core.settings import Settings
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import consume_until, metric_values, ml100k_items, read_windows, reference_windows, run
 from tests.reliability.conftest import scaled

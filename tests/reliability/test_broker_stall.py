@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from stream_app.broker import KafkaCluster
+from core.brokers import KafkaCluster
 from stream_app.demo import free_port
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import consume_until, event, ml100k_items, produce_paced, run

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from export.exceptions import RegistryError
+from core.errors import RegistryError
 from export.registry import Registry, sha256_file
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (

@@ -6,8 +6,8 @@ import re
 
 import yaml
 
-from stream_app.broker import cluster_properties
-from stream_app.settings import Settings
+from core.brokers import cluster_properties
+from core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

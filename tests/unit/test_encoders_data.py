@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 
-from encoders.data import load_interactions, make_windows, rating_event_type, split_leave_one_out
-from export.features import FeatureSpec
+from core.datasets import load_interactions, make_windows, rating_event_type, split_leave_one_out
+from core.features import FeatureSpec
 
 SPEC = FeatureSpec()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encoders.evaluate import evaluate_scores
-from encoders.data import Interactions
+from core.datasets import Interactions
 from encoders.metrics import hit_rate, mrr, ndcg, ranking_metrics, target_ranks
 
 

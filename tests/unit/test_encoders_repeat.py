@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.data import Interactions, Split
+from core.datasets import Interactions, Split
 from encoders.evaluate import evaluate_model, evaluate_scores, warm_items, withhold_items
 from encoders.recommender import Recommender, RecommenderConfig
 from encoders.train import TrainConfig, next_item_loss
 from encoders.user_tower import UserTowerConfig
-from export.features import FeatureSpec
+from core.features import FeatureSpec
 
 SPEC = FeatureSpec(max_len=4)
 N = 6  # catalog size

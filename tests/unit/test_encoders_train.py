@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.data import load_interactions, split_leave_one_out
+from core.datasets import load_interactions, split_leave_one_out
 from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items
 from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
 from encoders.item_tower import ItemTowerConfig
 from encoders.train import TrainConfig, run, train
 from encoders.user_tower import UserTowerConfig
-from export.features import FeatureSpec
+from core.features import FeatureSpec
 from tests.support import ML100K
 
 GENRES = ["comedy", "drama", "horror", "action", "romance"]

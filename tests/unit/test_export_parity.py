@@ -15,8 +15,8 @@ from onnx import numpy_helper
 
 import export.baseline
 from export.baseline import SAMPLE_TEXTS, build_baseline_version, hf_tokenizer_of
-from export.exceptions import ParityError
-from export.features import FeatureSpec
+from core.errors import ParityError
+from core.features import FeatureSpec
 from export.onnx_export import (OPSET, export_item_tower, export_onnx, export_user_tower, item_onnx_config,
                                 save_tokenizer, user_example_inputs, user_onnx_config)
 from export.parity import raise_if_failed, validate_item_tower, validate_user_tower
@@ -33,7 +33,7 @@ def catalog_texts(n: int = 40) -> list[str]:
     """Real ml-100k titles + genres when the data is present, else fixed samples."""
     if not (DATA / "ml-100k.item").is_file():
         return SAMPLE_TEXTS
-    from encoders.data import load_interactions
+    from core.datasets import load_interactions
 
     return load_interactions(DATA, FeatureSpec()).item_texts[:n]
 

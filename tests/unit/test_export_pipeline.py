@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 import export.pipeline
-from export.exceptions import ParityError
-from export.features import FeatureSpec
+from core.errors import ParityError
+from core.features import FeatureSpec
 
 SPEC = FeatureSpec(max_len=12)  # as in tests.support.small_two_tower_checkpoint
 from export.registry import Registry

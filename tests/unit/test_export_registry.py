@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.exceptions import RegistryError, StreamrecError
+from core.errors import RegistryError, StreamrecError
 from export.registry import MANIFEST, ModelVersion, Registry
 
 

@@ -139,7 +139,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path: Path):
 def test_worker_modules_do_not_import_torch(tmp_path: Path):
     path = tiny_item_onnx(tmp_path / "item.onnx")
     code = (
-        "import sys, export.runtime, export.registry, export.exceptions, export.cli\n"
+        "import sys, export.runtime, export.registry, core.errors, export.cli\n"
         f"s = export.runtime.make_session({str(path)!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnxscript'))\n"
         "print(s.get_providers()[0], heavy)\n"
@@ -196,7 +196,7 @@ def test_tokenizer_pads_batch_longest(tmp_path: Path):
 
 
 def test_user_encoder_batches(tmp_path: Path):
-    from export.features import FeatureSpec
+    from core.features import FeatureSpec
 
     enc = UserEncoder(make_session(tiny_user_onnx(tmp_path / "u.onnx")), D, FeatureSpec(), batch_size=2)
     x = np.random.default_rng(1).standard_normal((5, 4, D)).astype(np.float32)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from stream_app.schemas import FORGET_USER, InvalidRecord, forget_request, parse_control
+from core.contracts import FORGET_USER, InvalidRecord, forget_request, parse_control
 
 
 def parse(value, key: bytes | None = b"u1", max_bytes: int = 4096):

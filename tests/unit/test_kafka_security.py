@@ -4,8 +4,8 @@ import ssl
 
 import faust
 
-from stream_app.kafka import client_security, faust_credentials
-from stream_app.settings import KafkaSecurity, Settings
+from core.kafka import client_security, faust_credentials
+from core.settings import KafkaSecurity, Settings
 
 
 def test_plaintext_by_default():

@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from encoders.data import Interactions
+from core.datasets import Interactions
 from encoders.event_log import (EventLog, EventLogError, catalog_state, merge_dataset, parse_duration, read_offsets,
                                 valid_events, write_offsets)
 from encoders.retrain import (EXIT_CODES, FAILED, RetrainConfig, decide, gate_split, holdout_cutoff, parse_holdout,
                               render_markdown, run_once, split_holdout)
-from stream_app.settings import Settings
+from core.settings import Settings
 
 SETTINGS = Settings()
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 881250949000}

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from stream_app.schemas import InvalidRecord, parse_event, parse_item
+from core.contracts import InvalidRecord, parse_event, parse_item
 
 TYPES = {"view", "click", "purchase"}
 

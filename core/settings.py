@@ -8,7 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from state.item_index import DEFAULT_ANN_MIN_ITEMS
+
+# Exact top-k costs ~2.6 ms per user at 100k items on one core and 5-9 ms at 200k, at or over
+# the 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
+# needs no build or second copy of the vectors, and its recall is 1.
+DEFAULT_ANN_MIN_ITEMS = 100_000
 
 
 class Topics(BaseModel, frozen=True):

@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 import faust
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from export.exceptions import StreamrecError
+from core.errors import StreamrecError
 
 _ID = Field(min_length=1, max_length=256)
 MAX_JSON_DEPTH = 64  # nesting levels of arrays/objects in a record (the value object itself is level 1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.features import FeatureSpec, item_text, left_pad, recency_buckets
+from core.features import FeatureSpec, item_text, left_pad, recency_buckets
 
 
 class DataError(ValueError):

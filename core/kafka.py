@@ -19,8 +19,8 @@ from kafka.admin import KafkaAdminClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from export.exceptions import BrokerError, StreamrecError
-from stream_app.settings import KafkaSecurity, Settings
+from core.errors import BrokerError, StreamrecError
+from core.settings import KafkaSecurity, Settings
 
 
 def ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
