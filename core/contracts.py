@@ -1,33 +1,36 @@
 """Wire contracts (docs/topics.md): pydantic validation of what producers send,
-Faust records for what the worker publishes."""
+Faust records for what the worker publishes, and the JSON Schema of every topic's value
+(docs/schemas/, written by `python -m core.contracts --write-schemas docs/schemas`).
+
+The one contract for events and items: the worker (`parse_event`, `parse_item`), the retrain
+job's event log (the same), and every reader of files — datasets for training, `replay` and
+`predict` (`event_from_record`, `item_from_record`) — read a record with the same models and
+the same time rule (`epoch_seconds`: numbers are epoch milliseconds, an ISO-8601 string without
+a zone is UTC). tests/unit/test_one_contract.py feeds one set of raw records to every path."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import time
 from datetime import datetime, timezone
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Annotated, Any, List, Mapping, NamedTuple, Optional
 
 import faust
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 
-from core.errors import StreamrecError
+from core.errors import InvalidRecord  # defined in core.errors; importable from here as before
+from core.io import atomic_write_text
 
 _ID = Field(min_length=1, max_length=256)
 MAX_JSON_DEPTH = 64  # nesting levels of arrays/objects in a record (the value object itself is level 1)
 
 
-class InvalidRecord(StreamrecError):
-    """A record that breaks the contract; `reason` goes to the dead-letter topic."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def epoch_seconds(ts: int | float | str) -> float:
-    """`ts` as epoch milliseconds or an ISO-8601 string -> epoch seconds."""
+    """`ts` as epoch milliseconds or an ISO-8601 string -> epoch seconds. The one rule for event
+    time on every path; an ISO string without a zone (naive) is UTC, never local time."""
     if isinstance(ts, bool):
         raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
     if isinstance(ts, (int, float)):
@@ -50,14 +53,25 @@ def _abbreviated(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
+_TS_SCHEMA = {
+    "anyOf": [{"type": "number", "minimum": 0, "description": "epoch milliseconds"},
+              {"type": "string", "description": "ISO-8601, e.g. 1997-12-04T15:55:49Z; without a zone it is UTC"}],
+    "description": "event time: epoch milliseconds or an ISO-8601 string; not before 1970, not more than "
+                   "STREAMREC_MAX_FUTURE_SKEW_S in the future",
+}
+
+
 class Event(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    """An `events` value (key: user_id): one user action on one item. Extra fields are accepted
+    and ignored; `event_type` must be one of STREAMREC_EVENT_WEIGHTS' types."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, title="Event")
 
     event_id: str = _ID
     user_id: str = _ID
     item_id: str = _ID
     event_type: str = _ID
-    ts: float  # epoch seconds after validation
+    ts: Annotated[float, WithJsonSchema(_TS_SCHEMA)]  # epoch seconds after validation
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -68,7 +82,10 @@ class Event(BaseModel):
 
 
 class Item(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    """An `items` value (key: item_id; compacted). A null value (tombstone) or `available: false`
+    removes the item from the candidates. Extra fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, title="Item")
 
     item_id: str = _ID
     title: str = Field(min_length=1, max_length=1_000)
@@ -148,13 +165,68 @@ def parse_item(raw: bytes | None, *, max_bytes: int) -> Item:
     return _validate(Item, _decode(raw, max_bytes))
 
 
+class ItemChange(NamedTuple):
+    item_id: str
+    item: Item | None  # the record as parsed; None for a tombstone
+    live: bool  # False: the item leaves the catalog
+
+
+def item_change(key: bytes | None, value: bytes | None, *, max_bytes: int) -> ItemChange:
+    """What one `items` record does to the catalog: a tombstone (no value; the key names the item) or
+    `available: false` removes the item; any other valid record adds or replaces it. Raises
+    InvalidRecord (reason for the dead-letter topic)."""
+    item = parse_item(value, max_bytes=max_bytes) if value else None
+    if item is not None and item.available:
+        return ItemChange(item.item_id, item, True)
+    return ItemChange(item.item_id if item else (key or b"").decode("utf-8", "replace"), item, False)
+
+
+# --- records read from files (datasets, the retrain job's work dir, `predict` input) -------------
+
+
+def _file_id(value: Any) -> Any:
+    """Files often number their ids (ml-100k does): an integer id is read as its decimal string."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@_never_raises_anything_else
+def event_from_record(record: Mapping[str, Any]) -> Event:
+    """An event read from a file (a JSON object already decoded) under the `events` contract: the
+    same model and time rule as `parse_event`. Two conveniences for files, no more: integer ids are
+    read as strings, and `event_id` may be absent (it becomes user:item:ts). Neither the event type
+    nor the future-skew limit is checked: training data may hold other types and any past."""
+    if not isinstance(record, Mapping):
+        raise InvalidRecord(f"expected a JSON object, got {type(record).__name__}")
+    value = {**record, **{k: _file_id(record[k]) for k in ("event_id", "user_id", "item_id") if k in record}}
+    if value.get("event_id") is None:
+        value["event_id"] = f"{value.get('user_id')}:{value.get('item_id')}:{value.get('ts')}"
+    return _validate(Event, value)
+
+
+@_never_raises_anything_else
+def item_from_record(record: Mapping[str, Any]) -> Item:
+    """A catalog record read from a file under the `items` contract (the model of `parse_item`).
+    Conveniences for files: an integer item_id is read as a string, and a record without a title
+    is titled by its item_id (the text the trainer has always used for it, so a replayed record
+    gets the same vector on the worker)."""
+    if not isinstance(record, Mapping):
+        raise InvalidRecord(f"expected a JSON object, got {type(record).__name__}")
+    value = dict(record)
+    if "item_id" in value:
+        value["item_id"] = _file_id(value["item_id"])
+        if not value.get("title"):
+            value["title"] = value["item_id"]
+    return _validate(Item, value)
+
+
 FORGET_USER = "forget_user"
 
 
 class Control(BaseModel):
-    """A `control` record: an operator's request about one user (only `forget_user` so far)."""
+    """A `streamrec-control` value (key: the user_id): an operator's request about one user (only
+    `forget_user` so far). Extra fields (a ticket reference) are accepted and ignored."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)  # e.g. a ticket reference
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, title="Control")
 
     action: str = _ID
     user_id: str = _ID
@@ -200,3 +272,106 @@ class ModelUpdate(faust.Record, serializer="json", include_metadata=False):
     sha256: str
     created_at: str
     metrics: dict
+
+
+# --- JSON Schemas (docs/schemas/) -------------------------------------------------------------
+# The worker publishes Faust records (above); these pydantic twins describe the same JSON for the
+# schema files (tests/unit/test_schemas.py checks they name the same fields).
+
+
+class RecommendedItemSchema(BaseModel):
+    model_config = ConfigDict(title="RecommendedItem")
+
+    item_id: str
+    score: float
+    because: Optional[str] = Field(default=None, description="the window item most similar to this one; "
+                                                             "null for trending items")
+
+
+class RecommendationSchema(BaseModel):
+    """A `recommendations` value (key: user_id; compacted; a null value is a forgotten user): the
+    top STREAMREC_TOP_K items for one user touched by a micro-batch, best first."""
+
+    model_config = ConfigDict(title="Recommendation")
+
+    user_id: str
+    items: List[RecommendedItemSchema]
+    model_version: str = Field(description="the registry version that produced the list")
+    generated_at: int = Field(description="epoch milliseconds")
+    trigger_event_id: str = Field(description="the user's latest event in the micro-batch")
+
+
+class ModelUpdateSchema(BaseModel):
+    """A `model-updates` value (key: version): a registered model version for every worker to serve."""
+
+    model_config = ConfigDict(title="ModelUpdate")
+
+    version: str
+    path: str = Field(description="the version's directory, relative to the registry root")
+    sha256: str = Field(description="sha256 of the version's manifest.json, which pins every file")
+    created_at: str = Field(description="ISO-8601")
+    metrics: dict = Field(description="the version's metrics.json")
+
+
+class DeadLetterHeaders(BaseModel):
+    """Headers of an `events-dlq` record (UTF-8 strings). Its key and value are the rejected
+    record's, byte for byte: the value has no schema of its own."""
+
+    model_config = ConfigDict(title="DeadLetterHeaders", populate_by_name=True)
+
+    reason: str = Field(alias="dlq.reason", description="why the record broke the contract")
+    topic: str = Field(alias="dlq.topic", description="the topic it was read from")
+    partition: str = Field(alias="dlq.partition", description="its partition (decimal)")
+    offset: str = Field(alias="dlq.offset", description="its offset (decimal)")
+
+
+# File name (the default topic name) -> the model of that topic's value.
+TOPIC_SCHEMAS: dict[str, type[BaseModel]] = {
+    "events": Event,
+    "items": Item,
+    "recommendations": RecommendationSchema,
+    "model-updates": ModelUpdateSchema,
+    "streamrec-control": Control,
+    "events-dlq.headers": DeadLetterHeaders,
+}
+SCHEMA_COMMAND = "python -m core.contracts --write-schemas docs/schemas"
+
+
+def _one_line_descriptions(node: Any) -> Any:
+    """Docstrings become descriptions with their line breaks; a schema reads better without."""
+    if isinstance(node, dict):
+        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str) else _one_line_descriptions(v)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_one_line_descriptions(v) for v in node]
+    return node
+
+
+def schema_files() -> dict[str, str]:
+    """{file name: JSON text} of every topic's JSON Schema, as docs/schemas/ holds them."""
+    files = {}
+    for name, model in TOPIC_SCHEMAS.items():
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                  **_one_line_descriptions(model.model_json_schema(by_alias=True, mode="validation"))}
+        files[f"{name}.json"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    return files
+
+
+def write_schemas(directory: str | Path) -> list[Path]:
+    """Write `schema_files()` into `directory`; returns the paths written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return [atomic_write_text(directory / name, text) for name, text in schema_files().items()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.contracts", description=__doc__.splitlines()[0])
+    parser.add_argument("--write-schemas", metavar="DIR", required=True, type=Path,
+                        help="write every topic's JSON Schema into DIR (docs/schemas)")
+    args = parser.parse_args(argv)
+    for path in write_schemas(args.write_schemas):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,10 @@ Two input layouts are accepted in one directory:
   event_type) and `*.item` (item_id, movie_title / title, release_year, class / genre).
   Explicit ratings map to event types by a fixed rule: 5 -> purchase, 4 -> click,
   anything else -> view (`rating_event_type`).
-- JSONL: `events*.jsonl` ({"event_id","user_id","item_id","event_type","ts"}, ts epoch
-  milliseconds or ISO-8601) and `items*.jsonl` ({"item_id","title","description"?,
-  "categories"?}).
+- JSONL: `events*.jsonl` and `items*.jsonl`, one topic value per line, read under the topic
+  contract (`core.contracts.event_from_record` / `item_from_record`, docs/topics.md): the same
+  models and time rule as the worker (ts epoch milliseconds or ISO-8601, no zone = UTC), with
+  integer ids read as strings, `event_id` optional and a missing item title taken from the id.
 
 Items are numbered 0..N-1 in catalog order (item file order, then items only seen in
 events). Each user's events are sorted by time with a stable sort, so equal timestamps
@@ -21,16 +22,14 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from core.contracts import event_from_record, item_from_record
+from core.errors import DataError, InvalidRecord  # DataError: importable from here as before
 from core.features import FeatureSpec, item_text, left_pad, recency_buckets
-
-
-class DataError(ValueError):
-    """The --data directory cannot be read; the message says which file and why."""
 
 
 @dataclass
@@ -77,13 +76,6 @@ def rating_event_type(rating: float) -> str:
     return "view"
 
 
-def parse_ts(value: float | int | str) -> float:
-    """Event time in seconds: JSON numbers are epoch milliseconds, strings are ISO-8601."""
-    if isinstance(value, str):
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return float(value) / 1000.0
-
-
 def _read_atomic(path: Path) -> list[dict[str, str]]:
     """RecBole atomic file -> rows keyed by field name without the `:type` suffix."""
     with path.open(encoding="utf-8", newline="") as f:
@@ -94,15 +86,15 @@ def _read_atomic(path: Path) -> list[dict[str, str]]:
 
 def _load_recbole(inter: Path, item: Path | None) -> tuple[list[dict], list[dict]]:
     items = []
-    for row in _read_atomic(item) if item else []:
+    for n, row in enumerate(_read_atomic(item) if item else [], 2):  # line 1 is the header
         title = row.get("movie_title") or row.get("title") or row["item_id"]
         year = row.get("release_year", "")
         genres = (row.get("class") or row.get("genre") or "").split()
-        items.append({
+        items.append(_item(item, n, {
             "item_id": row["item_id"],
             "title": f"{title} ({year})" if year else title,
             "categories": [g for g in genres if g != "unknown"],
-        })
+        }))
     events = []
     for row in _read_atomic(inter):
         if "event_type" in row:
@@ -116,34 +108,43 @@ def _load_recbole(inter: Path, item: Path | None) -> tuple[list[dict], list[dict
     return events, items
 
 
-def _read_jsonl(paths: list[Path]) -> list[dict]:
-    rows = []
+def _read_jsonl(paths: list[Path]) -> Iterator[tuple[Path, int, object]]:
+    """(file, line number, decoded JSON) of every non-blank line."""
     for path in paths:
         with path.open(encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        yield path, n, json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path}:{n}: not JSON ({e})") from e
-    return rows
+
+
+def _item(path: Path, line: int, record: object) -> dict:
+    """A catalog record under the `items` contract, as the JSON object it would be on the topic."""
+    try:
+        return item_from_record(record).model_dump(exclude_unset=True)
+    except InvalidRecord as e:
+        raise DataError(f"{path}:{line}: {e.reason} (the `items` contract, docs/topics.md)") from None
 
 
 def _load_jsonl(events_paths: list[Path], items_paths: list[Path]) -> tuple[list[dict], list[dict]]:
     events = []
-    for e in _read_jsonl(events_paths):
+    for path, n, record in _read_jsonl(events_paths):
         try:
-            events.append({"user_id": str(e["user_id"]), "item_id": str(e["item_id"]),
-                           "event_type": e["event_type"], "ts": parse_ts(e["ts"])})
-        except (KeyError, ValueError) as err:
-            raise DataError(f"bad event {e!r}: {err}") from err
-    return events, _read_jsonl(items_paths)
+            e = event_from_record(record)
+        except InvalidRecord as err:
+            raise DataError(f"{path}:{n}: {err.reason} (the `events` contract, docs/topics.md)") from None
+        events.append({"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type, "ts": e.ts})
+    return events, [_item(path, n, record) for path, n, record in _read_jsonl(items_paths)]
 
 
 def read_records(data_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(events, items) of a --data directory as records in the topic schemas (ts in seconds).
 
-    NumPy/stdlib only: `streamrec replay` and `predict` read datasets with it too.
+    Events: {"user_id", "item_id", "event_type", "ts"}; items: the catalog records as validated
+    (`core.contracts.item_from_record`). Torch-free: `streamrec replay` and `predict` read datasets
+    with it too.
     """
     root = Path(data_dir)
     inter, item = sorted(root.glob("*.inter")), sorted(root.glob("*.item"))

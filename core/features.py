@@ -7,9 +7,12 @@ event is always at position T-1, which is where the user vector is read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 import numpy as np
+
+from core.errors import ConfigError
 
 PAD = 0  # id 0 is padding for event types and time buckets alike
 
@@ -31,6 +34,38 @@ class FeatureSpec:
             return self.event_types.index(event_type) + 1
         except ValueError:
             return len(self.event_types) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (a model version's config.json `feature_spec`, a checkpoint's `features`)."""
+        return {"event_types": list(self.event_types), "n_time_buckets": self.n_time_buckets, "max_len": self.max_len}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> FeatureSpec:
+        """`to_dict`'s output back. A missing key takes its default (configs written before the field
+        existed); an unknown key or a wrong type is a ConfigError: a model fed other inputs than it
+        was trained on would serve nonsense."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"feature spec has unknown fields {unknown}: it was written by a newer streamrec; "
+                              f"upgrade, or re-export the model with this one")
+        default = cls()
+        try:
+            event_types = data.get("event_types", default.event_types)
+            if isinstance(event_types, str) or not all(isinstance(t, str) for t in event_types):
+                raise TypeError(f"event_types must be a list of strings, got {event_types!r}")
+            spec = cls(event_types=tuple(event_types),
+                       n_time_buckets=_whole(data.get("n_time_buckets", default.n_time_buckets), "n_time_buckets"),
+                       max_len=_whole(data.get("max_len", default.max_len), "max_len"))
+        except TypeError as e:
+            raise ConfigError(f"feature spec {data!r} is invalid: {e}") from None
+        return spec
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def recency_buckets(ts_seconds: np.ndarray, mask: np.ndarray, n_buckets: int) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Kafka plumbing: client security options, topic creation, which broker we talk to, and
-the Faust transport tuned for low latency (with Tansu's end-offset fix on Tansu only)."""
+"""Kafka plumbing: client security options, topic creation, which broker we talk to, and true
+end offsets (Tansu's fix on Tansu only). The worker's Faust transport, which uses Faust's private
+API, is in stream_app.faust_private."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kafka.admin import KafkaAdminClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from core.errors import BrokerError, StreamrecError
+from core.errors import BrokerError
 from core.settings import KafkaSecurity, Settings
 
 
@@ -154,6 +154,7 @@ async def read_whole_topic(settings: Settings, topic: str) -> AsyncIterator[AIOK
     try:
         # Without a subscription aiokafka's metadata names no topic on Apache Kafka (Tansu lists them
         # all): without this refresh the consumer was assigned nothing and the catalog "loaded" empty.
+        # `_client` is aiokafka's private API (listed with the Faust ones in stream_app/faust_private.py).
         await consumer._client.force_metadata_update()
         consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
         yield consumer
@@ -235,7 +236,7 @@ async def _ensure_copartitioned(admin: AIOKafkaAdminClient, topic: NewTopic, exi
             pass  # another worker won the race (with the same count)
     (found,) = await admin.describe_topics([topic.name])
     if len(found["partitions"]) != topic.num_partitions:
-        raise StreamrecError(f"topic {topic.name!r} has {len(found['partitions'])} partitions but the events "
+        raise BrokerError(f"topic {topic.name!r} has {len(found['partitions'])} partitions but the events "
                              f"topic has {topic.num_partitions}: they must match (co-partitioned by user id); "
                              f"recreate {topic.name!r} with {topic.num_partitions} partitions")
 
@@ -271,50 +272,3 @@ def tansu_end_offsets(settings: Settings, reported: Mapping) -> dict:
         return ends
     finally:
         probe.close()
-
-
-class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust hard-codes a 1.5 s fetch wait; the embedded broker waits that long on
-    every idle fetch, which alone puts p50 latency above a second."""
-
-    settings: Settings
-
-    def _create_worker_consumer(self, transport):
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.settings.fetch_max_wait_ms  # read by aiokafka at start()
-        return consumer
-
-
-class _IdempotentProducer(faust_aiokafka.Producer):
-    """Every record the worker writes (recommendations, dead letters, changelogs) is acknowledged
-    by all in-sync replicas and written once per send, even when the send is retried. Faust
-    enables idempotence only inside transactions."""
-
-    def _settings_extra(self):
-        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
-
-
-def tuned_transport(settings: Settings) -> type:
-    """Faust's aiokafka transport with our fetch wait; `settings.broker_engine` must be resolved
-    (`with_engine`). On Kafka the producer is idempotent; Tansu answers InitProducerId with an
-    error, so there it is not, and only Tansu gets the end-offset fix."""
-    thread = type("ConsumerThread", (_TunedConsumerThread,), {"settings": settings})
-
-    class Consumer(faust_aiokafka.Consumer):
-        def _new_consumer_thread(self):
-            return thread(self, loop=self.loop, beacon=self.beacon)
-
-    class TansuConsumer(Consumer):
-        async def highwaters(self, *partitions):
-            """Table recovery reads changelogs up to these offsets and refuses to start
-            when its persisted offset lies beyond them: both need the true end."""
-            reported = await super().highwaters(*partitions)
-            return await asyncio.to_thread(tansu_end_offsets, settings, reported)
-
-    class Transport(faust_aiokafka.Transport):
-        pass
-
-    tansu = settings.broker_engine == "tansu"
-    Transport.Consumer = TansuConsumer if tansu else Consumer
-    Transport.Producer = faust_aiokafka.Producer if tansu else _IdempotentProducer  # Tansu fails InitProducerId
-    return Transport

@@ -23,19 +23,16 @@ from pathlib import Path
 
 import kafka
 
-from core.errors import StreamrecError
+from core.errors import EventLogError, InvalidRecord  # EventLogError: importable from here as before
+from core.io import atomic_write_text
 from core.kafka import check_connection, client_security, end_offsets
-from core.contracts import InvalidRecord, parse_event, parse_item
+from core.contracts import item_change, parse_event
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
-
-class EventLogError(StreamrecError):
-    """The topics cannot be read as asked (missing topic, bad offsets file, bad duration)."""
 
 
 def parse_duration(text: str) -> float:
@@ -67,12 +64,10 @@ def read_offsets(path: Path) -> dict[int, int]:
 
 
 def write_offsets(path: Path, offsets: dict[int, int]) -> None:
-    """Atomically (temp file + rename): a crash never leaves half a position."""
+    """Atomically (core.io: temp file, fsync, rename): a crash never leaves half a position."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({str(p): o for p, o in sorted(offsets.items())}) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({str(p): o for p, o in sorted(offsets.items())}) + "\n")
 
 
 # --- parsing: pure functions over (key, value) bytes ------------------------------------------
@@ -112,17 +107,16 @@ def catalog_state(records: list[tuple[bytes | None, bytes | None]], settings: Se
     catalog = Catalog()
     for key, raw in records:
         try:
-            item = parse_item(raw, max_bytes=settings.max_record_bytes) if raw is not None else None
+            change = item_change(key, raw, max_bytes=settings.max_record_bytes)
         except InvalidRecord:
             catalog.invalid += 1
             continue
-        if item is not None and item.available:
-            catalog.live[item.item_id] = item.model_dump(exclude_none=True)
-            catalog.removed.pop(item.item_id, None)
+        if change.live:
+            catalog.live[change.item_id] = change.item.model_dump(exclude_none=True)
+            catalog.removed.pop(change.item_id, None)
             continue
-        item_id = item.item_id if item else (key or b"").decode("utf-8", "replace")  # tombstone: the key
-        last = catalog.live.pop(item_id, None) or catalog.removed.get(item_id) or {}
-        catalog.removed[item_id] = item.model_dump(exclude_none=True) if item else last
+        last = catalog.live.pop(change.item_id, None) or catalog.removed.get(change.item_id) or {}
+        catalog.removed[change.item_id] = change.item.model_dump(exclude_none=True) if change.item else last
     return catalog
 
 

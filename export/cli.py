@@ -56,6 +56,7 @@ def list_command(registry: Path = RegistryOption,
     """Versions, oldest first; `*` marks latest."""
     import json
 
+    from core.model_config import CONFIG_FILE, ModelConfig
     from export.registry import MANIFEST, Registry
 
     reg = Registry(registry)
@@ -68,11 +69,11 @@ def list_command(registry: Path = RegistryOption,
         try:
             if verify:
                 v = reg.load(name)
-                config, metrics = v.config, v.metrics
+                config, metrics = v.model_config, v.metrics
                 status = "verified"
             else:
                 path = reg.version_path(name)
-                config = json.loads((path / "config.json").read_text())
+                config = ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
                 metrics = json.loads((path / "metrics.json").read_text())
                 created = json.loads((path / MANIFEST).read_text()).get("created_at", "")
                 status = created
@@ -80,7 +81,7 @@ def list_command(registry: Path = RegistryOption,
             typer.echo(f"  {name}  CORRUPT: {str(e).splitlines()[0]}")
             continue
         score = " ".join(f"{k}={v:.4f}" for k in ("NDCG@10", "HR@10") if isinstance(v := _headline(metrics, k), float))
-        typer.echo(f"{'*' if name == latest else ' '} {name}  {config.get('kind')}  dim={config.get('dim')}  "
+        typer.echo(f"{'*' if name == latest else ' '} {name}  {config.kind}  dim={config.dim}  "
                    f"{status}  {score}".rstrip())
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from core.errors import ConfigError
 from core.features import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def export_item_tower(tower: torch.nn.Module, path: str | Path, config: OnnxConf
 def export_user_tower(tower: torch.nn.Module, path: str | Path, config: OnnxConfig, spec: FeatureSpec, dim: int) -> Path:
     """UserTower.forward -> user.onnx."""
     if spec.max_len < 2:
-        raise ValueError(f"feature_spec.max_len={spec.max_len}: the user tower needs windows of >= 2 to export")
+        raise ConfigError(f"feature_spec.max_len={spec.max_len}: the user tower needs windows of >= 2 to export; "
+                          f"train with --max-len 2 or more")
     return export_onnx(tower, user_example_inputs(spec, dim), path, config)
 
 

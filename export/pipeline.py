@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.artifacts import (CANARY_SIZE, copy_checkpoint, feature_spec_dict, write_catalog, write_item_canary,
-                              write_json, write_user_canary)
+from export.artifacts import (CANARY_SIZE, copy_checkpoint, write_catalog, write_config, write_item_canary, write_json,
+                              write_user_canary)
 from export.baseline import hf_tokenizer_of, versions_info
-from core.errors import ParityError, StreamrecError
+from core.errors import ConfigError, ParityError
 from core.features import FeatureSpec
+from core.model_config import ModelConfig
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
 from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, torch_user_vectors,
                            validate_item_tower, validate_user_tower)
@@ -100,13 +101,14 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
     registry.check_writable()  # before loading and exporting anything
     model, item_ids, item_texts = load_checkpoint(checkpoint_dir)
     if model.item_tower is None:
-        raise StreamrecError(f"{checkpoint_dir} is an ID-only model (use_text=False): it cannot embed new items, so it "
+        raise ConfigError(f"{checkpoint_dir} is an ID-only model (use_text=False): it cannot embed new items, so it "
                              f"is not servable; train with use_text=True to export")
     spec: FeatureSpec = model.feature_spec
     item_cfg, user_cfg = model.config.item_tower, model.config.user_tower
     dim, max_tokens = int(user_cfg.dim), int(item_cfg.max_tokens)
     if item_cfg.proj_dim != dim:
-        raise StreamrecError(f"item tower width {item_cfg.proj_dim} != user tower width {dim} in {checkpoint_dir}")
+        raise ConfigError(f"item tower width {item_cfg.proj_dim} != user tower width {dim} in {checkpoint_dir}: "
+                          f"train with the item projection as wide as the user tower")
     hf_tok = hf_tokenizer_of(model.item_tower)
     item_onnx, user_onnx = item_onnx_config(max_tokens), user_onnx_config(spec)
 
@@ -139,19 +141,19 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
                           torch_user_vectors(model.user_tower, canary.vectors(catalog), canary))
         copy_checkpoint(checkpoint_dir, staging)
 
-        write_json(staging / "config.json", {
-            "kind": "two_tower",
-            "dim": dim,
-            "max_tokens": max_tokens,
-            "normalized": False,  # score = dot product
-            "feature_spec": feature_spec_dict(spec),
-            "item_tower": asdict(item_cfg),
-            "user_tower": asdict(user_cfg),
-            "id_residual": bool(model.config.id_residual),
-            "opset": item_onnx.opset,
-            "source_checkpoint": str(checkpoint_dir.resolve()),
-            "created_with": versions_info(),
-        })
+        write_config(staging, ModelConfig(
+            kind="two_tower",
+            dim=dim,
+            max_tokens=max_tokens,
+            normalized=False,  # score = dot product
+            feature_spec=spec,
+            item_tower=asdict(item_cfg),
+            user_tower=asdict(user_cfg),
+            id_residual=bool(model.config.id_residual),
+            opset=item_onnx.opset,
+            source_checkpoint=str(checkpoint_dir.resolve()),
+            created_with=versions_info(),
+        ))
         trained = {}
         if (checkpoint_dir / "metrics.json").is_file():
             trained = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))

@@ -31,7 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import RegistryError
+from core.errors import ConfigError, RegistryError
+from core.io import atomic_write_json, atomic_write_text, fsync_dir
+from core.model_config import CONFIG_FILE, ModelConfig
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -73,19 +75,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _read_json(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -98,37 +87,27 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass(frozen=True)
 class ModelVersion:
     """One verified version directory."""
 
     name: str
     path: Path
-    config: dict
+    config: dict  # config.json as written
     metrics: dict
     manifest: dict = field(default_factory=dict, repr=False, compare=False)  # manifest.json as loaded
+    model_config: ModelConfig = field(default=None, repr=False, compare=False)  # config.json, typed
+
+    def __post_init__(self) -> None:
+        if self.model_config is None:
+            object.__setattr__(self, "model_config", ModelConfig.from_dict(self.config))
 
     def __hash__(self) -> int:
         return hash((self.name, str(self.path)))
 
     @property
     def kind(self) -> str:
-        return self.config["kind"]
+        return self.model_config.kind
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -146,7 +125,7 @@ class ModelVersion:
         """Path of an artifact listed in the manifest (e.g. 'item.onnx')."""
         if not self.has(name):
             raise RegistryError(
-                f"model version {self.name!r} ({self.config.get('kind')}) has no file {name!r}; "
+                f"model version {self.name!r} ({self.kind}) has no file {name!r}; "
                 f"it has: {', '.join(self.files)}")
         return self.path / name
 
@@ -232,18 +211,7 @@ class Registry:
         self._write_latest(version)
 
     def _write_latest(self, version: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{LATEST}.", suffix=".tmp", dir=self.root)
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(version + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / LATEST)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
+        atomic_write_text(self.root / LATEST, version + "\n")
 
     # --- loading -------------------------------------------------------------------------
 
@@ -285,21 +253,29 @@ class Registry:
                 problems.append(f"{name}: checksum mismatch (sha256 {digest[:12]}…, {size} bytes; "
                                 f"manifest says {str(entry.get('sha256'))[:12]}…, {entry.get('bytes')} bytes)")
         config: dict = {}
-        if "config.json" in files and (path / "config.json").is_file():
-            config = _read_json(path / "config.json", "config")
+        if CONFIG_FILE in files and (path / CONFIG_FILE).is_file():
+            config = _read_json(path / CONFIG_FILE, "config")
         kind = config.get("kind")
+        model_config = None
         if kind not in REQUIRED_BY_KIND:
-            problems.append(f"config.json: kind {kind!r} is not one of {sorted(REQUIRED_BY_KIND)}")
+            problems.append(f"{CONFIG_FILE}: kind {kind!r} is not one of {sorted(REQUIRED_BY_KIND)}")
         else:
             problems += [f"{name}: required for kind {kind!r} but not in the manifest"
                          for name in REQUIRED_BY_KIND[kind] if name not in files]
+            try:
+                model_config = ModelConfig.from_dict(config)
+            except ConfigError as e:
+                if not problems:  # e.g. written by a newer streamrec: say that, not "corrupt"
+                    raise RegistryError(f"model version {version!r} at {path} cannot be served here: {e}") from None
+                problems.append(str(e))
         if problems:
             raise RegistryError(
                 f"model version {version!r} at {path} is incomplete or corrupt; refusing to load it:\n  - "
                 + "\n  - ".join(problems)
                 + "\nRe-export it, or switch to another version with `set_latest`.")
         metrics = _read_json(path / "metrics.json", "metrics")
-        return ModelVersion(name=version, path=path, config=config, metrics=metrics, manifest=manifest)
+        return ModelVersion(name=version, path=path, config=config, metrics=metrics, manifest=manifest,
+                            model_config=model_config)
 
     # --- registering ---------------------------------------------------------------------
 
@@ -322,12 +298,16 @@ class Registry:
             validate_version_name(version)
         if not staging_dir.is_dir():
             raise RegistryError(f"staging directory {staging_dir} does not exist")
-        config = _read_json(staging_dir / "config.json", "config")
+        config = _read_json(staging_dir / CONFIG_FILE, "config")
         kind = config.get("kind")
         if kind not in REQUIRED_BY_KIND:
-            raise RegistryError(f"{staging_dir / 'config.json'}: kind {kind!r} is not one of {sorted(REQUIRED_BY_KIND)}")
+            raise RegistryError(f"{staging_dir / CONFIG_FILE}: kind {kind!r} is not one of {sorted(REQUIRED_BY_KIND)}")
+        try:
+            ModelConfig.from_dict(config)
+        except ConfigError as e:
+            raise RegistryError(f"cannot register {staging_dir}: {e}") from None
         if not (staging_dir / "metrics.json").exists():
-            _write_json_atomic(staging_dir / "metrics.json", {})
+            atomic_write_json(staging_dir / "metrics.json", {})
         problems = [f"{name}: required for kind {kind!r} but missing"
                     for name in REQUIRED_BY_KIND[kind] if not (staging_dir / name).is_file()]
         for p in sorted(staging_dir.iterdir()):
@@ -367,8 +347,7 @@ class Registry:
                 files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             manifest = {"format": FORMAT, "version": name, "kind": kind,
                         "created_at": datetime.now(UTC).isoformat(timespec="microseconds"), "files": files}
-            _write_json_atomic(staging_dir / MANIFEST, manifest)
-            _fsync_dir(staging_dir)
+            atomic_write_json(staging_dir / MANIFEST, manifest)  # fsyncs the file and staging_dir
             os.rename(staging_dir, target)  # atomic: the version appears complete or not at all
         except OSError as e:  # disk full, read-only, ...: nothing was registered
             if copied is not None:
@@ -376,7 +355,7 @@ class Registry:
             raise RegistryError(f"could not register model version {name!r} in {self.root}: {e}; "
                                 f"nothing was registered") from e
         try:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             loaded = self.load(name)
             if make_latest:
                 self._write_latest(name)
@@ -395,4 +374,4 @@ class Registry:
         except OSError:
             hidden = path
         shutil.rmtree(hidden, ignore_errors=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)

@@ -28,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from core.errors import ParityError, RegistryError
+from core.errors import ConfigError, ParityError, RegistryError
 from core.features import FeatureSpec
 from export.registry import ModelVersion
 
@@ -60,7 +60,8 @@ def cuda_device_count() -> int:
 
 def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1) -> ort.SessionOptions:
     if intra_op_threads < 1 or inter_op_threads < 1:
-        raise ValueError(f"thread counts must be >= 1, got intra={intra_op_threads} inter={inter_op_threads}")
+        raise ConfigError(f"thread counts must be >= 1, got intra={intra_op_threads} inter={inter_op_threads}: "
+                          f"set STREAMREC_INFERENCE_THREADS to 1 or more")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -96,7 +97,7 @@ def make_session(path: str | Path, intra_op_threads: int = 1, *, inter_op_thread
     if not os.path.isfile(path):
         raise RegistryError(f"ONNX model {path} does not exist")
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     so = session_options(intra_op_threads, inter_op_threads)
     session = None
     wants_cuda = device != "cpu" and CUDA in ort.get_available_providers()
@@ -104,7 +105,7 @@ def make_session(path: str | Path, intra_op_threads: int = 1, *, inter_op_thread
         session = _try_cuda(path, so)
     if session is None:
         if device == "cuda":
-            raise RuntimeError(f"device='cuda' requested but CUDA is not usable here for {path} "
+            raise ConfigError(f"device='cuda' requested but CUDA is not usable here for {path} "
                                f"(driver devices: {cuda_device_count()}); use device='auto' or 'cpu'")
         session = ort.InferenceSession(path, sess_options=so, providers=[CPU], disabled_optimizers=DISABLED_OPTIMIZERS)
     log.info("onnxruntime session %s on %s (intra-op threads %d)", path, session.get_providers()[0], intra_op_threads)
@@ -149,9 +150,13 @@ class ItemEncoder:
 
     @classmethod
     def from_version(cls, version: ModelVersion, intra_op_threads: int = 1, **session_kw) -> ItemEncoder:
-        tokenizer = load_tokenizer(version.file("tokenizer.json"), int(version.config["max_tokens"]))
+        config = version.model_config
+        if config.max_tokens is None:
+            raise RegistryError(f"model version {version.name}: config.json has no max_tokens (tokens per item "
+                                f"text); re-export it")
+        tokenizer = load_tokenizer(version.file("tokenizer.json"), config.max_tokens)
         session = make_session(version.file("item.onnx"), intra_op_threads, **session_kw)
-        return cls(session, tokenizer, int(version.config["dim"]))
+        return cls(session, tokenizer, config.dim)
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """texts -> (input_ids, attention_mask), int64 [B, L], L = longest text (<= max_tokens)."""
@@ -189,7 +194,7 @@ class UserEncoder:
     @classmethod
     def from_version(cls, version: ModelVersion, intra_op_threads: int = 1, **session_kw) -> UserEncoder:
         session = make_session(version.file("user.onnx"), intra_op_threads, **session_kw)
-        return cls(session, int(version.config["dim"]), feature_spec_from_config(version.config))
+        return cls(session, version.model_config.dim, version.model_config.feature_spec)
 
     def encode(self, item_vectors: np.ndarray, event_types: np.ndarray, time_buckets: np.ndarray,
                attention_mask: np.ndarray) -> np.ndarray:
@@ -213,14 +218,6 @@ class UserEncoder:
         return out
 
 
-def feature_spec_from_config(config: dict) -> FeatureSpec:
-    fs = config.get("feature_spec") or {}
-    default = FeatureSpec()
-    return FeatureSpec(event_types=tuple(fs.get("event_types", default.event_types)),
-                       n_time_buckets=int(fs.get("n_time_buckets", default.n_time_buckets)),
-                       max_len=int(fs.get("max_len", default.max_len)))
-
-
 @dataclass
 class ModelRuntime:
     """Everything a worker needs from one registered version, warmed up."""
@@ -237,7 +234,7 @@ def load_catalog(version: ModelVersion) -> tuple[list[str], np.ndarray]:
     """catalog_ids.json + catalog_vectors.npy (allow_pickle=False), shapes checked."""
     ids = json.loads(version.file("catalog_ids.json").read_text(encoding="utf-8"))
     vectors = np.load(version.file("catalog_vectors.npy"), allow_pickle=False)
-    dim = int(version.config["dim"])
+    dim = version.model_config.dim
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise RegistryError(f"{version.path}/catalog_ids.json must be a JSON list of strings")
     if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape != (len(ids), dim):
@@ -248,7 +245,7 @@ def load_catalog(version: ModelVersion) -> tuple[list[str], np.ndarray]:
 
 def load_runtime(version: ModelVersion, intra_op_threads: int = 1, **session_kw) -> ModelRuntime:
     """Sessions, tokenizer and catalog of a verified version, each session warmed up."""
-    spec = feature_spec_from_config(version.config)
+    spec = version.model_config.feature_spec
     item = ItemEncoder.from_version(version, intra_op_threads, **session_kw)
     item.encode(["warm-up title (1995)"])
     user = None

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from state.window import UserWindow, WindowEvent
 from stream_app.recommender import Recommender
-from core.contracts import Item, epoch_seconds
+from core.contracts import Item, epoch_seconds, item_from_record
 from stream_app.serving import load_recommender
 from core.settings import Settings
 
@@ -25,7 +25,7 @@ def _catalog_items(recommender: Recommender, catalog: Path | None) -> list[Item]
         _, records = read_records(catalog)
     else:
         records = [json.loads(line) for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [Item.model_validate(r) for r in records]
+    return [item_from_record(r) for r in records]  # the `items` contract, as for a dataset's items.jsonl
 
 
 def window_from_history(events: list[dict], settings: Settings) -> UserWindow:

@@ -1,5 +1,5 @@
 """Asking the workers to forget a user (`streamrec forget`); the worker's `forget_users` agent
-(stream_app.app) carries it out. docs/topics.md: "Forgetting a user"."""
+(stream_app/agents/control.py) carries it out. docs/topics.md: "Forgetting a user"."""
 
 from __future__ import annotations
 

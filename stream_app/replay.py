@@ -50,7 +50,7 @@ async def publish(settings: Settings, topic: str, records: Iterable[tuple[str, d
 
 def dataset_records(data_dir) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
     """(items, events) as (key, value) pairs; events sorted by time (stable)."""
-    from core.datasets import read_records  # NumPy-only reader shared with the trainer
+    from core.datasets import read_records  # the dataset reader shared with the trainer
 
     events, items = read_records(data_dir)
     catalog = [(str(i["item_id"]), {k: v for k, v in i.items() if v not in (None, [])}) for i in items]

@@ -59,3 +59,30 @@ def test_windows_are_left_padded_with_newest_last():
     assert w.mask.tolist() == [[False, False, True, True]]
     assert w.event_types.tolist() == [[0, 0, 1, 3]]
     assert w.time_buckets[0, 0] == 0 and w.time_buckets[0, 3] == 1 and w.time_buckets[0, 2] > 1
+
+
+def test_jsonl_records_are_held_to_the_topic_contract(tmp_path):
+    """Dataset files are read with the topic's models (core.contracts): a bad line names the file, the
+    line and the reason; integer ids are read as strings, event_id is optional, a title-less item is
+    titled by its id."""
+    import pytest
+
+    from core.datasets import DataError, read_records
+
+    good = {"user_id": 7, "item_id": 42, "event_type": "view", "ts": "2024-01-01T00:00:00"}
+    (tmp_path / "events.jsonl").write_text(json.dumps(good) + "\n")
+    (tmp_path / "items.jsonl").write_text(json.dumps({"item_id": 42}) + "\n")
+    events, items = read_records(tmp_path)
+    assert events == [{"user_id": "7", "item_id": "42", "event_type": "view", "ts": 1704067200.0}]
+    assert items == [{"item_id": "42", "title": "42"}]
+
+    (tmp_path / "events.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "user_id": ""}) + "\n")
+    with pytest.raises(DataError, match=r"events.jsonl:2: invalid event: user_id: String should have at least 1"):
+        read_records(tmp_path)
+    (tmp_path / "events.jsonl").write_text(json.dumps({**good, "ts": -1}) + "\n")
+    with pytest.raises(DataError, match=r"events.jsonl:1: .*before 1970"):
+        read_records(tmp_path)
+    (tmp_path / "events.jsonl").write_text(json.dumps(good) + "\n")
+    (tmp_path / "items.jsonl").write_text(json.dumps({"item_id": "x", "title": "t" * 1001}) + "\n")
+    with pytest.raises(DataError, match=r"items.jsonl:1: invalid item: title"):
+        read_records(tmp_path)

@@ -213,6 +213,7 @@ def test_baseline_version_end_to_end(minilm, tmp_path: Path, monkeypatch: pytest
     ids_texts = [(f"i{i}", t) for i, t in enumerate(catalog_texts(12))]
     v = build_baseline_version(registry, ids_texts, parity_grid=SMALL_ITEM_GRID)
     assert v.config["kind"] == "baseline" and v.config["dim"] == 384 and not v.has("user.onnx")
+    assert v.config["schema_version"] == 1 and v.model_config.normalized and v.model_config.max_tokens
     assert v.metrics["parity"]["item"]["ok"] and v.metrics["parity"]["item"]["max_abs_diff"] <= 1e-4
     rt = load_runtime(registry.load())
     assert rt.user_encoder is None and rt.catalog_ids == [i for i, _ in ids_texts]

@@ -36,6 +36,7 @@ def test_export_and_register_two_tower(checkpoint: Path, tmp_path: Path):
     assert registry.latest() == v.name and v.name.endswith("-tt")
     assert v.config["kind"] == "two_tower" and v.config["dim"] == 16 and v.config["max_tokens"] == 24
     assert v.config["feature_spec"] == {"event_types": ["view", "click", "purchase"], "n_time_buckets": 16, "max_len": 12}
+    assert v.config["schema_version"] == 1 and v.model_config.user_tower["dim"] == 16 and v.model_config.id_residual is not None
     parity = v.metrics["parity"]
     assert parity["item"]["ok"] and parity["user"]["ok"]
     assert parity["item"]["max_abs_diff"] <= 1e-4 and parity["user"]["max_abs_diff"] <= 1e-4

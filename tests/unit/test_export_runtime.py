@@ -16,6 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from core.errors import ConfigError
 from export import runtime
 from export.registry import Registry
 from export.runtime import CPU, ItemEncoder, UserEncoder, load_runtime, load_tokenizer, make_session
@@ -121,7 +122,7 @@ def test_cuda_listed_but_unusable_falls_back_quietly(tmp_path: Path, monkeypatch
     if runtime.provider(s) == CPU:  # this machine: no CUDA libraries
         err = capfd.readouterr().err
         assert "CUDA" not in err and "Failed" not in err, err
-        with pytest.raises(RuntimeError, match="CUDA is not usable"):
+        with pytest.raises(ConfigError, match="CUDA is not usable"):
             make_session(path, device="cuda")
 
 

@@ -1,8 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from core.contracts import InvalidRecord, parse_event, parse_item
+from core.contracts import (SCHEMA_COMMAND, InvalidRecord, ModelUpdate, ModelUpdateSchema, Recommendation,
+                            RecommendationSchema, RecommendedItem, RecommendedItemSchema, parse_event, parse_item,
+                            schema_files)
 
 TYPES = {"view", "click", "purchase"}
 
@@ -47,3 +50,27 @@ def test_deep_nesting_under_the_size_limit_is_rejected_not_crashing():
 def test_item_defaults_to_available():
     item = parse_item(b'{"item_id": "1", "title": "Toy Story (1995)"}', max_bytes=4096)
     assert item.available and item.categories is None
+
+
+# --- the JSON Schema files (docs/schemas/) ----------------------------------------------------------
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+
+def test_committed_schema_files_are_what_the_models_generate():
+    expected = schema_files()
+    committed = {p.name: p.read_text(encoding="utf-8") for p in SCHEMAS.glob("*.json")}
+    stale = sorted(name for name in expected.keys() | committed.keys() if expected.get(name) != committed.get(name))
+    assert not stale, f"docs/schemas/ is out of date ({', '.join(stale)}): run `{SCHEMA_COMMAND}` and commit the result"
+
+
+@pytest.mark.parametrize("record, twin", [(Recommendation, RecommendationSchema), (RecommendedItem, RecommendedItemSchema),
+                                          (ModelUpdate, ModelUpdateSchema)])
+def test_schema_twins_describe_the_records_the_worker_publishes(record, twin):
+    assert list(twin.model_fields) == list(record._options.fields)
+
+
+def test_a_published_recommendation_matches_its_schema_model():
+    published = Recommendation(user_id="u", items=[RecommendedItem(item_id="a", score=0.5)], model_version="v1",
+                               generated_at=1_795_469_343_581, trigger_event_id="e1")
+    assert RecommendationSchema.model_validate_json(published.dumps()).model_dump() == json.loads(published.dumps())

@@ -1,0 +1,108 @@
+"""Every use of Faust's (and, through it, aiokafka's) private API in the worker, with the reason.
+
+A Faust or aiokafka upgrade is checked here first (the integration tests exercise each one):
+
+- `App._new_transport` (`StreamrecApp`): the only hook that gives the app our transport class.
+- `Consumer._new_consumer_thread`, `AIOKafkaConsumerThread._create_worker_consumer` (`tuned_transport`):
+  to reach the aiokafka consumer Faust creates.
+- aiokafka's `AIOKafkaConsumer._fetch_max_wait_ms` (`_TunedConsumerThread`): Faust hard-codes a 1.5 s
+  fetch wait and has no setting for it.
+- `Producer._settings_extra` (`_IdempotentProducer`): Faust enables idempotence only in transactions.
+- `Stream._set_current_event` (`event_context`): table access needs a current event, and
+  `take_events()` sets none per event.
+- `Consumer._committed_offset` (`committed_offset`): a forget request waits until the events sent
+  before it are processed; Faust has no public read of the committed offset.
+
+Not Faust: `core.kafka.read_whole_topic` calls aiokafka's `consumer._client.force_metadata_update()`
+(a consumer with no subscription knows no partitions on Apache Kafka); it stays in `core` with its
+comment because `stream_app.consume` uses it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from core.kafka import tansu_end_offsets
+from core.settings import Settings
+
+
+class StreamrecApp(faust.App):
+    transport_class: type  # set by stream_app.app.faust_app: tuned_transport(settings)
+
+    def _new_transport(self):  # private: Faust builds its transport here, from the URL scheme only
+        return self.transport_class(self.conf.broker_consumer, self)
+
+
+class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust hard-codes a 1.5 s fetch wait; the embedded broker waits that long on
+    every idle fetch, which alone puts p50 latency above a second."""
+
+    settings: Settings
+
+    def _create_worker_consumer(self, transport):  # private: where Faust creates the aiokafka consumer
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.settings.fetch_max_wait_ms  # aiokafka private; read at start()
+        return consumer
+
+
+class _IdempotentProducer(faust_aiokafka.Producer):
+    """Every record the worker writes (recommendations, dead letters, changelogs) is acknowledged
+    by all in-sync replicas and written once per send, even when the send is retried. Faust
+    enables idempotence only inside transactions."""
+
+    def _settings_extra(self):  # private: the extra aiokafka producer options Faust passes
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+def tuned_transport(settings: Settings) -> type:
+    """Faust's aiokafka transport with our fetch wait; `settings.broker_engine` must be resolved
+    (`core.kafka.with_engine`). On Kafka the producer is idempotent; Tansu answers InitProducerId
+    with an error, so there it is not, and only Tansu gets the end-offset fix."""
+    thread = type("ConsumerThread", (_TunedConsumerThread,), {"settings": settings})
+
+    class Consumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self):  # private: the consumer thread class is not configurable
+            return thread(self, loop=self.loop, beacon=self.beacon)
+
+    class TansuConsumer(Consumer):
+        async def highwaters(self, *partitions):
+            """Table recovery reads changelogs up to these offsets and refuses to start
+            when its persisted offset lies beyond them: both need the true end."""
+            reported = await super().highwaters(*partitions)
+            return await asyncio.to_thread(tansu_end_offsets, settings, reported)
+
+    class Transport(faust_aiokafka.Transport):
+        pass
+
+    tansu = settings.broker_engine == "tansu"
+    Transport.Consumer = TansuConsumer if tansu else Consumer
+    Transport.Producer = faust_aiokafka.Producer if tansu else _IdempotentProducer  # Tansu fails InitProducerId
+    return Transport
+
+
+@contextmanager
+def event_context(stream: faust.StreamT, event: faust.EventT):
+    """Make `event` the stream's current event while reading or writing a table.
+
+    Table reads and writes use the RocksDB store and changelog partition of the
+    current event (the partition this user's events arrive on, whatever
+    partitioner the producer used). `take_events()` hands over a batch without
+    setting one per event, so we set it per access — the same call Faust's own
+    per-event iteration makes.
+    """
+    previous = stream.current_event  # the stream's own buffering reads it too: put it back
+    stream._set_current_event(event)
+    try:
+        yield
+    finally:
+        stream._set_current_event(previous)
+
+
+def committed_offset(app: faust.App, tp: TP) -> int:
+    """The offset Faust has committed (or is committing) for `tp`; 0 if none yet."""
+    return app.consumer._committed_offset.get(tp) or 0
