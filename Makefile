@@ -5,7 +5,6 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 # MovieLens-100k in RecBole atomic files (see README: how to get it).
 DATA    ?= $(abspath ../shared/data/ml-100k)
-export STREAMREC_REGISTRY ?= $(abspath .streamrec/registry)
 
 .PHONY: setup test test-slow test-reliability demo train bench bench-e2e clean
 

@@ -5,8 +5,8 @@ linger, session timeout), the same `windows` table of `UserWindow` updated per e
 same `with_events` call, and one output record per event ({"trigger_event_id", "user_id"} as
 JSON) — but no validation, no micro-batches, no model. Per-event iteration, the bare idiom.
 
-    STREAMREC_BROKER=kafka://127.0.0.1:9092 STREAMREC_DATA_DIR=/tmp/bare STREAMREC_WEB_PORT=6067 \\
-        .venv/bin/python bench/bare_agent.py
+    STREAMREC_KAFKA__BROKER=kafka://127.0.0.1:9092 STREAMREC_WORKER__DATA_DIR=/tmp/bare \\
+        STREAMREC_WORKER__WEB_PORT=6067 .venv/bin/python bench/bare_agent.py
 
 Settings come from STREAMREC_* like the worker's; the consumer group and changelog are
 `<app_id>-bare`, the output topic is OUTPUT_TOPIC.
@@ -26,24 +26,24 @@ from state.window import WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
 from core.kafka import ensure_topics  # noqa: E402
 from core.contracts import epoch_seconds  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 
 OUTPUT_TOPIC = "bare-out"
 
 
 def build_bare_app(settings: Settings, partitions: int) -> faust.App:
-    app = faust_app(settings.model_copy(update={"app_id": f"{settings.app_id}-bare"}), partitions)
+    app = faust_app(settings.replace(worker={"app_id": f"{settings.worker.app_id}-bare"}), partitions)
     events = app.topic(settings.topics.events, key_serializer="raw", value_serializer="raw")
     output = app.topic(OUTPUT_TOPIC, key_serializer="raw", value_serializer="raw")
     windows = windows_table(app, settings, partitions)
-    max_age_s = settings.window_max_age_days * 86_400.0
+    max_age_s = settings.worker.window_max_age_days * 86_400.0
 
     @app.agent(events)
     async def forward(stream):
         async for value in stream:
             e = json.loads(value)
             new = [WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"]))]
-            windows[e["user_id"]] = windows[e["user_id"]].with_events(new, settings.window_size, max_age_s)
+            windows[e["user_id"]] = windows[e["user_id"]].with_events(new, settings.worker.window_size, max_age_s)
             answer = {"trigger_event_id": e["event_id"], "user_id": e["user_id"]}
             await output.send(key=e["user_id"].encode(), value=json.dumps(answer).encode())
 
@@ -51,7 +51,7 @@ def build_bare_app(settings: Settings, partitions: int) -> faust.App:
 
 
 def main() -> None:
-    settings = Settings()
+    settings = load_settings()
     partitions = asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
     app = build_bare_app(settings, partitions)

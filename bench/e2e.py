@@ -53,7 +53,7 @@ from stream_app.app import freeze_heap  # noqa: E402
 from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 IMG = ROOT / "docs" / "img"
@@ -73,9 +73,8 @@ class System:
     workers: int = 1
     partitions: int = 1
 
-    @property
-    def output_topic(self) -> str:
-        return BARE_OUTPUT_TOPIC if self.bare else Settings().topics.recommendations
+    def output_topic(self, settings: Settings) -> str:
+        return BARE_OUTPUT_TOPIC if self.bare else settings.topics.recommendations
 
 
 # -- event streams ---------------------------------------------------------------------------
@@ -125,7 +124,7 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
     next_unanswered = dict.fromkeys(of_user, 0)
     unanswered, records = n, 0
     done = asyncio.Event()
-    consumer = AIOKafkaConsumer(output_topic, bootstrap_servers=settings.bootstrap_servers,
+    consumer = AIOKafkaConsumer(output_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
                                 group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=10)
     await consumer.start()
     await consumer.seek_to_end()
@@ -208,24 +207,25 @@ def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_T
     raise TimeoutError(f"workers on ports {ports} did not settle on {partitions} partitions in {timeout_s:.0f}s")
 
 
-def run_system(system: System, items: Events, stream: Events, rates: list[float], seconds: float,
-               work: Path) -> list[dict]:
-    """Fresh broker and state; start the system, warm it up, offer each rate in turn with the
-    stream's next `rate * seconds` events."""
+def run_system(system: System, settings: Settings, items: Events, stream: Events, rates: list[float],
+               seconds: float, work: Path) -> list[dict]:
+    """Fresh broker and state; start the system (`settings` on that broker), warm it up, offer each
+    rate in turn with the stream's next `rate * seconds` events."""
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with fresh_broker(system.engine, work) as broker:
-        settings = Settings(broker=broker.url, partitions=system.partitions)  # each process: its own dir and port
+        settings = settings.replace(kafka={"broker": broker.url, "partitions": system.partitions})
         asyncio.run(publish_catalog(settings, items))
         start = start_bare_agent if system.bare else start_worker
-        each = [settings.model_copy(update={"data_dir": work / f"state-{n}", "web_port": free_port()})
-                for n in range(system.workers)]
+        each = [settings.replace(worker={"data_dir": work / f"state-{n}", "web_port": free_port()})
+                for n in range(system.workers)]  # each process: its own dir and port
         processes = [start(s, work / f"worker-{n}.log") for n, s in enumerate(each)]
         try:
             if not system.bare:
-                wait_for_group([s.web_port for s in each], system.partitions)
-            warm = asyncio.run(measure(settings, system.output_topic, warmup_events([k for k, _ in items]),
-                                       WARMUP_RATE, timeout_s=START_TIMEOUT_S))
+                wait_for_group([s.worker.web_port for s in each], system.partitions)
+            warm = asyncio.run(measure(settings, system.output_topic(settings),
+                                       warmup_events([k for k, _ in items]), WARMUP_RATE,
+                                       timeout_s=START_TIMEOUT_S))
             if warm["answered"] < warm["events"]:
                 raise RuntimeError(f"{system.label} did not answer its warm-up; logs in {work}")
             offset = 0
@@ -233,7 +233,7 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
                 time.sleep(SETTLE_S)  # let the previous rate's after-effects (compaction, GC) pass
                 events = stream[offset:offset + int(rate * seconds)]
                 offset += len(events)
-                rows.append(asyncio.run(measure(settings, system.output_topic, events, rate)))
+                rows.append(asyncio.run(measure(settings, system.output_topic(settings), events, rate)))
                 print(f"{system.label:>34} offered {rate:6.0f}/s: {line(rows[-1])}", flush=True)
         finally:
             for process in processes:
@@ -241,8 +241,8 @@ def run_system(system: System, items: Events, stream: Events, rates: list[float]
     return rows
 
 
-def run_rounds(real: System, bare: System, items: Events, stream: Events, rates: list[float], seconds: float,
-               work: Path, repeats: int) -> dict[System, list[dict]]:
+def run_rounds(real: System, bare: System, settings: Settings, items: Events, stream: Events, rates: list[float],
+               seconds: float, work: Path, repeats: int) -> dict[System, list[dict]]:
     """`repeats` rounds of streamrec then the bare agent on the same events and rates, each
     followed by a quarter of streamrec's best rate in the first round, on a fresh broker (Tansu
     slows down as record batches pile up, docs/reliability.md); per rate, the
@@ -253,9 +253,10 @@ def run_rounds(real: System, bare: System, items: Events, stream: Events, rates:
     for r in range(repeats):
         for system in (real, bare):
             name = f"{system.engine}-{'bare' if system.bare else 'streamrec'}-{r}"
-            rows = run_system(system, items, stream, rates, seconds, work / name)
+            rows = run_system(system, settings, items, stream, rates, seconds, work / name)
             quarter = quarter or round(best(rows) / 4)
-            rounds[system].append(rows + run_system(system, items, stream, [quarter], seconds, work / f"{name}-quarter"))
+            rounds[system].append(rows + run_system(system, settings, items, stream, [quarter], seconds,
+                                                    work / f"{name}-quarter"))
     return {system: median_rows(runs) for system, runs in rounds.items()}
 
 
@@ -384,7 +385,8 @@ def main() -> None:
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
 
-    version = Registry(Settings().registry).load()
+    settings = load_settings()
+    version = Registry(settings.registry.path).load()
     items, replay = dataset_records(DATA)
     scale_rates, scale_seconds = args.scale_rates or args.rates, args.scale_seconds or args.seconds
     quarter_bound = max(args.rates) / 3  # the quarter-of-best slice, with a margin
@@ -403,12 +405,12 @@ def main() -> None:
     runs = []  # (engine, {bare, real: rows}, {scale system: rows}, bare, real)
     for engine in args.engine:
         real, bare = System("streamrec", bare=False, engine=engine), System("bare Faust agent", bare=True, engine=engine)
-        results = run_rounds(real, bare, items, stream, args.rates, args.seconds, work, args.repeats)
+        results = run_rounds(real, bare, settings, items, stream, args.rates, args.seconds, work, args.repeats)
         scale: dict[System, list[dict]] = {}
         for n in args.workers:
             system = System(f"streamrec, {n} worker{'s' * (n > 1)}, {args.scale_partitions} partitions", bare=False,
                             engine=engine, workers=n, partitions=args.scale_partitions)
-            scale[system] = run_system(system, items, stream, scale_rates, scale_seconds,
+            scale[system] = run_system(system, settings, items, stream, scale_rates, scale_seconds,
                                        work / f"{engine}-workers-{n}")
         runs.append((engine, results, scale, bare, real))
     load_after = os.getloadavg()[0]
@@ -428,7 +430,7 @@ def main() -> None:
                                                                               **scale}, bare, real))
                     for _, results, scale, bare, real in runs]
         write_section(ROOT / "docs" / "benchmarks.md", "## End to end",
-                      header(runs, args, command, (load_before, load_after)) + "".join(sections))
+                      header(runs, args, command, (load_before, load_after), settings) + "".join(sections))
 
 
 def engines_table(runs) -> str:
@@ -456,9 +458,8 @@ def stream_text(args) -> str:
             f"{args.burst:g} events")
 
 
-def header(runs, args, command: str, load: tuple[float, float]) -> str:
+def header(runs, args, command: str, load: tuple[float, float], settings: Settings) -> str:
     """What was measured and how, for every engine in the run; the side-by-side table when several."""
-    settings = Settings()
     engines = " and ".join({"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)",
                             "tansu": "the embedded Tansu"}[engine] for engine, *_ in runs)
     side_by_side = f"""
@@ -481,10 +482,10 @@ start-up heap out of Python's full garbage-collector passes (`stream_app.app.fre
 Events: {stream_text(args)}.
 
 - (a) **bare Faust agent** (`bench/bare_agent.py`): the same Faust app settings (RocksDB store, fetch
-  wait {settings.fetch_max_wait_ms} ms, linger {settings.producer_linger_ms} ms), the same `windows` table updated per event with `UserWindow.with_events`,
+  wait {settings.kafka.fetch_max_wait_ms} ms, linger {settings.kafka.producer_linger_ms} ms), the same `windows` table updated per event with `UserWindow.with_events`,
   one output record per event; no validation, no micro-batches, no model.
-- (b) **streamrec**: `streamrec worker`, micro-batches of up to {settings.batch_size} events or
-  {settings.batch_window_s * 1000:g} ms, one record per user touched by a batch; on Apache Kafka its producer is
+- (b) **streamrec**: `streamrec worker`, micro-batches of up to {settings.worker.batch_size} events or
+  {settings.worker.batch_window_s * 1000:g} ms, one record per user touched by a batch; on Apache Kafka its producer is
   idempotent with acks=all (Tansu cannot: docs/ARCHITECTURE.md).
 
 Latency counts every event: from its send to the receipt of the first record of its user triggered by it

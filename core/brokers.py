@@ -315,7 +315,7 @@ def run_in_foreground(broker: _Broker) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     with broker:
-        print(f"{broker.engine} broker ready: STREAMREC_BROKER={broker.url}", flush=True)
+        print(f"{broker.engine} broker ready: STREAMREC_KAFKA__BROKER={broker.url}", flush=True)
         while not stopping.wait(0.5):
             if any(p.poll() is not None for p in broker.children()):
                 raise BrokerError("a broker process exited on its own; see its log")

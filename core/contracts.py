@@ -57,13 +57,13 @@ _TS_SCHEMA = {
     "anyOf": [{"type": "number", "minimum": 0, "description": "epoch milliseconds"},
               {"type": "string", "description": "ISO-8601, e.g. 1997-12-04T15:55:49Z; without a zone it is UTC"}],
     "description": "event time: epoch milliseconds or an ISO-8601 string; not before 1970, not more than "
-                   "STREAMREC_MAX_FUTURE_SKEW_S in the future",
+                   "STREAMREC_WORKER__MAX_FUTURE_SKEW_S in the future",
 }
 
 
 class Event(BaseModel):
     """An `events` value (key: user_id): one user action on one item. Extra fields are accepted
-    and ignored; `event_type` must be one of STREAMREC_EVENT_WEIGHTS' types."""
+    and ignored; `event_type` must be one of STREAMREC_WORKER__EVENT_WEIGHTS' types."""
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True, title="Event")
 
@@ -290,7 +290,7 @@ class RecommendedItemSchema(BaseModel):
 
 class RecommendationSchema(BaseModel):
     """A `recommendations` value (key: user_id; compacted; a null value is a forgotten user): the
-    top STREAMREC_TOP_K items for one user touched by a micro-batch, best first."""
+    top STREAMREC_WORKER__TOP_K items for one user touched by a micro-batch, best first."""
 
     model_config = ConfigDict(title="Recommendation")
 

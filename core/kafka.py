@@ -69,11 +69,12 @@ def check_connection(settings: Settings, timeout_s: float = CONNECTION_CHECK_TIM
     rejected password, certificate or SASL mechanism fails at once. The Kafka clients themselves
     log those and retry: kafka-python until its bootstrap timeout, then `KafkaTimeoutError: Unable
     to bootstrap`, which does not say why (docs/security.md)."""
-    security = settings.security
+    security = settings.kafka.security
     try:
         options = client_security(security)
     except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-        files = [f"STREAMREC_SECURITY__{name.upper()}={value}" for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        files = [f"STREAMREC_KAFKA__SECURITY__{name.upper()}={value}"
+                 for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
                  if (value := getattr(security, name)) is not None]
         raise BrokerError(f"cannot load the TLS files ({e}): check {', '.join(files)}") from None
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asyncio.run, whether or not a loop runs here
@@ -93,13 +94,13 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
     from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
     from aiokafka.protocol.metadata import MetadataRequest
 
-    security = settings.security
+    security = settings.kafka.security
     sasl = security.protocol.startswith("SASL")
     how = security.protocol + (f", SASL {security.sasl_mechanism}" if sasl else "")
     deadline = time.monotonic() + timeout_s
     last = "no attempt"
     while True:
-        for host, port in _servers(settings.bootstrap_servers):
+        for host, port in _servers(settings.kafka.bootstrap_servers):
             where = f"{host}:{port}"
             conn = None
             try:
@@ -111,23 +112,25 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
             except SaslAuthenticationFailed:
                 raise BrokerError(
                     f"authentication failed for user {security.sasl_username!r} on {where} (SASL "
-                    f"{security.sasl_mechanism}): check STREAMREC_SECURITY__SASL_USERNAME and "
-                    f"STREAMREC_SECURITY__SASL_PASSWORD") from None
+                    f"{security.sasl_mechanism}): check STREAMREC_KAFKA__SECURITY__SASL_USERNAME and "
+                    f"STREAMREC_KAFKA__SECURITY__SASL_PASSWORD") from None
             except UnsupportedSaslMechanismError:
                 raise BrokerError(
                     f"the broker at {where} does not accept SASL mechanism {security.sasl_mechanism!r}: check "
-                    f"STREAMREC_SECURITY__SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)") from None
+                    f"STREAMREC_KAFKA__SECURITY__SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)") from None
             except ssl.SSLCertVerificationError as e:
-                hint = (" and STREAMREC_SECURITY__SSL_CHECK_HOSTNAME (the certificate must name the host of "
-                        "STREAMREC_BROKER)" if e.verify_code == 62 else "")  # X509_V_ERR_HOSTNAME_MISMATCH
+                hint = (" and STREAMREC_KAFKA__SECURITY__SSL_CHECK_HOSTNAME (the certificate must name the host of "
+                        "STREAMREC_KAFKA__BROKER)" if e.verify_code == 62 else "")  # X509_V_ERR_HOSTNAME_MISMATCH
                 raise BrokerError(
                     f"TLS: the broker certificate of {where} was not accepted ({e.verify_message}): check "
-                    f"STREAMREC_SECURITY__SSL_CAFILE (the CA that signed the broker's certificate){hint}") from None
+                    f"STREAMREC_KAFKA__SECURITY__SSL_CAFILE (the CA that signed the broker's certificate){hint}"
+                ) from None
             except ssl.SSLError as e:
                 raise BrokerError(
-                    f"TLS handshake with {where} failed ({e.reason or e}): check that STREAMREC_SECURITY__PROTOCOL "
-                    f"({security.protocol}) matches the broker's listener, and, if the broker requires client "
-                    f"certificates, STREAMREC_SECURITY__SSL_CERTFILE / STREAMREC_SECURITY__SSL_KEYFILE") from None
+                    f"TLS handshake with {where} failed ({e.reason or e}): check that "
+                    f"STREAMREC_KAFKA__SECURITY__PROTOCOL ({security.protocol}) matches the broker's listener, and, "
+                    f"if the broker requires client certificates, STREAMREC_KAFKA__SECURITY__SSL_CERTFILE / "
+                    f"STREAMREC_KAFKA__SECURITY__SSL_KEYFILE") from None
             except (OSError, asyncio.TimeoutError, KafkaError) as e:  # refused, closed, no answer: retried
                 name = type(e).__name__
                 last = f"{where}: {e if str(e).startswith(name) else f'{name}: {e}'}".rstrip(": ")
@@ -136,10 +139,10 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
                     conn.close()
         if time.monotonic() >= deadline:
             raise BrokerError(
-                f"no Kafka broker answered at {settings.bootstrap_servers} ({how}) within {timeout_s:.0f}s "
-                f"(last error: {last}): check STREAMREC_BROKER, that STREAMREC_SECURITY__PROTOCOL matches the "
-                f"broker's listener, and, if the broker requires client certificates, "
-                f"STREAMREC_SECURITY__SSL_CERTFILE / STREAMREC_SECURITY__SSL_KEYFILE")
+                f"no Kafka broker answered at {settings.kafka.bootstrap_servers} ({how}) within {timeout_s:.0f}s "
+                f"(last error: {last}): check STREAMREC_KAFKA__BROKER, that STREAMREC_KAFKA__SECURITY__PROTOCOL "
+                f"matches the broker's listener, and, if the broker requires client certificates, "
+                f"STREAMREC_KAFKA__SECURITY__SSL_CERTFILE / STREAMREC_KAFKA__SECURITY__SSL_KEYFILE")
         await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
@@ -147,9 +150,9 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
 async def read_whole_topic(settings: Settings, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer outside any group, assigned every partition of `topic` from the start,
     committing nothing: for state every worker (or reader) needs in full."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
-                                **client_security(settings.security))
+                                **client_security(settings.kafka.security))
     await consumer.start()
     try:
         # Without a subscription aiokafka's metadata names no topic on Apache Kafka (Tansu lists them
@@ -167,9 +170,9 @@ TANSU_CLUSTER_ID = "tansu_cluster"  # Tansu's default --cluster-id
 
 def broker_engine(settings: Settings) -> str:
     """"kafka" or "tansu": as configured, else asked of the cluster once per process. Blocking."""
-    if settings.broker_engine != "auto":
-        return settings.broker_engine
-    return _detected_engine(settings.bootstrap_servers, settings.security)
+    if settings.kafka.broker_engine != "auto":
+        return settings.kafka.broker_engine
+    return _detected_engine(settings.kafka.bootstrap_servers, settings.kafka.security)
 
 
 @functools.cache
@@ -184,12 +187,12 @@ def _detected_engine(bootstrap_servers: str, security: KafkaSecurity) -> str:
 
 def with_engine(settings: Settings) -> Settings:
     """`settings` with `broker_engine` resolved, so nothing downstream asks the cluster again."""
-    return settings.model_copy(update={"broker_engine": broker_engine(settings)})
+    return settings.replace(kafka={"broker_engine": broker_engine(settings)})
 
 
 def topic_configs(settings: Settings, compacted: bool = False) -> dict[str, str]:
     """Per-topic configs for every topic streamrec creates (Faust's changelogs included)."""
-    configs = {"min.insync.replicas": str(settings.min_insync_replicas)}
+    configs = {"min.insync.replicas": str(settings.kafka.min_insync_replicas)}
     if compacted:
         configs["cleanup.policy"] = "compact"
     return configs
@@ -197,16 +200,17 @@ def topic_configs(settings: Settings, compacted: bool = False) -> dict[str, str]
 
 async def ensure_topics(settings: Settings) -> int:
     """Create missing topics; return the partition count of `events` (the table follows it)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_security(settings.security))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                **client_security(settings.kafka.security))
     await admin.start()
     try:
         t = settings.topics
         plain, compacted, replicas = topic_configs(settings), topic_configs(settings, compacted=True), \
-            settings.replication_factor
+            settings.kafka.replication_factor
         wanted = [
-            NewTopic(t.events, settings.partitions, replicas, topic_configs=plain),
+            NewTopic(t.events, settings.kafka.partitions, replicas, topic_configs=plain),
             NewTopic(t.items, 1, replicas, topic_configs=compacted),
-            NewTopic(t.recommendations, settings.partitions, replicas, topic_configs=compacted),
+            NewTopic(t.recommendations, settings.kafka.partitions, replicas, topic_configs=compacted),
             NewTopic(t.dlq, 1, replicas, topic_configs=plain),
             NewTopic(t.model_updates, 1, replicas, topic_configs=plain),
         ]
@@ -257,8 +261,9 @@ def tansu_end_offsets(settings: Settings, reported: Mapping) -> dict:
     the reported end - 1 finds the real last offset. The probe is a kafka-python client: an extra aiokafka
     client started during Faust's table recovery gets that recovery cancelled.
     """
-    probe = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=50, **client_security(settings.security))
+    probe = kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=50,
+                                **client_security(settings.kafka.security))
     try:
         ends = dict(reported)
         for tp, end in reported.items():

@@ -1,13 +1,37 @@
-"""All runtime settings in one frozen class: env vars with prefix STREAMREC_, or CLI flags."""
+"""All runtime settings in one frozen object, read once where a command starts (docs/ARCHITECTURE.md,
+"Settings").
+
+    Settings
+    ├── kafka     KafkaSettings      broker, security (KafkaSecurity), partitions, replication, client tuning
+    ├── topics    Topics             topic names
+    ├── worker    WorkerSettings     state dir, HTTP, app id, windows, record limits, batching, scoring
+    ├── rocksdb   RocksDBSettings    memory per table
+    ├── registry  RegistrySettings   where model versions live
+    └── trainer   TrainerSettings    where `train` and `retrain` write
+
+Env vars: STREAMREC_<SECTION>__<FIELD>, one `__` per level (STREAMREC_KAFKA__BROKER,
+STREAMREC_KAFKA__SECURITY__SASL_PASSWORD, STREAMREC_TOPICS__EVENTS, STREAMREC_WORKER__DATA_DIR); `null`
+sets an optional field to None. A command builds its Settings with `load_settings` (env, then its
+flags) and passes it down; a child process gets the same settings from `Settings.to_env()`.
+The flat names used before sections existed (STREAMREC_BROKER, ...) are refused (`RENAMED`).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from core.errors import ConfigError
+
+ENV_PREFIX = "STREAMREC_"
+ENV_DELIMITER = "__"
+NONE_IN_ENV = "null"
 
 # Exact top-k costs ~2.6 ms per user at 100k items on one core and 5-9 ms at 200k, at or over
 # the 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
@@ -15,18 +39,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_ANN_MIN_ITEMS = 100_000
 
 
-class Topics(BaseModel, frozen=True):
-    events: str = "events"
-    items: str = "items"
-    recommendations: str = "recommendations"
-    dlq: str = "events-dlq"
-    model_updates: str = "model-updates"
-    control: str = "streamrec-control"  # forget requests; co-partitioned with events (docs/topics.md)
+class _Section(BaseModel):
+    # frozen like Settings; an unknown name (a typo in STREAMREC_WORKER__...) is an error, not ignored
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class KafkaSecurity(BaseModel, frozen=True):
+class KafkaSecurity(_Section):
     """Passed through to every Kafka client (Faust, aiokafka, kafka-python); defaults suit the local
-    broker. Env vars: STREAMREC_SECURITY__<FIELD> (docs/security.md)."""
+    broker. Env vars: STREAMREC_KAFKA__SECURITY__<FIELD> (docs/security.md)."""
 
     protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -37,21 +57,15 @@ class KafkaSecurity(BaseModel, frozen=True):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None  # None: the key is in ssl_certfile
-    ssl_check_hostname: bool = True  # the broker's certificate must name the host in STREAMREC_BROKER
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host in STREAMREC_KAFKA__BROKER
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", env_nested_delimiter="__", frozen=True)
+class KafkaSettings(_Section):
+    """The cluster and every client of it: the worker, replay, forget, rollback, retrain."""
 
-    broker: str = "kafka://127.0.0.1:9092"
-    data_dir: Path = Path(".streamrec/state")  # RocksDB tables (one dir per worker)
-    registry: Path = Path(".streamrec/registry")  # versioned models
-    web_port: int = 6066
-    web_host: str = "127.0.0.1"
-    app_id: str = "streamrec"
-    topics: Topics = Topics()
+    broker: str = "kafka://127.0.0.1:9092"  # kafka://host:port[;host:port...]
     security: KafkaSecurity = KafkaSecurity()
-    partitions: int = 1  # used when the worker creates missing topics
+    partitions: int = 1  # of `events` and `recommendations`, when the worker creates missing topics
     # Topics the worker creates (and Faust's changelogs): replicas each, and how many must have a
     # write before it is acknowledged (acks=all). 3 and 2 on a three-node cluster.
     replication_factor: int = 1
@@ -59,7 +73,36 @@ class Settings(BaseSettings):
     # Which broker this is, for the workarounds one of them needs (docs/ARCHITECTURE.md):
     # "auto" asks the cluster (Tansu answers with its default cluster id `tansu_cluster`).
     broker_engine: Literal["auto", "kafka", "tansu"] = "auto"
+    # Client tuning (docs/ARCHITECTURE.md, "Brokers").
+    fetch_max_wait_ms: int = 10
+    producer_linger_ms: int = 5
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
 
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.removeprefix("kafka://").replace(";", ",")
+
+
+class Topics(_Section):
+    """Topic names (docs/topics.md). Env vars: STREAMREC_TOPICS__<NAME>."""
+
+    events: str = "events"
+    items: str = "items"
+    recommendations: str = "recommendations"
+    dlq: str = "events-dlq"
+    model_updates: str = "model-updates"
+    control: str = "streamrec-control"  # forget requests; co-partitioned with events (docs/topics.md)
+
+
+class WorkerSettings(_Section):
+    """`streamrec worker`; the record limits and window also bind replay, predict and retrain, which
+    must accept and see what the worker does."""
+
+    data_dir: Path = Path(".streamrec/state")  # RocksDB tables (one dir per worker)
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    app_id: str = "streamrec"  # the consumer group, and the prefix of the table's changelog topic
     # Behaviour window per user.
     window_size: int = 50
     window_max_age_days: float = 365.0  # relative to the user's newest event (event time)
@@ -68,26 +111,161 @@ class Settings(BaseSettings):
     )  # event types accepted; weights drive the baseline and trending
     max_record_bytes: int = 16_384  # larger records go to the DLQ before parsing
     max_future_skew_s: float = 86_400.0  # events stamped further in the future are rejected
-
     # Micro-batching and output.
     batch_size: int = 256
     batch_window_s: float = 0.002  # the wait for a batch to fill (docs/benchmarks.md: 20 / 5 / 2 / 1 ms compared)
     top_k: int = 10
     ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS  # catalogs this big use FAISS IVF; None = always exact
     trending_half_life_s: float = 3_600.0
+    inference_threads: int = 1  # onnxruntime, FAISS and BLAS threads each (docs/ARCHITECTURE.md)
 
-    # Kafka client tuning (see docs/ARCHITECTURE.md: quirks of the embedded broker).
-    fetch_max_wait_ms: int = 10
-    producer_linger_ms: int = 5
-    session_timeout_s: float = 10.0
-    heartbeat_interval_s: float = 1.0
-    inference_threads: int = 1
 
-    # RocksDB memory per table (Faust's defaults: 64 MB memtables, up to 3, and a 2 GB block cache,
-    # which the soak showed as RSS still growing after ten minutes; docs/reliability.md).
-    rocksdb_write_buffer_mb: int = 8
-    rocksdb_block_cache_mb: int = 64
+class RocksDBSettings(_Section):
+    """RocksDB memory per table (Faust's defaults: 64 MB memtables, up to 3, and a 2 GB block cache,
+    which the soak showed as RSS still growing after ten minutes; docs/reliability.md)."""
 
-    @property
-    def bootstrap_servers(self) -> str:
-        return self.broker.removeprefix("kafka://").replace(";", ",")
+    write_buffer_mb: int = 8
+    block_cache_mb: int = 64
+
+
+class RegistrySettings(_Section):
+    path: Path = Path(".streamrec/registry")  # versioned models: read by workers, written by the trainer
+
+
+class TrainerSettings(_Section):
+    """Where the training commands write. Hyperparameters are the commands' options, whose defaults
+    are encoders.config's TrainConfig and RetrainConfig."""
+
+    checkpoint_dir: Path | None = None  # `streamrec train`: <dir>/<UTC stamp>/; None: checkpoints/ beside the registry
+    retrain_dir: Path = Path(".streamrec/retrain")  # `streamrec retrain`: each run's data, checkpoint, report
+
+    def checkpoints(self, registry: RegistrySettings) -> Path:
+        return self.checkpoint_dir or registry.path.parent / "checkpoints"
+
+
+# The flat names of the settings before they had sections: an upgrade that still sets one would
+# otherwise connect to the default broker, or write to the default registry, without a word.
+RENAMED: dict[str, str] = {
+    **{f"STREAMREC_{name}": f"STREAMREC_KAFKA__{name}" for name in (
+        "BROKER", "PARTITIONS", "REPLICATION_FACTOR", "MIN_INSYNC_REPLICAS", "BROKER_ENGINE",
+        "FETCH_MAX_WAIT_MS", "PRODUCER_LINGER_MS", "SESSION_TIMEOUT_S", "HEARTBEAT_INTERVAL_S")},
+    **{f"STREAMREC_{name}": f"STREAMREC_WORKER__{name}" for name in (
+        "DATA_DIR", "WEB_PORT", "WEB_HOST", "APP_ID", "WINDOW_SIZE", "WINDOW_MAX_AGE_DAYS", "EVENT_WEIGHTS",
+        "MAX_RECORD_BYTES", "MAX_FUTURE_SKEW_S", "BATCH_SIZE", "BATCH_WINDOW_S", "TOP_K", "ANN_MIN_ITEMS",
+        "TRENDING_HALF_LIFE_S", "INFERENCE_THREADS")},
+    "STREAMREC_REGISTRY": "STREAMREC_REGISTRY__PATH",
+    "STREAMREC_ROCKSDB_WRITE_BUFFER_MB": "STREAMREC_ROCKSDB__WRITE_BUFFER_MB",
+    "STREAMREC_ROCKSDB_BLOCK_CACHE_MB": "STREAMREC_ROCKSDB__BLOCK_CACHE_MB",
+    "STREAMREC_SECURITY": "STREAMREC_KAFKA__SECURITY",
+}
+_RENAMED_PREFIXES = {"STREAMREC_SECURITY__": "STREAMREC_KAFKA__SECURITY__"}
+
+
+def refuse_renamed(environ: Mapping[str, str]) -> None:
+    """ConfigError naming each old flat STREAMREC_* name set in `environ` and its new name."""
+    found = []
+    for key in sorted(environ):
+        name = key.upper()
+        new = RENAMED.get(name) or next((new + name[len(old):] for old, new in _RENAMED_PREFIXES.items()
+                                         if name.startswith(old)), None)
+        if new:
+            found.append(f"{key} was renamed {new}")
+    if found:
+        raise ConfigError("; ".join(found) + " (docs/ARCHITECTURE.md, Settings)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, frozen=True,
+                                      env_parse_none_str=NONE_IN_ENV)
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: Topics = Topics()
+    worker: WorkerSettings = WorkerSettings()
+    rocksdb: RocksDBSettings = RocksDBSettings()
+    registry: RegistrySettings = RegistrySettings()
+    trainer: TrainerSettings = TrainerSettings()
+
+    def __init__(self, **values: Any) -> None:
+        refuse_renamed(os.environ)  # before the env is parsed: STREAMREC_REGISTRY would fail as bad JSON
+        super().__init__(**values)
+
+    def replace(self, **sections: BaseModel | Mapping[str, Any]) -> Settings:
+        """A copy with some fields of some sections changed, validated; the env is not read again.
+
+            settings.replace(kafka={"broker": url}, worker={"data_dir": d, "web_port": p})"""
+        update = {}
+        for name, change in sections.items():
+            if name not in type(self).model_fields:
+                raise ConfigError(f"Settings has no section {name!r}")
+            if isinstance(change, Mapping):
+                current = getattr(self, name)
+                change = type(current).model_validate({**dict(current), **change})
+            update[name] = change
+        return self.model_copy(update=update)
+
+    def to_env(self) -> dict[str, str]:
+        """Every field as the STREAMREC_* env var that sets it: a child process started with these
+        (a worker, a command) has these settings."""
+        env: dict[str, str] = {}
+
+        def add(path: str, model: BaseModel) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, BaseModel):
+                    add(f"{path}{name}.", value)
+                else:
+                    env[env_name(path + name)] = _env_value(value)
+
+        add("", self)
+        return env
+
+    def process_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a child process that runs with these settings: `base` (default
+        os.environ) with its STREAMREC_* variables replaced by `to_env()`."""
+        base = os.environ if base is None else base
+        return {k: v for k, v in base.items() if not k.upper().startswith(ENV_PREFIX)} | self.to_env()
+
+
+def _env_value(value: Any) -> str:
+    if value is None:
+        return NONE_IN_ENV
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    return str(value)
+
+
+def env_name(path: str) -> str:
+    """"kafka.broker" -> "STREAMREC_KAFKA__BROKER"."""
+    return ENV_PREFIX + ENV_DELIMITER.join(part.upper() for part in path.split("."))
+
+
+def default_of(path: str) -> Any:
+    """The default of the setting at `path` ("worker.top_k")."""
+    model: type[BaseModel] = Settings
+    *sections, name = path.split(".")
+    for section in sections:
+        model = type(model.model_fields[section].get_default(call_default_factory=True))
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+def load_settings(flags: Mapping[str, Any] | None = None) -> Settings:
+    """The settings a command runs with: the STREAMREC_* environment, overridden by the command's
+    flags, given by path ({"kafka.broker": "kafka://...", "registry.path": p}; None = not given).
+    Raises ConfigError naming what is wrong."""
+    nested: dict[str, Any] = {}
+    for path, value in (flags or {}).items():
+        if value is None:
+            continue
+        *sections, name = path.split(".")
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+    try:
+        return Settings(**nested)
+    except (ValidationError, SettingsError) as e:
+        raise ConfigError(f"invalid settings (STREAMREC_* env vars or options): {e}") from None

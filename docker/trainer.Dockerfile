@@ -9,7 +9,7 @@ COPY export export
 COPY encoders encoders
 COPY streamrec streamrec
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[train]"
-ENV STREAMREC_REGISTRY=/var/lib/streamrec/registry \
+ENV STREAMREC_REGISTRY__PATH=/var/lib/streamrec/registry \
     HF_HUB_OFFLINE=1
 # Base training data (RecBole atomic files or events/items JSONL) is mounted at /data.
 # Hourly: re-fine-tune on the events topic since the last promoted run, gate, promote.

@@ -9,8 +9,8 @@ COPY export export
 COPY encoders encoders
 COPY streamrec streamrec
 RUN pip install --no-cache-dir .
-ENV STREAMREC_DATA_DIR=/var/lib/streamrec/state \
-    STREAMREC_REGISTRY=/var/lib/streamrec/registry \
-    STREAMREC_WEB_HOST=0.0.0.0
+ENV STREAMREC_WORKER__DATA_DIR=/var/lib/streamrec/state \
+    STREAMREC_REGISTRY__PATH=/var/lib/streamrec/registry \
+    STREAMREC_WORKER__WEB_HOST=0.0.0.0
 EXPOSE 6066
 CMD ["streamrec", "worker"]

@@ -6,56 +6,61 @@ code are imported inside the commands, never at module import time.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import typer
 
+from core.features import FeatureSpec
+from core.options import command_settings, setting_option
+from core.settings import Settings
+from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+
 app = typer.Typer(help="Train and evaluate the two-tower recommender.", no_args_is_help=True)
 
-
-def _registry_root() -> Path:
-    return Path(os.environ.get("STREAMREC_REGISTRY", ".streamrec/registry"))
+# Option defaults are the configs' defaults (encoders/config.py), written there once.
+T, M, I, U, F = TrainConfig(), RecommenderConfig(), ItemTowerConfig(), UserTowerConfig(), FeatureSpec()
 
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., exists=True, file_okay=False, help="RecBole atomic files (*.inter, *.item) or events/items JSONL."),
-    out: Path | None = typer.Option(None, help="Checkpoint dir (default: $STREAMREC_REGISTRY/../checkpoints/<timestamp>)."),
-    seed: int = typer.Option(0, help="Random seed (data order, init, dropout)."),
-    epochs: int = typer.Option(300, help="Upper bound on epochs; early stopping on validation NDCG@10."),
-    max_minutes: float = typer.Option(10.0, help="Wall-clock budget for the training loop."),
-    patience: int = typer.Option(20, help="Epochs without a better validation NDCG@10 before stopping."),
-    lr: float = typer.Option(2e-3, help="AdamW learning rate."),
-    batch_size: int = typer.Option(64, help="Training windows per step."),
-    threads: int = typer.Option(2, help="torch CPU threads."),
-    dim: int = typer.Option(64, help="Model width: item vectors, user tower, user vector."),
-    layers: int = typer.Option(2, help="User-tower transformer blocks."),
-    heads: int = typer.Option(2, help="Attention heads per block."),
-    dropout: float = typer.Option(0.3, help="User-tower dropout."),
-    max_len: int = typer.Option(50, help="Window length the user tower sees."),
-    text: bool = typer.Option(True, help="--no-text trains the ID-only baseline (no language model)."),
-    id_residual: bool = typer.Option(True, help="Learned per-item residual for warm items."),
-    residual_dropout: float = typer.Option(0.2, help="Training: share of warm items scored text-only per step (cold-item recall; 0 = off)."),
-    repeat: bool = typer.Option(True, help="Learned repeat term: beta per event type for items already in the window."),
-    text_model_dir: str = typer.Option("", help="Local Hugging Face encoder dir [default: bundled all-MiniLM-L6-v2]."),
-    train_top_layers: int = typer.Option(0, help="Fine-tune the top N LM layers (0 = frozen LM, embeddings cached)."),
-    loss: str = typer.Option("full", help="'full' softmax over the catalog or 'sampled' (logQ-corrected)."),
-    cold_items: float = typer.Option(0.0, help="Withhold this fraction of the catalog from training (cold-item evaluation)."),
+    data: Path = typer.Option(..., exists=True, file_okay=False,
+                              help="RecBole atomic files (*.inter, *.item) or events/items JSONL."),
+    out: Optional[Path] = typer.Option(None, help="Checkpoint dir (default: $STREAMREC_TRAINER__CHECKPOINT_DIR, "
+                                                  "else checkpoints/ beside the registry, then /<UTC stamp>)."),
+    registry: Optional[Path] = setting_option("registry.path", "--registry", help="Registry to register the model in."),
+    seed: int = typer.Option(T.seed, help="Random seed (data order, init, dropout)."),
+    epochs: int = typer.Option(T.epochs, help="Upper bound on epochs; early stopping on validation NDCG@10."),
+    max_minutes: float = typer.Option(T.max_minutes, help="Wall-clock budget for the training loop."),
+    patience: int = typer.Option(T.patience, help="Epochs without a better validation NDCG@10 before stopping."),
+    lr: float = typer.Option(T.lr, help="AdamW learning rate."),
+    batch_size: int = typer.Option(T.batch_size, help="Training windows per step."),
+    threads: int = typer.Option(T.threads, help="torch CPU threads."),
+    dim: int = typer.Option(U.dim, help="Model width: item vectors, user tower, user vector."),
+    layers: int = typer.Option(U.n_layers, help="User-tower transformer blocks."),
+    heads: int = typer.Option(U.n_heads, help="Attention heads per block."),
+    dropout: float = typer.Option(U.dropout, help="User-tower dropout."),
+    max_len: int = typer.Option(F.max_len, help="Window length the user tower sees."),
+    text: bool = typer.Option(M.use_text, help="--no-text trains the ID-only baseline (no language model)."),
+    id_residual: bool = typer.Option(M.id_residual, help="Learned per-item residual for warm items."),
+    residual_dropout: float = typer.Option(M.residual_dropout, help="Training: share of warm items scored "
+                                                                    "text-only per step (cold-item recall; 0 = off)."),
+    repeat: bool = typer.Option(M.repeat_bias, help="Learned repeat term: beta per event type for items already "
+                                                    "in the window."),
+    text_model_dir: str = typer.Option(I.text_model_dir, help="Local Hugging Face encoder dir "
+                                                              "(default: bundled all-MiniLM-L6-v2)."),
+    train_top_layers: int = typer.Option(I.train_top_layers, help="Fine-tune the top N LM layers (0 = frozen LM, "
+                                                                  "embeddings cached)."),
+    loss: str = typer.Option(T.loss, help="'full' softmax over the catalog or 'sampled' (logQ-corrected)."),
+    cold_items: float = typer.Option(T.cold_items, help="Withhold this fraction of the catalog from training "
+                                                        "(cold-item evaluation)."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
 ) -> None:
     """Train on --data, keep the best validation checkpoint, then export and register it."""
-    from encoders.item_tower import ItemTowerConfig
-    from encoders.recommender import RecommenderConfig
-    from encoders.train import TrainConfig, run
-    from encoders.user_tower import UserTowerConfig
-    from core.features import FeatureSpec
-
     if loss not in ("full", "sampled"):
         raise typer.BadParameter(f"--loss must be 'full' or 'sampled', got {loss!r}")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = out or _registry_root().parent / "checkpoints" / stamp
+    settings = command_settings({"registry.path": registry})
     model_config = RecommenderConfig(
         item_tower=ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=dim, train_top_layers=train_top_layers),
         user_tower=UserTowerConfig(dim=dim, n_layers=layers, n_heads=heads, dropout=dropout),
@@ -64,12 +69,24 @@ def train(
     config = TrainConfig(seed=seed, epochs=epochs, max_minutes=max_minutes, patience=patience, lr=lr,
                          batch_size=batch_size, threads=threads, loss=loss, cold_items=cold_items,
                          features=FeatureSpec(max_len=max_len))
-    checkpoint = run(data, out, model_config, config)
+    train_and_register(settings, data, out, model_config, config, register=not no_export)
+
+
+def train_and_register(settings: Settings, data: Path, out: Path | None = None,
+                       model_config: RecommenderConfig | None = None, config: TrainConfig | None = None,
+                       register: bool = True) -> None:
+    """`streamrec train` (default: its default configs): the best checkpoint into `out` (default:
+    settings.trainer's checkpoint dir / <UTC stamp>), exported and registered in settings.registry."""
+    from encoders.train import run
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = out or settings.trainer.checkpoints(settings.registry) / stamp
+    checkpoint = run(data, out, model_config or RecommenderConfig(), config or TrainConfig())
     typer.echo(f"checkpoint: {checkpoint}")
-    if not no_export:
+    if register:
         from export.pipeline import export_and_register
 
-        typer.echo(f"registered: {export_and_register(checkpoint, _registry_root())}")
+        typer.echo(f"registered: {export_and_register(checkpoint, settings.registry.path)}")
 
 
 @app.command()
@@ -78,7 +95,8 @@ def evaluate(
     checkpoint: list[Path] = typer.Option(..., exists=True, file_okay=False, help="Checkpoint dir; repeat for several (e.g. seeds)."),
     out: Path = typer.Option(Path("eval/report.md"), help="Markdown report; a PNG is written next to it."),
     title: str = typer.Option("ml-100k leave-one-out, full ranking", help="Report title."),
-    cold_items: float = typer.Option(0.0, help="The --cold-items the checkpoints were trained with."),
+    cold_items: float = typer.Option(T.cold_items, help="The --cold-items the checkpoints were trained with."),
+    threads: int = typer.Option(T.threads, help="torch CPU threads."),
 ) -> None:
     """Leave-one-out test metrics of checkpoints and the popularity baseline (rows = model variants)."""
     import json
@@ -89,7 +107,7 @@ def evaluate(
     from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items, write_report
     from encoders.recommender import load_checkpoint
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     results: dict = {}
     split = None
     for ckpt in checkpoint:

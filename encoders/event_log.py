@@ -82,8 +82,9 @@ def valid_events(values: list[bytes | None], settings: Settings) -> tuple[list[d
     events, seen, invalid = [], set(), 0
     for raw in values:
         try:
-            e = parse_event(raw, max_bytes=settings.max_record_bytes, event_types=set(settings.event_weights),
-                            max_future_skew_s=settings.max_future_skew_s)
+            e = parse_event(raw, max_bytes=settings.worker.max_record_bytes,
+                            event_types=set(settings.worker.event_weights),
+                            max_future_skew_s=settings.worker.max_future_skew_s)
         except InvalidRecord:
             invalid += 1
             continue
@@ -107,7 +108,7 @@ def catalog_state(records: list[tuple[bytes | None, bytes | None]], settings: Se
     catalog = Catalog()
     for key, raw in records:
         try:
-            change = item_change(key, raw, max_bytes=settings.max_record_bytes)
+            change = item_change(key, raw, max_bytes=settings.worker.max_record_bytes)
         except InvalidRecord:
             catalog.invalid += 1
             continue
@@ -124,8 +125,9 @@ def catalog_state(records: list[tuple[bytes | None, bytes | None]], settings: Se
 
 
 def _consumer(settings: Settings) -> kafka.KafkaConsumer:
-    return kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
-                               fetch_max_wait_ms=100, **client_security(settings.security))
+    return kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                               enable_auto_commit=False, fetch_max_wait_ms=100,
+                               **client_security(settings.kafka.security))
 
 
 def read_topic(settings: Settings, topic: str, stored: dict[int, int] | None = None, since_s: float | None = None,
@@ -136,8 +138,8 @@ def read_topic(settings: Settings, topic: str, stored: dict[int, int] | None = N
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            raise EventLogError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}; "
-                                f"start a worker once (it creates the topics) or check STREAMREC_TOPICS")
+            raise EventLogError(f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}; "
+                                f"start a worker once (it creates the topics) or check STREAMREC_TOPICS__*")
         tps = [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         earliest = consumer.beginning_offsets(tps)

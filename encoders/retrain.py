@@ -40,6 +40,7 @@ from encoders.event_log import (merge_dataset, parse_duration, read_event_log, r
 from core.errors import BrokerError, ConfigError, NotEnoughData, RegistryError  # NotEnoughData: importable here too
 from core.features import FeatureSpec
 from core.settings import Settings
+from encoders.config import RetrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +48,6 @@ GATE_METRIC = "NDCG@10"  # product setting (history excluded)
 PROMOTED, REJECTED, SKIPPED, FAILED = "promoted", "rejected", "skipped", "failed"
 EXIT_CODES = {PROMOTED: 0, FAILED: 1, REJECTED: 3, SKIPPED: 4}
 
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    # data
-    since: str | None = None  # duration (7d, 12h): only events written to Kafka in this window
-    from_offsets: Path | None = None  # stored position {partition: offset}; a missing file = from the start
-    save_offsets: Path | None = None  # where a promoted run stores its end position (default: from_offsets)
-    base: Path | None = None  # extra training data (RecBole or JSONL dir) merged before the topic's events
-    min_events: int = 100  # fewer valid events -> skipped (exit 4)
-    work_root: Path = Path(".streamrec/retrain")  # each run writes <work_root>/<UTC stamp>/
-    # gate
-    holdout: str = "10%"  # most recent slice held out: a share of events ("10%", "0.1") or a duration ("1d")
-    tolerance: float = 0.005  # promote iff candidate NDCG@10 >= production NDCG@10 - tolerance
-    # training (TrainConfig)
-    epochs: int = 50  # upper bound; early stopping on leave-one-out validation inside the training data
-    patience: int = 10  # epochs without a better validation NDCG@10
-    max_minutes: float = 30.0  # wall-clock budget of the training loop
-    lr: float = 1e-3  # AdamW; lower than training from scratch because it is a fine-tune
-    batch_size: int = 64
-    threads: int = 2  # torch CPU threads
-    seed: int = 0
-    # a model from scratch (production has no checkpoint)
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 50
-    progress: bool = True  # tqdm bar while training
 
 
 # --- the held-out slice ------------------------------------------------------------------------
@@ -240,9 +214,9 @@ def _read_data(settings: Settings, config: RetrainConfig, work: Path) -> tuple[P
 def run_once(settings: Settings, config: RetrainConfig) -> RunResult:
     """One retrain run; never raises (a failure is a result with status "failed")."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    work = Path(config.work_root) / stamp
+    work = Path(config.work_root or settings.trainer.retrain_dir) / stamp
     work.mkdir(parents=True, exist_ok=True)
-    report: dict = {"run": stamp, "work_dir": str(work), "registry": str(settings.registry),
+    report: dict = {"run": stamp, "work_dir": str(work), "registry": str(settings.registry.path),
                     "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
     started = time.monotonic()
     try:
@@ -264,14 +238,13 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     import torch
 
     from encoders.evaluate import evaluate_model, evaluate_popularity
-    from encoders.item_tower import ItemTowerConfig
-    from encoders.recommender import RecommenderConfig, save_checkpoint, transplant
-    from encoders.train import TrainConfig, sized_for, train
-    from encoders.user_tower import UserTowerConfig
+    from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+    from encoders.recommender import save_checkpoint, transplant
+    from encoders.train import sized_for, train
     from export.registry import Registry
 
     torch.set_num_threads(config.threads)
-    version, checkpoint = _load_production(settings.registry)
+    version, checkpoint = _load_production(settings.registry.path)
     report["production"] = {"version": version.name if version else None, "kind": version.kind if version else None,
                             "has_checkpoint": checkpoint is not None}
     log.info("production: %s", report["production"])
@@ -284,7 +257,7 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     spec = checkpoint[0].feature_spec if checkpoint else FeatureSpec(max_len=config.max_len)
     data = load_interactions(data_dir, spec)
     cutoff = holdout_cutoff(np.concatenate(data.times), config.holdout)
-    holdout = split_holdout(data, cutoff, settings.window_size)
+    holdout = split_holdout(data, cutoff, settings.worker.window_size)
     report["holdout"] = {"rule": config.holdout, "cutoff": datetime.fromtimestamp(cutoff, timezone.utc).isoformat(),
                          "events": holdout.n_events, "cases": len(holdout.targets),
                          "skipped_no_history": holdout.n_no_history, "skipped_repeats": holdout.n_repeats}
@@ -332,7 +305,7 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     if not decision.promote:
         return REJECTED
 
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.path)
     current = registry.latest()
     if current != (version.name if version else None):
         raise RegistryError(f"`latest` moved from {version.name if version else None!r} to {current!r} during the "
@@ -347,11 +320,12 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     from export.pipeline import export_and_register
     from core.kafka import client_security
 
-    new = export_and_register(checkpoint_dir, settings.registry, make_latest=True, data_dir=data_dir)
+    new = export_and_register(checkpoint_dir, settings.registry.path, make_latest=True, data_dir=data_dir)
     report["promoted_version"] = new.name
     log.info("registered %s as latest", new.name)
     try:
-        announce(new, settings.bootstrap_servers, settings.topics.model_updates, **client_security(settings.security))
+        announce(new, settings.kafka.bootstrap_servers, settings.topics.model_updates,
+                 **client_security(settings.kafka.security))
     except Exception as e:
         raise BrokerError(f"{new.name} is registered and latest, but announcing it on "
                           f"{settings.topics.model_updates!r} failed ({e}); workers keep serving the old model "

@@ -27,26 +27,9 @@ from tqdm import tqdm
 
 from core.datasets import Interactions, Split, load_interactions, make_windows, split_leave_one_out
 from encoders.evaluate import evaluate_model, warm_items, withhold_items
-from encoders.recommender import Recommender, RecommenderConfig, save_checkpoint
+from encoders.config import RecommenderConfig, TrainConfig  # torch-free
+from encoders.recommender import Recommender, save_checkpoint
 from core.features import FeatureSpec, left_pad
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    epochs: int = 300  # upper bound; early stopping usually ends sooner
-    batch_size: int = 64  # windows per step
-    lr: float = 2e-3  # AdamW, user tower, projection and ID residual
-    lm_lr: float = 2e-5  # AdamW for fine-tuned LM layers (train_top_layers > 0)
-    repeat_lr: float = 0.05  # AdamW for the repeat term's beta (a few scalars, no weight decay)
-    weight_decay: float = 0.01
-    patience: int = 20  # epochs without a better validation NDCG@10 before stopping
-    max_minutes: float = 10.0  # wall-clock budget for the training loop
-    loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
-    n_negatives: int = 256  # shared negatives per step for the sampled softmax
-    cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)
-    threads: int = 2  # torch CPU threads
-    features: FeatureSpec = field(default_factory=FeatureSpec)
 
 
 @dataclass

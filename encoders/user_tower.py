@@ -16,22 +16,11 @@ flow, so the module exports to ONNX as is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class UserTowerConfig:
-    dim: int = 64  # width of item vectors, hidden states and the user vector
-    n_layers: int = 2  # transformer blocks
-    n_heads: int = 2  # attention heads per block
-    max_len: int = 50  # longest window (size of the position table)
-    n_event_ids: int = 5  # FeatureSpec.n_event_ids (padding + types + "other")
-    n_time_buckets: int = 16  # FeatureSpec.n_time_buckets
-    dropout: float = 0.3  # on embeddings, attention weights and residual branches
+from encoders.config import UserTowerConfig  # defined torch-free (the CLI reads its defaults)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -52,8 +52,9 @@ def versions_info() -> dict:
 
 
 def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | None = None, *,
-                           text_model_dir: str = "", max_tokens: int = 32, make_latest: bool = True,
-                           version: str | None = None, parity_grid: dict | None = None) -> ModelVersion:
+                           text_model_dir: str = "", max_tokens: int = ItemTowerConfig.max_tokens,
+                           make_latest: bool = True, version: str | None = None,
+                           parity_grid: dict | None = None) -> ModelVersion:
     """Export, check and register the baseline. catalog: (item_id, text) pairs, may be empty.
 
     parity_grid: {"batch": (...), "tokens": (...)} for the random-input cases (default ITEM_GRID).

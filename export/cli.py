@@ -15,15 +15,19 @@ from typing import Optional
 import typer
 
 from core.errors import StreamrecError
-
-DEFAULT_REGISTRY = ".streamrec/registry"
+from core.options import command_settings, setting_option
+from encoders.config import ItemTowerConfig
 
 app = typer.Typer(help="ONNX export and the model registry.", no_args_is_help=True)
 models = typer.Typer(help="The model registry: list versions, build the zero-training baseline.", no_args_is_help=True)
 app.add_typer(models, name="models")
 
-RegistryOption = typer.Option(DEFAULT_REGISTRY, "--registry", envvar="STREAMREC_REGISTRY",
-                              help="model registry root directory")
+RegistryOption = setting_option("registry.path", "--registry", help="model registry root directory")
+
+
+def _registry(registry: Path | None) -> Path:
+    """--registry, else the settings' (STREAMREC_REGISTRY__PATH, else the default)."""
+    return command_settings({"registry.path": registry}).registry.path
 
 
 def _fail(error: Exception) -> None:
@@ -34,12 +38,13 @@ def _fail(error: Exception) -> None:
 @app.command("export")
 def export_command(
     checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="trained checkpoint directory"),
-    registry: Path = RegistryOption,
+    registry: Optional[Path] = RegistryOption,
     data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                         help="interactions for real parity windows (default: synthetic windows)"),
     latest: bool = typer.Option(True, "--latest/--no-latest", help="switch `latest` to the new version"),
 ) -> None:
     """Export a checkpoint to ONNX, check parity with torch, register it."""
+    registry = _registry(registry)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from export.pipeline import export_and_register
 
@@ -51,7 +56,7 @@ def export_command(
 
 
 @models.command("list")
-def list_command(registry: Path = RegistryOption,
+def list_command(registry: Optional[Path] = RegistryOption,
                  verify: bool = typer.Option(False, help="re-hash every file (slower)")) -> None:
     """Versions, oldest first; `*` marks latest."""
     import json
@@ -59,6 +64,7 @@ def list_command(registry: Path = RegistryOption,
     from core.model_config import CONFIG_FILE, ModelConfig
     from export.registry import MANIFEST, Registry
 
+    registry = _registry(registry)
     reg = Registry(registry)
     names, latest = reg.versions(), reg.latest()
     if not names:
@@ -95,10 +101,10 @@ def _headline(metrics: dict, key: str) -> float | None:
 
 @models.command("bootstrap")
 def bootstrap_command(
-    registry: Path = RegistryOption,
+    registry: Optional[Path] = RegistryOption,
     data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                         help="catalog to embed (RecBole or JSONL dir); default: empty catalog"),
-    max_tokens: int = typer.Option(32, min=1, max=512, help="tokens per item text"),
+    max_tokens: int = typer.Option(ItemTowerConfig.max_tokens, min=1, max=512, help="tokens per item text"),
     latest: Optional[bool] = typer.Option(None, "--latest/--no-latest",
                                           help="switch `latest` (default: only if there is none)"),
 ) -> None:
@@ -107,7 +113,7 @@ def bootstrap_command(
     from export.baseline import build_baseline_version
     from export.registry import Registry
 
-    reg = Registry(registry)
+    reg = Registry(_registry(registry))
     catalog = None
     if data is not None:
         from core.datasets import load_interactions
@@ -127,15 +133,16 @@ def bootstrap_command(
 def ensure_command(
     data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                         help="interactions + catalog (e.g. ml-100k); needed to train"),
-    registry: Path = RegistryOption,
+    registry: Optional[Path] = RegistryOption,
     baseline: bool = typer.Option(False, "--baseline", help="build the zero-training baseline instead of training "
                                   "(over --data's catalog, or none: workers embed `items` as it arrives)"),
 ) -> None:
     """Make sure the registry has a loadable latest version: keep it, else train (or bootstrap) one."""
+    settings = command_settings({"registry.path": registry})
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from export.registry import Registry
 
-    reg = Registry(registry)
+    reg = Registry(settings.registry.path)
     if reg.latest() is not None:
         try:
             version = reg.load()
@@ -144,16 +151,14 @@ def ensure_command(
         except StreamrecError as e:
             typer.secho(f"latest version is not loadable, building a new one: {e}", fg=typer.colors.YELLOW, err=True)
     if baseline:
-        bootstrap_command(registry=registry, data=data, max_tokens=32, latest=True)
+        bootstrap_command(registry=settings.registry.path, data=data, max_tokens=ItemTowerConfig.max_tokens,
+                          latest=True)
         return
     if data is None:
         raise typer.BadParameter("training needs --data (or pass --baseline)")
-    import os
+    from encoders.cli import train_and_register  # `streamrec train` with its defaults
 
-    from encoders.cli import app as trainer_app  # `streamrec train`, with its own defaults
-
-    os.environ["STREAMREC_REGISTRY"] = str(registry)
-    typer.main.get_command(trainer_app).main(["train", "--data", str(data)], standalone_mode=False)
+    train_and_register(settings, data)
 
 
 if __name__ == "__main__":

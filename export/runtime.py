@@ -61,7 +61,7 @@ def cuda_device_count() -> int:
 def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1) -> ort.SessionOptions:
     if intra_op_threads < 1 or inter_op_threads < 1:
         raise ConfigError(f"thread counts must be >= 1, got intra={intra_op_threads} inter={inter_op_threads}: "
-                          f"set STREAMREC_INFERENCE_THREADS to 1 or more")
+                          f"set STREAMREC_WORKER__INFERENCE_THREADS to 1 or more")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

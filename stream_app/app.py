@@ -32,22 +32,22 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
     """A Faust app with streamrec's store, group, producer/consumer tuning and web settings,
     and no agents (`build_app` adds streamrec's; bench/bare_agent.py a bare one)."""
     app = StreamrecApp(
-        settings.app_id,
-        broker=settings.broker,
-        broker_credentials=faust_credentials(settings.security),
+        settings.worker.app_id,
+        broker=settings.kafka.broker,
+        broker_credentials=faust_credentials(settings.kafka.security),
         store="rocksdb://",
-        datadir=str(settings.data_dir),
+        datadir=str(settings.worker.data_dir),
         topic_partitions=partitions,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        broker_request_timeout=max(40.0, settings.session_timeout_s + 5),
-        producer_linger=settings.producer_linger_ms / 1000.0,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=settings.kafka.heartbeat_interval_s,
+        broker_request_timeout=max(40.0, settings.kafka.session_timeout_s + 5),
+        producer_linger=settings.kafka.producer_linger_ms / 1000.0,
         producer_acks=-1,
-        topic_replication_factor=settings.replication_factor,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
+        topic_replication_factor=settings.kafka.replication_factor,
+        web_port=settings.worker.web_port,
+        web_bind=settings.worker.web_host,
+        web_host=settings.worker.web_host,
     )
     app.transport_class = tuned_transport(settings)
     return app
@@ -55,8 +55,8 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
 
 def windows_table(app: faust.App, settings: Settings, partitions: int) -> faust.Table:
     """The per-user `UserWindow` table (RocksDB, changelog-backed), with bounded RocksDB memory."""
-    rocksdb = {"write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
-               "block_cache_size": settings.rocksdb_block_cache_mb << 20}
+    rocksdb = {"write_buffer_size": settings.rocksdb.write_buffer_mb << 20,
+               "block_cache_size": settings.rocksdb.block_cache_mb << 20}
     return app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions,
                      options=rocksdb, extra_topic_configs=topic_configs(settings))
 

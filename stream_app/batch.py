@@ -31,7 +31,7 @@ def _catalog_items(recommender: Recommender, catalog: Path | None) -> list[Item]
 def window_from_history(events: list[dict], settings: Settings) -> UserWindow:
     new = [WindowEvent(str(n), str(e["item_id"]), e.get("event_type", "view"), epoch_seconds(e["ts"]))
            for n, e in enumerate(events)]
-    return UserWindow().with_events(new, settings.window_size, settings.window_max_age_days * 86_400.0)
+    return UserWindow().with_events(new, settings.worker.window_size, settings.worker.window_max_age_days * 86_400.0)
 
 
 def predict_file(settings: Settings, input_path: Path, out_path: Path, version: str | None,

@@ -13,14 +13,14 @@ from typing import Optional
 
 import typer
 
-from core.settings import Settings
+from core.options import command_settings, setting_option
 
 app = typer.Typer(help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 
-
-def _settings(**overrides) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+# Options for settings (core.options): not given, the STREAMREC_* env var or the Settings default applies.
+BrokerOption = setting_option("kafka.broker", "--broker", help="bootstrap servers, kafka://host:port[;host:port]")
+RegistryOption = setting_option("registry.path", "--registry", help="model registry root directory")
 
 
 class BrokerEngine(str, Enum):
@@ -51,12 +51,17 @@ def broker(engine: BrokerEngine = typer.Option(BrokerEngine.tansu, help="tansu: 
 
 
 @app.command()
-def worker(broker: Optional[str] = None, data_dir: Optional[Path] = None, registry: Optional[Path] = None,
-           web_port: Optional[int] = None, loglevel: str = "info"):
+def worker(broker: Optional[str] = BrokerOption,
+           data_dir: Optional[Path] = setting_option("worker.data_dir", "--data-dir", help="state dir (RocksDB)"),
+           registry: Optional[Path] = RegistryOption,
+           web_port: Optional[int] = setting_option("worker.web_port", "--web-port", help="HTTP port"),
+           loglevel: str = "info"):
     """Run the Faust worker: events in, recommendations out."""
+    settings = command_settings({"kafka.broker": broker, "worker.data_dir": data_dir, "registry.path": registry,
+                                 "worker.web_port": web_port})
     from stream_app.worker import run_worker
 
-    run_worker(_settings(broker=broker, data_dir=data_dir, registry=registry, web_port=web_port), loglevel)
+    run_worker(settings, loglevel)
 
 
 @app.command()
@@ -65,13 +70,13 @@ def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/i
            events: bool = typer.Option(True, help="publish the interactions to the events topic"),
            rate: float = typer.Option(500.0, help="events per second (0 = as fast as possible)"),
            limit: Optional[int] = typer.Option(None, help="publish only the first N events"),
-           broker: Optional[str] = None):
+           broker: Optional[str] = BrokerOption):
     """Publish a dataset's catalog and/or interactions, in timestamp order."""
     from core.errors import BrokerError
     from core.kafka import check_connection, ensure_topics
     from stream_app.replay import dataset_records, publish
 
-    settings = _settings(broker=broker)
+    settings = command_settings({"kafka.broker": broker})
     try:
         check_connection(settings)
     except BrokerError as e:
@@ -92,12 +97,13 @@ def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/i
 @app.command()
 def recommendations(user: Optional[str] = typer.Option(None, help="only this user"),
                     follow: bool = typer.Option(False, help="keep printing new records"),
-                    broker: Optional[str] = None):
+                    broker: Optional[str] = BrokerOption):
     """Print records from the recommendations topic (JSON lines)."""
+    settings = command_settings({"kafka.broker": broker})
     from stream_app.consume import read_recommendations
 
     async def run():
-        async for record in read_recommendations(_settings(broker=broker), follow=follow):
+        async for record in read_recommendations(settings, follow=follow):
             if user is None or record["user_id"] == user:
                 print(json.dumps(record), flush=True)
 
@@ -106,58 +112,63 @@ def recommendations(user: Optional[str] = typer.Option(None, help="only this use
 
 @app.command()
 def predict(input: Path = typer.Option(..., help="JSONL: {user_id, events: [{item_id, event_type, ts}]}"),
-            out: Path = typer.Option(..., help="JSONL output"), k: int = 10,
+            out: Path = typer.Option(..., help="JSONL output"),
+            k: Optional[int] = setting_option("worker.top_k", "--k", help="items per user"),
             version: Optional[str] = typer.Option(None, help="model version (default: latest)"),
             catalog: Optional[Path] = typer.Option(None, help="items JSONL or RecBole dir; default: the model's catalog"),
-            registry: Optional[Path] = None):
+            registry: Optional[Path] = RegistryOption):
     """Batch top-k for user histories, with the worker's own scoring code."""
+    settings = command_settings({"registry.path": registry, "worker.top_k": k})
     from stream_app.batch import predict_file
 
-    n = predict_file(_settings(registry=registry, top_k=k), input, out, version, catalog)
+    n = predict_file(settings, input, out, version, catalog)
     typer.echo(f"wrote {n} users to {out}")
 
 
 @app.command()
 def demo(data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
-         rate: float = 300.0, events: int = 6000, users: int = 4, port: int = 0):
+         rate: float = 300.0, events: int = 6000, users: int = 4, port: int = 0,
+         registry: Optional[Path] = RegistryOption):
     """Embedded broker + worker + replay, with a live table of a few users' top-10."""
+    settings = command_settings({"registry.path": registry})
     from stream_app.demo import run_demo
 
-    sys.exit(run_demo(data, rate=rate, n_events=events, n_users=users, port=port))
+    sys.exit(run_demo(settings, data, rate=rate, n_events=events, n_users=users, port=port))
 
 
 @app.command()
 def rollback(to: Optional[str] = typer.Option(None, help="version to serve (default: the one before latest)"),
-             broker: Optional[str] = None, registry: Optional[Path] = None):
+             broker: Optional[str] = BrokerOption, registry: Optional[Path] = RegistryOption):
     """Serve an older model again: point `latest` at it and announce it to running workers."""
+    settings = command_settings({"kafka.broker": broker, "registry.path": registry})
     from export.model_updates import announce
     from export.registry import Registry
     from core.kafka import client_security
 
-    settings = _settings(broker=broker, registry=registry)
-    reg = Registry(settings.registry)
+    reg = Registry(settings.registry.path)
     versions, current = reg.versions(), reg.latest()
     if to is None:
         older = versions[:versions.index(current)] if current in versions else []
         if not older:
-            raise typer.BadParameter(f"no version older than {current!r} in {settings.registry}")
+            raise typer.BadParameter(f"no version older than {current!r} in {settings.registry.path}")
         to = older[-1]
     version = reg.load(to)  # verified before anyone is told to serve it
     reg.set_latest(version.name)
-    announce(version, settings.bootstrap_servers, settings.topics.model_updates, **client_security(settings.security))
+    announce(version, settings.kafka.bootstrap_servers, settings.topics.model_updates,
+             **client_security(settings.kafka.security))
     typer.echo(f"rolled back {current} -> {version.name}")
 
 
 @app.command()
 def forget(user: str = typer.Option(..., help="the user id (the key of their events)"),
-           broker: Optional[str] = None):
+           broker: Optional[str] = BrokerOption):
     """Forget a user: the worker deletes their window and tombstones their recommendations."""
+    settings = command_settings({"kafka.broker": broker})
     from core.errors import StreamrecError
     from stream_app.forget import request_forget
     from core.kafka import check_connection
     from core.contracts import InvalidRecord
 
-    settings = _settings(broker=broker)
     try:
         check_connection(settings)
         partition, offset = asyncio.run(request_forget(settings, user))

@@ -6,7 +6,6 @@ Everything started here is stopped here, by the process handles we hold.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -40,10 +39,9 @@ WORKER_COMMAND = ("-m", "stream_app.cli", "worker")
 
 def start_worker(settings: Settings, log_path: Path, command: tuple[str, ...] = WORKER_COMMAND) -> subprocess.Popen:
     """`python <command>` (default `streamrec worker`) with these settings in its environment."""
-    env = dict(os.environ, STREAMREC_BROKER=settings.broker, STREAMREC_DATA_DIR=str(settings.data_dir),
-               STREAMREC_REGISTRY=str(settings.registry), STREAMREC_WEB_PORT=str(settings.web_port))
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, *command], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, *command], env=settings.process_env(), stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def render(latest: dict[str, dict], titles: dict[str, str], received: int, sent: int) -> Group:
@@ -115,14 +113,16 @@ def _caught_up(latest: dict[str, dict], events: list[tuple[str, dict]]) -> bool:
     return all(record["trigger_event_id"] == last_event[user] for user, record in latest.items())
 
 
-def run_demo(data: Path, rate: float, n_events: int, n_users: int, port: int) -> int:
+def run_demo(settings: Settings, data: Path, rate: float, n_events: int, n_users: int, port: int) -> int:
+    """`settings` with the demo's own broker, state dir and web port."""
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
     broker = TansuBroker(port=port or free_port(), log_path=workdir / "broker.log")
-    settings = Settings(broker=broker.url, data_dir=workdir / "state", web_port=free_port())
-    console.print(f"broker {broker.url} · worker state {settings.data_dir} · logs in {workdir}")
+    settings = settings.replace(kafka={"broker": broker.url}, worker={"data_dir": workdir / "state",
+                                                                      "web_port": free_port()})
+    console.print(f"broker {broker.url} · worker state {settings.worker.data_dir} · logs in {workdir}")
     try:
-        version = Registry(settings.registry).load()
+        version = Registry(settings.registry.path).load()
     except RegistryError as e:
         console.print(f"[red]{e}")
         return 2

@@ -46,7 +46,7 @@ class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport):  # private: where Faust creates the aiokafka consumer
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.settings.fetch_max_wait_ms  # aiokafka private; read at start()
+        consumer._fetch_max_wait_ms = self.settings.kafka.fetch_max_wait_ms  # aiokafka private; read at start()
         return consumer
 
 
@@ -60,7 +60,7 @@ class _IdempotentProducer(faust_aiokafka.Producer):
 
 
 def tuned_transport(settings: Settings) -> type:
-    """Faust's aiokafka transport with our fetch wait; `settings.broker_engine` must be resolved
+    """Faust's aiokafka transport with our fetch wait; `settings.kafka.broker_engine` must be resolved
     (`core.kafka.with_engine`). On Kafka the producer is idempotent; Tansu answers InitProducerId
     with an error, so there it is not, and only Tansu gets the end-offset fix."""
     thread = type("ConsumerThread", (_TunedConsumerThread,), {"settings": settings})
@@ -79,7 +79,7 @@ def tuned_transport(settings: Settings) -> type:
     class Transport(faust_aiokafka.Transport):
         pass
 
-    tansu = settings.broker_engine == "tansu"
+    tansu = settings.kafka.broker_engine == "tansu"
     Transport.Consumer = TansuConsumer if tansu else Consumer
     Transport.Producer = faust_aiokafka.Producer if tansu else _IdempotentProducer  # Tansu fails InitProducerId
     return Transport

@@ -16,7 +16,7 @@ async def request_forget(settings: Settings, user_id: str) -> tuple[int, int]:
     (murmur2) partitioner, as `events` must be keyed; return its (partition, offset) once acknowledged.
     Raises InvalidRecord for a user id the worker would reject."""
     key, value = user_id.encode("utf-8"), json.dumps(forget_request(user_id)).encode()
-    parse_control(key, value, max_bytes=settings.max_record_bytes)  # what the worker would dead-letter
+    parse_control(key, value, max_bytes=settings.worker.max_record_bytes)  # what the worker would dead-letter
     await ensure_topics(settings)  # not auto-created: `control` must have as many partitions as `events`
     async with producer(settings) as p:
         sent = await p.send_and_wait(settings.topics.control, value, key=key)

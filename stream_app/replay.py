@@ -24,8 +24,8 @@ def event_record(user_id: str, item_id: str, event_type: str, ts_seconds: float)
 
 def producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, linger_ms=settings.producer_linger_ms, acks="all",
-        **client_security(settings.security),
+        bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=settings.kafka.producer_linger_ms, acks="all",
+        **client_security(settings.kafka.security),
     )
 
 

@@ -25,11 +25,11 @@ log = logging.getLogger(__name__)
 def load_recommender(settings: Settings, version: str | None = None,
                      trending: TrendingCounter | None = None) -> Recommender:
     """A verified, warmed-up, canary-checked version (None = the registry's latest). Blocking."""
-    runtime = load_runtime(Registry(settings.registry).load(version), intra_op_threads=settings.inference_threads)
+    w = settings.worker
+    runtime = load_runtime(Registry(settings.registry.path).load(version), intra_op_threads=w.inference_threads)
     worst = check_canary(runtime)
     log.info("model %s passed its canary batch (max diff %.2e)", runtime.version.name, worst)
-    recommender = Recommender.create(runtime, settings.event_weights, settings.top_k, settings.trending_half_life_s,
-                                     settings.ann_min_items)
+    recommender = Recommender.create(runtime, w.event_weights, w.top_k, w.trending_half_life_s, w.ann_min_items)
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model
     return recommender
@@ -42,7 +42,7 @@ def load_at_start(settings: Settings) -> tuple[Recommender, dict[str, str]]:
     Returns the recommender and the refused versions with their reasons (for /health). Raises
     RegistryError, naming every version tried and why it failed, if nothing can be served. Blocking.
     """
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.path)
     latest = registry.latest()
     if latest is None:
         return load_recommender(settings), {}  # raises: no latest version, and how to make one
@@ -58,7 +58,7 @@ def load_at_start(settings: Settings) -> tuple[Recommender, dict[str, str]]:
         if refused:
             log.error("serving model version %s instead of the latest, %s, which was refused", version, latest)
         return recommender, refused
-    raise RegistryError(f"no model version in {settings.registry} can be served; refused:\n"
+    raise RegistryError(f"no model version in {settings.registry.path} can be served; refused:\n"
                         + "\n".join(f"- {v}: {reason}" for v, reason in refused.items()))
 
 

@@ -33,7 +33,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         check_connection(settings)  # a wrong password or CA fails here, clearly, instead of a hang
     except BrokerError as e:
         sys.exit(f"error: {e}")
-    limit_threads(settings.inference_threads)
+    limit_threads(settings.worker.inference_threads)
     handler = logging.StreamHandler()  # until Faust sets up logging: why a version is refused
     handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"))
     logging.getLogger("stream_app").addHandler(handler)

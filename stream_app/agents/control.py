@@ -30,7 +30,7 @@ def register(ctx: WorkerContext) -> None:
 
 async def forget(ctx: WorkerContext, stream, event) -> None:
     try:
-        request = parse_control(event.message.key, event.value, max_bytes=ctx.settings.max_record_bytes)
+        request = parse_control(event.message.key, event.value, max_bytes=ctx.settings.worker.max_record_bytes)
     except InvalidRecord as e:
         await ctx.send_to_dlq(event.message, e.reason)
         return

@@ -15,14 +15,14 @@ from stream_app.steps import (UserEvents, advance_windows, build_records, group_
 
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
-    limits = {"max_bytes": settings.max_record_bytes, "event_types": set(settings.event_weights),
-              "max_future_skew_s": settings.max_future_skew_s}
+    limits = {"max_bytes": settings.worker.max_record_bytes, "event_types": set(settings.worker.event_weights),
+              "max_future_skew_s": settings.worker.max_future_skew_s}
 
     @ctx.app.agent(ctx.topics.events)
     async def recommend_on_events(stream):
         """Micro-batches of events -> updated windows -> one recommendation per touched user."""
         await ctx.catalog_ready.wait()
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+        async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
             await on_batch(ctx, stream, batch, limits)
 
 
@@ -51,7 +51,8 @@ async def recommend_for(ctx: WorkerContext, stream: faust.StreamT, batch: list[f
             stored[user] = ctx.windows[user]
         for e in events:
             recommender.observe(e.item_id, e.event_type, e.ts)
-    updated, hits = advance_windows(touched, stored, settings.window_size, settings.window_max_age_days * 86_400.0)
+    updated, hits = advance_windows(touched, stored, settings.worker.window_size,
+                                    settings.worker.window_max_age_days * 86_400.0)
     for hit in hits:
         metrics.observe_hit(hit)
     lists = dict(zip(updated, recommender.recommend(list(updated.values()))))

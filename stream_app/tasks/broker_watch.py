@@ -21,8 +21,8 @@ def register(ctx: WorkerContext) -> None:
     async def watch_broker():
         """A metadata request every couple of seconds: is the broker answering?"""
         settings = ctx.settings
-        probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                 request_timeout_ms=BROKER_PROBE_TIMEOUT_MS, **client_security(settings.security))
+        probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                                 request_timeout_ms=BROKER_PROBE_TIMEOUT_MS, **client_security(settings.kafka.security))
         await probe.start()
         try:
             while True:
@@ -31,7 +31,7 @@ def register(ctx: WorkerContext) -> None:
                     ctx.broker_up.set()
                 except Exception as e:
                     if ctx.broker_up.is_set():
-                        log.error("broker %s is not answering: %r", settings.broker, e)
+                        log.error("broker %s is not answering: %r", settings.kafka.broker, e)
                     ctx.broker_up.clear()
                 ctx.metrics.broker_up.set(ctx.broker_up.is_set())
                 await asyncio.sleep(BROKER_PROBE_INTERVAL_S)

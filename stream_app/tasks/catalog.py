@@ -34,7 +34,7 @@ def register(ctx: WorkerContext) -> None:
 
 async def apply_catalog_records(ctx: WorkerContext, messages) -> None:
     """Removals, dead letters, then the upserts (embedded in one call)."""
-    changes = catalog_changes([(m.key, m.value) for m in messages], max_bytes=ctx.settings.max_record_bytes)
+    changes = catalog_changes([(m.key, m.value) for m in messages], max_bytes=ctx.settings.worker.max_record_bytes)
     for item_id in changes.removals:
         ctx.serving.remove_item(item_id)
     for index, reason in changes.rejects:

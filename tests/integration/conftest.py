@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -55,8 +54,8 @@ def fresh_settings(broker, registry: Path, tmp_path: Path) -> Settings:
     tag = uuid.uuid4().hex[:8]
     topics = Topics(events=f"events-{tag}", items=f"items-{tag}", recommendations=f"recs-{tag}",
                     dlq=f"dlq-{tag}", model_updates=f"updates-{tag}", control=f"control-{tag}")
-    return Settings(broker=broker.url, data_dir=tmp_path / "state", registry=registry,
-                    web_port=free_port(), app_id=f"streamrec-{tag}", topics=topics, session_timeout_s=6.0)
+    return Settings(kafka={"broker": broker.url, "session_timeout_s": 6.0}, topics=topics, registry={"path": registry},
+                    worker={"data_dir": tmp_path / "state", "web_port": free_port(), "app_id": f"streamrec-{tag}"})
 
 
 @pytest.fixture
@@ -78,16 +77,8 @@ def tansu_settings(tansu_broker, baseline_registry, tmp_path) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.update({
-        "STREAMREC_BROKER": settings.broker, "STREAMREC_DATA_DIR": str(settings.data_dir),
-        "STREAMREC_REGISTRY": str(settings.registry), "STREAMREC_WEB_PORT": str(settings.web_port),
-        "STREAMREC_APP_ID": settings.app_id, "STREAMREC_TOPICS": settings.topics.model_dump_json(),
-        "STREAMREC_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
-        "STREAMREC_PARTITIONS": str(settings.partitions),
-        "STREAMREC_PRODUCER_LINGER_MS": str(settings.producer_linger_ms),
-    })
-    return env
+    """The environment of a `streamrec` child process with these settings (every STREAMREC_* var)."""
+    return settings.process_env() | {"HF_HUB_OFFLINE": "1"}
 
 
 class WorkerProcess:
@@ -114,7 +105,7 @@ class WorkerProcess:
     def health(self) -> dict | None:
         """The /health body, None while the worker cannot answer or is not ready."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}/health", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.worker.web_port}/health", timeout=5) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:  # 503: not ready, but answering
             return json.loads(e.read()) if e.code == 503 else None
@@ -123,7 +114,7 @@ class WorkerProcess:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.web_port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.worker.web_port}{path}", timeout=5) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -211,7 +202,7 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
     """All records of `topic` from the start, once `done(records)` holds (or fail after timeout_s)."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
     await consumer.start()
     records: list = []
@@ -267,7 +258,7 @@ def reference_windows(events, settings: Settings) -> dict[str, "UserWindow"]:
     windows: dict[str, UserWindow] = {}
     for user, e in events:
         windows[user] = windows.get(user, UserWindow()).with_events(
-            [e], settings.window_size, settings.window_max_age_days * 86_400)
+            [e], settings.worker.window_size, settings.worker.window_max_age_days * 86_400)
     return windows
 
 

@@ -18,7 +18,7 @@ def window(item_ids: list[str], start: float) -> UserWindow:
 
 def test_a_batch_scores_each_window_as_if_alone(two_tower_registry):
     version = Registry(two_tower_registry).versions()[-1]
-    recommender = load_recommender(Settings(registry=two_tower_registry), version)
+    recommender = load_recommender(Settings(registry={"path": two_tower_registry}), version)
     max_len = recommender.runtime.feature_spec.max_len
     items = [Item(item_id=str(i), title=f"Movie {i} (1995)", categories=["Drama"]) for i in range(1, 60)]
     recommender.add_items(items, recommender.embed_items(items))

@@ -61,7 +61,7 @@ def forget_through_cli(settings, user: str) -> str:
 
 
 def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics],
                                        config_filter="all")
@@ -71,10 +71,10 @@ def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
 
 
 def test_a_forgotten_user_stays_forgotten_after_a_rebuild_from_the_changelog(settings, start_worker, tmp_path):
-    settings = settings.model_copy(update={"partitions": PARTITIONS})
+    settings = settings.replace(kafka={"partitions": PARTITIONS})
     a, b = users_on(0, "a", 1)[0], users_on(1, "b", 1)[0]  # one on each partition
     late = users_on(1, "late", 1)[0]
-    changelog = f"{settings.app_id}-windows-changelog"
+    changelog = f"{settings.worker.app_id}-windows-changelog"
     run(publish_catalog(settings, ml100k_items(60)))
 
     # While no worker runs: A, B, a backlog on the late user's partition, the late user's events, and
@@ -111,7 +111,7 @@ def test_a_forgotten_user_stays_forgotten_after_a_rebuild_from_the_changelog(set
     assert metric_values(metrics.decode(), "streamrec_users_forgotten_total") == [2.0]
     worker.stop()
 
-    kept = read_windows(settings.data_dir)
+    kept = read_windows(settings.worker.data_dir)
     assert a not in kept, "the forgotten user's window is still in the worker's store"
     assert late not in kept, "the late user's older events, processed after the forget, re-created the window"
     assert kept[b].event_ids == [f"{b}-{i}" for i in range(3)]
@@ -123,9 +123,9 @@ def test_a_forgotten_user_stays_forgotten_after_a_rebuild_from_the_changelog(set
     assert windows_log[json.dumps(late)][-1] is None
     assert windows_log[json.dumps(b)][-1] is not None
 
-    rebuilt = settings.model_copy(update={"data_dir": tmp_path / "fresh"})
+    rebuilt = settings.replace(worker={"data_dir": tmp_path / "fresh"})
     start_worker(rebuilt).stop()  # healthy = tables recovered from the changelog
-    recovered = read_windows(rebuilt.data_dir)
+    recovered = read_windows(rebuilt.worker.data_dir)
     assert a not in recovered and late not in recovered
     assert recovered[b].event_ids == [f"{b}-{i}" for i in range(3)]
     assert len(recovered) == 1 + BACKLOG

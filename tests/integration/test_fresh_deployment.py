@@ -16,10 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_an_empty_registry_ends_with_a_serving_worker(settings, start_worker, tmp_path):
-    settings = settings.model_copy(update={"registry": tmp_path / "empty-registry"})
+    settings = settings.replace(registry={"path": tmp_path / "empty-registry"})
     command = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["model-init"]["command"]
     assert command[0] == "streamrec"
-    init = subprocess.run([sys.executable, "-m", "stream_app.cli", *command[1:]], cwd=REPO, env=settings_env(settings),
+    init = subprocess.run([sys.executable, "-m", "streamrec.cli", *command[1:]], cwd=REPO, env=settings_env(settings),
                           capture_output=True, text=True, timeout=300)
     assert init.returncode == 0, f"{shlex.join(command)} failed:\n{init.stdout}{init.stderr}"
 
@@ -28,8 +28,8 @@ def test_an_empty_registry_ends_with_a_serving_worker(settings, start_worker, tm
     worker.wait_for_catalog(50)
     run(produce(settings, settings.topics.events, [event(1, "u1", "1"), event(2, "u1", "2")]))
     records = run(consume_until(settings, settings.topics.recommendations, lambda rs: len(rs) >= 1))
-    assert len(json.loads(records[-1].value)["items"]) == settings.top_k
+    assert len(json.loads(records[-1].value)["items"]) == settings.worker.top_k
 
-    again = subprocess.run([sys.executable, "-m", "stream_app.cli", *command[1:]], cwd=REPO,
+    again = subprocess.run([sys.executable, "-m", "streamrec.cli", *command[1:]], cwd=REPO,
                            env=settings_env(settings), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "latest model:" in again.stdout  # a second `up` keeps the model

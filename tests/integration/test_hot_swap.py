@@ -65,7 +65,7 @@ def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
     a = copy_version(baseline_registry, root)
     b = register_as_newest(two_tower_registry, registry)  # rollback from B goes to A
     registry.set_latest(a)
-    settings = settings.model_copy(update={"registry": root})
+    settings = settings.replace(registry={"path": root})
     run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
     assert worker.health()["model_version"] == a
@@ -79,7 +79,7 @@ def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
     producer.start()
     time.sleep(2)
     registry.set_latest(b)
-    announce(registry.load(b), settings.bootstrap_servers, settings.topics.model_updates)
+    announce(registry.load(b), settings.kafka.bootstrap_servers, settings.topics.model_updates)
     producer.join()
     outputs = outputs_for(settings, produced)
     assert sorted(o["trigger_event_id"] for o in outputs) == sorted(produced)  # none lost, none twice

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from encoders.event_log import read_event_log
 from core.errors import BrokerError
@@ -38,7 +37,7 @@ BAD_START_S = 30.0  # a process given bad credentials must have exited by then
 
 @dataclass(frozen=True)
 class Pki:
-    ca: Path  # the CA certificate (PEM): clients' STREAMREC_SECURITY__SSL_CAFILE, the broker's truststore
+    ca: Path  # the CA certificate (PEM): clients' STREAMREC_KAFKA__SECURITY__SSL_CAFILE, the broker's truststore
     broker_keystore: Path  # the broker's key + certificate (PEM), for 127.0.0.1 and localhost
     client_cert: Path  # a client certificate the CA signed (mutual TLS)
     client_key: Path
@@ -71,16 +70,6 @@ def sasl_ssl(pki: Pki, password: str = PASSWORD, cafile: bool = True) -> KafkaSe
                          sasl_password=password, ssl_cafile=pki.ca if cafile else None)
 
 
-def security_env(security: KafkaSecurity) -> dict[str, str]:
-    """The settings as the STREAMREC_SECURITY__* env vars an operator sets."""
-    env = {}
-    for name, value in security:
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"STREAMREC_SECURITY__{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
 
 
 # --- the broker ------------------------------------------------------------------------------
@@ -128,11 +117,11 @@ def secure_broker(tmp_path_factory):
 @pytest.fixture
 def secure_settings(secure_broker, baseline_registry, tmp_path) -> Settings:
     settings = fresh_settings(secure_broker, baseline_registry, tmp_path)
-    return settings.model_copy(update={"security": sasl_ssl(secure_broker.pki)})
+    return settings.replace(kafka={"security": sasl_ssl(secure_broker.pki)})
 
 
 def with_security(settings: Settings, security: KafkaSecurity, broker: str | None = None) -> Settings:
-    return settings.model_copy(update={"security": security, **({"broker": broker} if broker else {})})
+    return settings.replace(kafka={"security": security, **({"broker": broker} if broker else {})})
 
 
 # --- clients ---------------------------------------------------------------------------------
@@ -142,9 +131,9 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
     """conftest's consume_until, with the settings' security."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                                **client_security(settings.security))
+                                **client_security(settings.kafka.security))
     await consumer.start()
     records: list = []
     try:
@@ -160,8 +149,9 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
 
 
 def streamrec(settings: Settings, *args: str, timeout_s: float = 180.0) -> tuple[int, str, float]:
-    """`streamrec <args>` with the settings (security included) in its env: (exit code, output, seconds)."""
-    env = {**settings_env(settings), **security_env(settings.security)}
+    """`streamrec <args>` with the settings (the STREAMREC_KAFKA__SECURITY__* vars an operator sets included) in
+    its env: (exit code, output, seconds)."""
+    env = settings_env(settings)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "stream_app.cli", *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
@@ -169,17 +159,17 @@ def streamrec(settings: Settings, *args: str, timeout_s: float = 180.0) -> tuple
 
 
 def auth_error(settings: Settings) -> str:
-    host, port = settings.bootstrap_servers.split(",")[0].rsplit(":", 1)
+    host, port = settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
     return (f"error: authentication failed for user 'alice' on {host}:{port} (SASL SCRAM-SHA-512): check "
-            f"STREAMREC_SECURITY__SASL_USERNAME and STREAMREC_SECURITY__SASL_PASSWORD")
+            f"STREAMREC_KAFKA__SECURITY__SASL_USERNAME and STREAMREC_KAFKA__SECURITY__SASL_PASSWORD")
 
 
 TLS_ERROR = ("error: TLS: the broker certificate of {where} was not accepted (unable to get local issuer "
-             "certificate): check STREAMREC_SECURITY__SSL_CAFILE")
+             "certificate): check STREAMREC_KAFKA__SECURITY__SSL_CAFILE")
 
 
 def tls_error(settings: Settings) -> str:
-    return TLS_ERROR.format(where=settings.bootstrap_servers.split(",")[0])
+    return TLS_ERROR.format(where=settings.kafka.bootstrap_servers.split(",")[0])
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -209,15 +199,17 @@ def test_mutual_tls_needs_the_client_certificate(secure_broker, secure_settings)
     run(produce(mtls, mtls.topics.items, [(b"1", json.dumps(CATALOG[0][1]).encode())]))
     assert len(run(consume_until(mtls, mtls.topics.items, lambda records: len(records) >= 1))) == 1
     without_cert = with_security(mtls, KafkaSecurity(protocol="SSL", ssl_cafile=pki.ca))
-    with pytest.raises(BrokerError, match="if the broker requires client certificates, STREAMREC_SECURITY__SSL_CERTFILE"):
+    with pytest.raises(BrokerError,
+                       match="if the broker requires client certificates, STREAMREC_KAFKA__SECURITY__SSL_CERTFILE"):
         check_connection(without_cert, timeout_s=2)
 
 
-def test_worker_consumes_and_publishes_over_sasl_ssl(secure_settings, start_worker, monkeypatch):
+def test_worker_consumes_and_publishes_over_sasl_ssl(secure_settings, start_worker):
     settings = secure_settings
     run(publish_catalog(settings, CATALOG))
-    for name, value in security_env(settings.security).items():  # the worker process reads them
-        monkeypatch.setenv(name, value)
+    env = settings_env(settings)  # the worker process reads the env vars an operator sets
+    assert (env["STREAMREC_KAFKA__SECURITY__PROTOCOL"], env["STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"]) == (
+        "SASL_SSL", PASSWORD)
     worker = start_worker(settings)
     history = ["1", "71", "95"]  # Toy Story, The Lion King, Aladdin
     run(produce(settings, settings.topics.events, [event(n, "alice", item, kind="click")

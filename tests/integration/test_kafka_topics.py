@@ -17,7 +17,7 @@ COMPACTION_TIMEOUT_S = 90  # the log cleaner looks for work every 15 s (Kafka's 
 
 
 def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics],
                                        config_filter="all")
@@ -27,7 +27,7 @@ def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
 
 
 def alter_topic(settings, topic: str, configs: dict[str, str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs=configs)])
     finally:
@@ -35,13 +35,13 @@ def alter_topic(settings, topic: str, configs: dict[str, str]) -> None:
 
 
 def test_worker_topics_and_changelog_have_the_configured_policies(settings, start_worker):
-    settings = settings.model_copy(update={"min_insync_replicas": 1, "partitions": 2})
+    settings = settings.replace(kafka={"min_insync_replicas": 1, "partitions": 2})
     run(publish_catalog(settings, ml100k_items(20)))
     start_worker(settings)
     run(produce(settings, settings.topics.events, [event(1, "u1", "1")]))
     run(consume_until(settings, settings.topics.recommendations, lambda rs: len(rs) >= 1))
     t = settings.topics
-    changelog = f"{settings.app_id}-windows-changelog"
+    changelog = f"{settings.worker.app_id}-windows-changelog"
     configs = topic_configs(settings, [t.events, t.items, t.recommendations, t.dlq, changelog])
     for compacted in (t.items, t.recommendations, changelog):
         assert configs[compacted]["cleanup.policy"] == "compact", compacted

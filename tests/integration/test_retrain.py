@@ -65,7 +65,7 @@ def publish_events(settings, records) -> None:
 
 def end_offset(settings, topic: str) -> int:
     """Records on a one-partition topic (the true end: the embedded broker under-reports)."""
-    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None)
     try:
         tp = kafka.TopicPartition(topic, 0)
         return end_offsets(settings, consumer.end_offsets([tp]))[tp]
@@ -74,7 +74,7 @@ def end_offset(settings, topic: str) -> int:
 
 
 def model_updates(settings) -> list[dict]:
-    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                    auto_offset_reset="earliest", fetch_max_wait_ms=100)
     try:
         tp = kafka.TopicPartition(settings.topics.model_updates, 0)
@@ -90,7 +90,7 @@ def model_updates(settings) -> list[dict]:
 
 def retrain(settings, *args: str):
     result = CliRunner().invoke(standalone(), ["retrain", *args, *FAST], env=settings_env(settings))
-    reports = sorted((settings.registry.parent / "work").glob("*/report.json"))
+    reports = sorted((settings.registry.path.parent / "work").glob("*/report.json"))
     assert reports, f"no report; exit {result.exit_code}: {result.output}\n{result.exception!r}"
     return result, json.loads(reports[-1].read_text())
 
@@ -106,7 +106,7 @@ def promoted(broker, two_tower_registry, tmp_path_factory):
     production = copy_version(two_tower_registry, root)
     Registry(root).set_latest(production)
     tag = tmp.name[-8:].replace("-", "")
-    settings = Settings(broker=broker.url, registry=root, topics=Topics(
+    settings = Settings(kafka={"broker": broker.url}, registry={"path": root}, topics=Topics(
         events=f"events-rt{tag}", items=f"items-rt{tag}", recommendations=f"recs-rt{tag}", dlq=f"dlq-rt{tag}",
         model_updates=f"updates-rt{tag}", control=f"control-rt{tag}"))
     run(publish_catalog(settings, CATALOG))

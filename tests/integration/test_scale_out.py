@@ -14,10 +14,10 @@ USERS = [f"user{i}" for i in range(40)]
 
 
 def test_two_workers_split_partitions_and_answer_every_user(settings, start_worker, tmp_path):
-    settings = settings.model_copy(update={"partitions": 4})
+    settings = settings.replace(kafka={"partitions": 4})
     run(publish_catalog(settings, ml100k_items(100)))
     first = start_worker(settings)
-    second_settings = settings.model_copy(update={"data_dir": tmp_path / "state-2", "web_port": free_port()})
+    second_settings = settings.replace(worker={"data_dir": tmp_path / "state-2", "web_port": free_port()})
     second = start_worker(second_settings)
 
     def split_between_both(_) -> bool:
@@ -42,7 +42,7 @@ def test_two_workers_split_partitions_and_answer_every_user(settings, start_work
     second.stop()
     # A partition that moved keeps a stale copy in its old owner's store (Faust does not delete
     # on revoke); the current owner must hold the user's whole window.
-    stores = [read_windows(settings.data_dir), read_windows(second_settings.data_dir)]
+    stores = [read_windows(settings.worker.data_dir), read_windows(second_settings.worker.data_dir)]
     for n, user in enumerate(USERS):
         expected = [f"{user}-{n}", f"{user}-{n + len(USERS)}", f"{user}-{n + 2 * len(USERS)}"]
         assert expected in [store[user].event_ids for store in stores if user in store], user

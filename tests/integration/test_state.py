@@ -39,33 +39,33 @@ def test_windows_survive_restart_and_rebuild_from_changelog(settings_on_each_bro
     run(produce(settings, settings.topics.events, [event(99, "cold", "not-in-the-catalog")]))
     wait_for(settings, {"cold": "cold-99", **produce_round(settings, 0)})
     worker.stop()
-    first = read_windows(settings.data_dir)
+    first = read_windows(settings.worker.data_dir)
     assert first.pop("cold").item_ids == ["not-in-the-catalog"]  # unknown items are kept, not dropped
     assert {u: w.event_ids for u, w in first.items()} == {u: [f"{u}-{i}"] for i, u in enumerate(USERS)}
 
     worker = start_worker(settings)  # same state dir: windows kept
     wait_for(settings, produce_round(settings, 1))
     worker.stop()
-    kept = read_windows(settings.data_dir)
+    kept = read_windows(settings.worker.data_dir)
     del kept["cold"]
     assert {u: w.event_ids for u, w in kept.items()} == {u: [f"{u}-{i}", f"{u}-{100 + i}"] for i, u in enumerate(USERS)}
 
-    rebuilt_settings = settings.model_copy(update={"data_dir": tmp_path / "empty-state"})
+    rebuilt_settings = settings.replace(worker={"data_dir": tmp_path / "empty-state"})
     worker = start_worker(rebuilt_settings)  # empty dir: recovered from the changelog
     wait_for(settings, produce_round(settings, 2))
     worker.stop()
-    rebuilt = read_windows(rebuilt_settings.data_dir)
+    rebuilt = read_windows(rebuilt_settings.worker.data_dir)
     assert rebuilt.pop("cold").event_ids == ["cold-99"]
     assert {u: w.event_ids for u, w in rebuilt.items()} == {
         u: [f"{u}-{i}", f"{u}-{100 + i}", f"{u}-{200 + i}"] for i, u in enumerate(USERS)}
 
 
 async def _send_one_batch(settings, topic: str, n: int) -> int:
-    async with AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50) as producer:
+    async with AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=50) as producer:
         sent = [await producer.send(topic, b"v", key=b"k") for _ in range(n)]
         for future in sent:
             await future
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)

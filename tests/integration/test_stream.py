@@ -45,7 +45,7 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
         (b"x", dumps({"event_id": "b1", "user_id": "x", "event_type": "view", "ts": 1})),  # no item_id
         (b"x", dumps({"event_id": "b2", "user_id": "x", "item_id": "1", "event_type": "teleport", "ts": 1})),
         (b"x", dumps({"event_id": "b3", "user_id": 42, "item_id": "1", "event_type": "view", "ts": 1})),
-        (b"x", b'{"event_id": "' + b"a" * settings.max_record_bytes + b'"}'),
+        (b"x", b'{"event_id": "' + b"a" * settings.worker.max_record_bytes + b'"}'),
     ]
     good = []
     n = 0
@@ -60,7 +60,7 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
 
     latest = wait_for_triggers(settings, {"alice": f"alice-{n + 1}", "bob": f"bob-{len(HISTORIES['alice']) * 2}",
                                           "carol": f"carol-{n + 2}"})
-    version = Registry(settings.registry).latest()
+    version = Registry(settings.registry.path).latest()
     for user, history in HISTORIES.items():
         record = latest[user]
         ids = [i["item_id"] for i in record["items"]]

@@ -15,7 +15,7 @@ from core.contracts import Item
 from stream_app.serving import load_recommender
 from core.settings import Settings
 
-recommender = load_recommender(Settings(registry=sys.argv[1]), sys.argv[2])
+recommender = load_recommender(Settings(registry={"path": sys.argv[1]}), sys.argv[2])
 items = [Item(item_id=str(i), title=f"Movie {i} (1995)", categories=["Drama"]) for i in range(1, 40)]
 recommender.add_items(items, recommender.embed_items(items))
 window = UserWindow().with_events([WindowEvent("e1", "1", "click", 1.0), WindowEvent("e2", "2", "view", 2.0)],

@@ -52,7 +52,7 @@ CATALOG = ml100k_items(60)
 
 def context(s: Settings) -> Context:
     return Context(catalog=[k for k, _ in CATALOG], users=[f"user{i}" for i in range(40)],
-                   max_bytes=s.max_record_bytes, skew_s=s.max_future_skew_s)
+                   max_bytes=s.worker.max_record_bytes, skew_s=s.worker.max_future_skew_s)
 
 
 def draw_records(ctx: Context, n: int, run_seed: int) -> list[Sent]:
@@ -176,7 +176,7 @@ def test_hostile_records_through_the_real_worker(settings, start_worker):
     log = worker.log()
     worker.stop()
     assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
-    stored = read_windows(settings.data_dir)
+    stored = read_windows(settings.worker.data_dir)
     windows = {user: w.events() for user, w in stored.items()}
     expected = {user: w.events() for user, w in reference_windows(
         ((r.event[1], WindowEvent(r.event[0], *r.event[2:])) for r in good), settings).items()}
@@ -208,8 +208,8 @@ def parser_cases() -> st.SearchStrategy[Sent]:
 def test_parser_rejects_with_the_contract_reason_and_never_raises_anything_else(case):
     s = Settings()
     try:
-        event = parse_event(case.value, max_bytes=s.max_record_bytes, event_types=set(TYPES),
-                            max_future_skew_s=s.max_future_skew_s)
+        event = parse_event(case.value, max_bytes=s.worker.max_record_bytes, event_types=set(TYPES),
+                            max_future_skew_s=s.worker.max_future_skew_s)
     except InvalidRecord as e:
         assert e.reason and not case.good, f"{case.kind}: rejected ({e.reason})"
         assert reason_matches(case.expect, e.reason), f"{case.kind}: {e.reason!r} !~ {case.expect!r}"

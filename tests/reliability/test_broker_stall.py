@@ -23,7 +23,7 @@ RATE = scaled(30, 100)
 
 def test_broker_stall_is_reported_and_survived(settings, start_worker, tmp_path):
     with KafkaCluster(tmp_path / "stalled-kafka", ports=[free_port()], controller_ports=[free_port()]) as broker:
-        settings = settings.model_copy(update={"broker": broker.url})
+        settings = settings.replace(kafka={"broker": broker.url})
         run(publish_catalog(settings, ml100k_items(60)))
         worker = start_worker(settings)
         planned = [event(n, f"user{n}", str(1 + n % 60)) for n in range(N_EVENTS)]  # one event per user

@@ -65,7 +65,7 @@ def test_kill_9_mid_stream_loses_nothing(settings, start_worker):
     triggers = [json.loads(r.value)["trigger_event_id"] for r in records]
     duplicates = len(triggers) - len(set(triggers))
     restarted.stop()
-    windows = {u: w.event_ids for u, w in read_windows(settings.data_dir).items()}
+    windows = {u: w.event_ids for u, w in read_windows(settings.worker.data_dir).items()}
     sent = [json.loads(v) for _, v in planned]
     expected = reference_windows(((e["user_id"], WindowEvent(e["event_id"], e["item_id"], e["event_type"],
                                                              e["ts"] / 1000)) for e in sent), settings)

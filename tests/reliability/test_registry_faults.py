@@ -222,7 +222,7 @@ def test_worker_refuses_a_corrupt_latest_and_serves_the_newest_good_version(sett
     copy_version(source, root / "v2-tampered", link=True)
     tamper(root / "v2-tampered" / "item.onnx")
     (root / "latest").write_text("v2-tampered\n")
-    settings = settings.model_copy(update={"registry": root})
+    settings = settings.replace(registry={"path": root})
 
     catalog = ml100k_items(20)
     run(publish_catalog(settings, catalog))
@@ -251,7 +251,7 @@ def test_worker_with_no_servable_version_exits_with_the_reason(settings, tmp_pat
     copy_version(baseline_version_dir(baseline_registry), root / "v1-broken", link=True)
     truncate_and_rehash(root / "v1-broken", "item.onnx")
     (root / "latest").write_text("v1-broken\n")
-    settings = settings.model_copy(update={"registry": root})
+    settings = settings.replace(registry={"path": root})
 
     result = subprocess.run([sys.executable, "-m", "stream_app.cli", "worker"], cwd=REPO, env=settings_env(settings),
                             capture_output=True, text=True, timeout=300)

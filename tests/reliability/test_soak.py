@@ -128,7 +128,7 @@ async def answered_through(settings, last_n: dict[str, int], timeout_s: float) -
     event answered (its number). Keeps one number per user, not the records."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topics.recommendations, bootstrap_servers=settings.bootstrap_servers,
+    consumer = AIOKafkaConsumer(settings.topics.recommendations, bootstrap_servers=settings.kafka.bootstrap_servers,
                                 group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100,
                                 max_partition_fetch_bytes=8 << 20)
     await consumer.start()
@@ -152,7 +152,7 @@ async def answered_through(settings, last_n: dict[str, int], timeout_s: float) -
 
 @pytest.mark.timeout(DURATION_S + 900)  # start-up, drain and reading every answer come on top
 def test_soak_steady_rate(settings, start_worker, broker):
-    settings = settings.model_copy(update={"producer_linger_ms": LINGER_MS})
+    settings = settings.replace(kafka={"producer_linger_ms": LINGER_MS})
     run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
     worker.wait_for_catalog(N_ITEMS)

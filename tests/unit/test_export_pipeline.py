@@ -97,7 +97,7 @@ def test_cli_models_list_and_export_errors(tmp_path: Path, checkpoint: Path, mon
     out = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--registry", str(reg)])
     assert out.exit_code == 1 and "max |ort - torch|" in out.output
 
-    monkeypatch.setenv("STREAMREC_REGISTRY", str(reg))
+    monkeypatch.setenv("STREAMREC_REGISTRY__PATH", str(reg))
     from tests.unit.test_export_registry import stage
 
     Registry(reg).register(stage(Registry(reg)), version="v1")

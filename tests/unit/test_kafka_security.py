@@ -9,7 +9,7 @@ from core.settings import KafkaSecurity, Settings
 
 
 def test_plaintext_by_default():
-    security = Settings().security
+    security = Settings().kafka.security
     assert client_security(security) == {"security_protocol": "PLAINTEXT"}
     assert faust_credentials(security) is None
 
@@ -29,12 +29,12 @@ def test_sasl_ssl_maps_to_both_client_families():
 
 
 def test_ssl_only_and_env_vars(monkeypatch):
-    monkeypatch.setenv("STREAMREC_SECURITY__PROTOCOL", "SSL")
-    security = Settings().security
+    monkeypatch.setenv("STREAMREC_KAFKA__SECURITY__PROTOCOL", "SSL")
+    security = Settings().kafka.security
     assert client_security(security)["security_protocol"] == "SSL"
     assert isinstance(faust_credentials(security), faust.SSLCredentials)
 
 
 def test_password_is_not_printed():
     security = KafkaSecurity(protocol="SASL_PLAINTEXT", sasl_username="svc", sasl_password="s3cret")
-    assert "s3cret" not in repr(security) and "s3cret" not in str(Settings(security=security))
+    assert "s3cret" not in repr(security) and "s3cret" not in str(Settings(kafka={"security": security}))

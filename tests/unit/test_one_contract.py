@@ -79,8 +79,8 @@ def as_bytes(record: dict) -> bytes:
 
 
 def worker(record: dict):
-    e = parse_event(as_bytes(record), max_bytes=SETTINGS.max_record_bytes, event_types=set(SETTINGS.event_weights),
-                    max_future_skew_s=SETTINGS.max_future_skew_s)
+    e = parse_event(as_bytes(record), max_bytes=SETTINGS.worker.max_record_bytes,
+                    event_types=set(SETTINGS.worker.event_weights), max_future_skew_s=SETTINGS.worker.max_future_skew_s)
     return e.user_id, e.item_id, e.event_type, e.ts
 
 
@@ -142,7 +142,7 @@ def test_predict_reads_histories_the_same_way():
 
 def test_items_read_the_same_on_every_path(tmp_path):
     root = dataset_dir(tmp_path / "data", RAW, ITEMS)
-    worker_items = [parse_item(as_bytes(it), max_bytes=SETTINGS.max_record_bytes) for it in ITEMS]
+    worker_items = [parse_item(as_bytes(it), max_bytes=SETTINGS.worker.max_record_bytes) for it in ITEMS]
     assert [(i.item_id, item_text(i.title, i.description, i.categories)) for i in worker_items] == EXPECTED_ITEMS
 
     data = load_interactions(root, SPEC)  # training: catalog order = item file order
@@ -153,7 +153,7 @@ def test_items_read_the_same_on_every_path(tmp_path):
         assert [(i.item_id, item_text(i.title, i.description, i.categories)) for i in predicted] == EXPECTED_ITEMS
 
     replayed, _ = dataset_records(root)  # `replay`: what it sends to `items`, as the worker parses it
-    parsed = [parse_item(as_bytes(value), max_bytes=SETTINGS.max_record_bytes) for _, value in replayed]
+    parsed = [parse_item(as_bytes(value), max_bytes=SETTINGS.worker.max_record_bytes) for _, value in replayed]
     assert [(i.item_id, item_text(i.title, i.description, i.categories)) for i in parsed] == EXPECTED_ITEMS
 
     catalog = catalog_state([(it["item_id"].encode(), as_bytes(it)) for it in ITEMS], SETTINGS)  # retrain

@@ -194,7 +194,7 @@ def test_a_failed_run_writes_a_report_and_exits_1(tmp_path):
     registry = tmp_path / "registry"
     registry.mkdir()
     (registry / "latest").write_text("no-such-version\n")
-    result = run_once(Settings(registry=registry), RetrainConfig(work_root=tmp_path / "work", progress=False))
+    result = run_once(Settings(registry={"path": registry}), RetrainConfig(work_root=tmp_path / "work", progress=False))
     assert result.status == FAILED and result.exit_code == 1
     report = json.loads((result.work_dir / "report.json").read_text())
     assert report["decision"] == "failed" and "no-such-version" in report["reason"]

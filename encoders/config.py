@@ -1,0 +1,87 @@
+"""The trainer's configurations, torch-free: the model's (item tower, user tower, recommender), a
+training run's (TrainConfig) and a retrain run's (RetrainConfig). The command-line options of
+`streamrec train` and `streamrec retrain` take their defaults from these, so a default is written
+once, here. The torch modules re-export them (encoders.train.TrainConfig, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.features import FeatureSpec
+
+
+@dataclass
+class ItemTowerConfig:
+    text_model_dir: str = ""  # any local Hugging Face encoder directory; "" = bundled MiniLM
+    proj_dim: int | None = 64  # output width; None = raw normalised sentence embedding
+    max_tokens: int = 32  # item titles are short; longer text is truncated
+    train_top_layers: int = 0  # 0 = frozen LM; n = fine-tune the top n transformer layers
+
+
+@dataclass
+class UserTowerConfig:
+    dim: int = 64  # width of item vectors, hidden states and the user vector
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads per block
+    max_len: int = 50  # longest window (size of the position table)
+    n_event_ids: int = 5  # FeatureSpec.n_event_ids (padding + types + "other")
+    n_time_buckets: int = 16  # FeatureSpec.n_time_buckets
+    dropout: float = 0.3  # on embeddings, attention weights and residual branches
+
+
+@dataclass
+class RecommenderConfig:
+    item_tower: ItemTowerConfig = field(default_factory=ItemTowerConfig)
+    user_tower: UserTowerConfig = field(default_factory=UserTowerConfig)
+    use_text: bool = True  # False = ID-only baseline (no language model)
+    id_residual: bool = True  # learned per-item residual for warm items (text mode)
+    residual_dropout: float = 0.2  # training: share of warm items scored text-only in a step (cold-item recall)
+    repeat_bias: bool = True  # learned beta per event type for items already in the window
+    n_items: int = 0  # catalog size N; the trainer sets it from the data
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 300  # upper bound; early stopping usually ends sooner
+    batch_size: int = 64  # windows per step
+    lr: float = 2e-3  # AdamW, user tower, projection and ID residual
+    lm_lr: float = 2e-5  # AdamW for fine-tuned LM layers (train_top_layers > 0)
+    repeat_lr: float = 0.05  # AdamW for the repeat term's beta (a few scalars, no weight decay)
+    weight_decay: float = 0.01
+    patience: int = 20  # epochs without a better validation NDCG@10 before stopping
+    max_minutes: float = 10.0  # wall-clock budget for the training loop
+    loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
+    n_negatives: int = 256  # shared negatives per step for the sampled softmax
+    cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)
+    threads: int = 2  # torch CPU threads
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    # data
+    since: str | None = None  # duration (7d, 12h): only events written to Kafka in this window
+    from_offsets: Path | None = None  # stored position {partition: offset}; a missing file = from the start
+    save_offsets: Path | None = None  # where a promoted run stores its end position (default: from_offsets)
+    base: Path | None = None  # extra training data (RecBole or JSONL dir) merged before the topic's events
+    min_events: int = 100  # fewer valid events -> skipped (exit 4)
+    work_root: Path | None = None  # each run writes <work_root>/<UTC stamp>/; None: Settings.trainer.retrain_dir
+    # gate
+    holdout: str = "10%"  # most recent slice held out: a share of events ("10%", "0.1") or a duration ("1d")
+    tolerance: float = 0.005  # promote iff candidate NDCG@10 >= production NDCG@10 - tolerance
+    # training (TrainConfig): a fine-tune, so fewer epochs, less patience, a lower rate, a longer budget
+    epochs: int = 50  # upper bound; early stopping on leave-one-out validation inside the training data
+    patience: int = 10  # epochs without a better validation NDCG@10
+    max_minutes: float = 30.0  # wall-clock budget of the training loop
+    lr: float = 1e-3  # AdamW; lower than training from scratch because it is a fine-tune
+    batch_size: int = TrainConfig.batch_size
+    threads: int = TrainConfig.threads  # torch CPU threads
+    seed: int = TrainConfig.seed
+    # a model from scratch (production has no checkpoint): `streamrec train`'s defaults
+    dim: int = UserTowerConfig.dim
+    layers: int = UserTowerConfig.n_layers
+    heads: int = UserTowerConfig.n_heads
+    max_len: int = FeatureSpec.max_len
+    progress: bool = True  # tqdm bar while training
