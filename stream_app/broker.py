@@ -233,7 +233,7 @@ class KafkaCluster(_Broker):
     def _format(self, node: KafkaNode, config: Path) -> None:
         if (self.node_dir(node.node_id) / "log" / "meta.properties").exists():
             return  # formatted by an earlier start: keep the log
-        command = kafka_java(self.libs, "kafka.tools.StorageTool", "format", "-t", self._cluster_id(), "-c",
+        command = kafka_java(self.libs, "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}", "-c",
                              str(config), *self.format_args, heap_mb=128, logs_dir=self.node_dir(node.node_id))
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
