@@ -15,6 +15,8 @@ import time
 from contextlib import contextmanager
 
 import faust
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 from aiokafka import AIOKafkaConsumer
@@ -35,11 +37,29 @@ BROKER_PROBE_TIMEOUT_MS = 3_000
 FORGET_CATCH_UP_TIMEOUT_S = 30.0  # how long a forget waits for the events sent before it (forget_users)
 
 
+class KeepQueuedOnResume(FlowControlEvent):
+    """Faust's flow control empties every stream queue when it resumes after a rebalance. It
+    resumes *after* seeking the new partitions to their committed offsets, so records fetched in
+    between (past the seek, hence never fetched again) were thrown away: a worker restarted after
+    kill -9 lost a run of events (tests/reliability/test_crash.py). The queues are still emptied
+    when partitions are revoked (`clear()`, before the seek); what is queued at resume belongs to
+    the new assignment. Records fetched before the seek come again after it: duplicates, which
+    the windows drop by event id."""
+
+    def resume(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
+
+
 class StreamrecApp(faust.App):
     transport_class: type  # set by build_app: stream_app.kafka.tuned_transport
 
     def _new_transport(self):
         return self.transport_class(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return KeepQueuedOnResume(loop=self.loop)
 
 
 @contextmanager

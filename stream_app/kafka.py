@@ -284,6 +284,25 @@ class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.settings.fetch_max_wait_ms  # read by aiokafka at start()
         return consumer
 
+    async def seek_to_committed(self):
+        return await self.call_thread(self._seek_to_committed_or_earliest)
+
+    async def _seek_to_committed_or_earliest(self):
+        """Faust re-reads what it fetched but did not process (records fetched while a partition was
+        paused for table recovery are dropped) by seeking back to the committed offset. aiokafka
+        leaves a partition with no committed offset (or 0) where it is, so a worker killed before
+        its first commit lost the events its successor fetched during recovery
+        (tests/reliability/test_crash.py caught it). Those partitions go back to their earliest
+        offset, which is where `auto_offset_reset=earliest` started them."""
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        changelogs = self.app.tables.changelog_topics  # table recovery positions these itself
+        uncommitted = [tp for tp, offset in committed.items()
+                       if not offset and tp.topic not in changelogs]  # None or 0
+        if uncommitted:
+            await consumer.seek_to_beginning(*uncommitted)
+        return committed
+
 
 class _IdempotentProducer(faust_aiokafka.Producer):
     """Every record the worker writes (recommendations, dead letters, changelogs) is acknowledged
