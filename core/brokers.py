@@ -233,7 +233,7 @@ class KafkaCluster(_Broker):
     def _format(self, node: KafkaNode, config: Path) -> None:
         if (self.node_dir(node.node_id) / "log" / "meta.properties").exists():
             return  # formatted by an earlier start: keep the log
-        command = kafka_java(self.libs, "kafka.tools.StorageTool", "format", "-t", self._cluster_id(), "-c",
+        command = kafka_java(self.libs, "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}", "-c",
                              str(config), *self.format_args, heap_mb=128, logs_dir=self.node_dir(node.node_id))
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -266,7 +266,7 @@ class KafkaCluster(_Broker):
                     brokers = {b["broker_id"] for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")}
                 finally:
                     admin.close()
-                if running <= brokers:
+                if running <= brokers and self._group_coordinator_ready():
                     return
             except Exception:  # not ready yet: no controller elected, metadata not caught up
                 pass
@@ -274,6 +274,21 @@ class KafkaCluster(_Broker):
                 raise TimeoutError(f"Kafka nodes {sorted(running)} not all registered after {timeout_s:.0f}s; "
                                    f"logs under {self.data_dir}")
             time.sleep(0.25)
+
+    def _group_coordinator_ready(self) -> bool:
+        """A fresh cluster creates `__consumer_offsets` on the first group lookup; until then every
+        consumer group logs GroupCoordinatorNotAvailable errors. Ask once here, as a client would."""
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000,
+                                 **self.client_options)
+        try:
+            admin.describe_groups(["streamrec-readiness-check"])
+            return True
+        except Exception:
+            return False
+        finally:
+            admin.close()
 
     def start(self) -> "KafkaCluster":
         try:

@@ -12,6 +12,12 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
   `take_events()` sets none per event.
 - `Consumer._committed_offset` (`committed_offset`): a forget request waits until the events sent
   before it are processed; Faust has no public read of the committed offset.
+- `App.flow_control` and `FlowControlEvent._suspend/_resume` (`KeepQueuedOnResume`): Faust empties
+  the stream queues when it resumes after a rebalance, after its seek: a worker restarted after
+  kill -9 lost the records fetched in between (tests/reliability/test_crash.py).
+- `ConsumerThread.seek_to_committed`, `_ensure_consumer` (`_TunedConsumerThread`): aiokafka leaves a
+  partition with no committed offset where it is, so Faust's seek back to re-read dropped records
+  did nothing for a worker killed before its first commit.
 
 Not Faust: `core.kafka.read_whole_topic` calls aiokafka's `consumer._client.force_metadata_update()`
 (a consumer with no subscription knows no partitions on Apache Kafka); it stays in `core` with its
@@ -26,9 +32,24 @@ from contextlib import contextmanager
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 from core.kafka import tansu_end_offsets
 from core.settings import Settings
+
+
+class KeepQueuedOnResume(FlowControlEvent):
+    """Faust's flow control empties every stream queue when it resumes after a rebalance. It
+    resumes *after* seeking the new partitions to their committed offsets, so records fetched in
+    between (past the seek, hence never fetched again) were thrown away: a worker restarted after
+    kill -9 lost a run of events. The queues are still emptied when partitions are revoked
+    (`clear()`, before the seek); what is queued at resume belongs to the new assignment. Records
+    fetched before the seek come again after it: duplicates, which the windows drop by event id."""
+
+    def resume(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
 
 
 class StreamrecApp(faust.App):
@@ -36,6 +57,10 @@ class StreamrecApp(faust.App):
 
     def _new_transport(self):  # private: Faust builds its transport here, from the URL scheme only
         return self.transport_class(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return KeepQueuedOnResume(loop=self.loop)
 
 
 class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -48,6 +73,23 @@ class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.settings.kafka.fetch_max_wait_ms  # aiokafka private; read at start()
         return consumer
+
+    async def seek_to_committed(self):
+        return await self.call_thread(self._seek_to_committed_or_earliest)
+
+    async def _seek_to_committed_or_earliest(self):
+        """Faust re-reads what it fetched but did not process by seeking back to the committed
+        offset. aiokafka leaves a partition with no committed offset (or 0) where it is, so a worker
+        killed before its first commit lost the events its successor fetched during recovery.
+        Those partitions go back to their earliest offset, where `auto_offset_reset=earliest`
+        started them."""
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        changelogs = self.app.tables.changelog_topics  # table recovery positions these itself
+        uncommitted = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+        if uncommitted:
+            await consumer.seek_to_beginning(*uncommitted)
+        return committed
 
 
 class _IdempotentProducer(faust_aiokafka.Producer):
