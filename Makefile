@@ -28,7 +28,10 @@ kafka/libs/.installed: kafka/pom.xml
 			"make test needs Java 17 and Maven (README)." >&2; \
 	fi
 
+# Lint and format check first (seconds), then the suite; the import contract is tests/unit/test_layers.py.
 test: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 test-slow: setup

@@ -22,11 +22,11 @@ from pathlib import Path
 import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from core.contracts import epoch_seconds  # noqa: E402
+from core.kafka import ensure_topics  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 from state.window import WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
-from core.kafka import ensure_topics  # noqa: E402
-from core.contracts import epoch_seconds  # noqa: E402
-from core.settings import Settings, load_settings  # noqa: E402
 
 OUTPUT_TOPIC = "bare-out"
 

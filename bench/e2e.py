@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bare_agent import OUTPUT_TOPIC as BARE_OUTPUT_TOPIC  # noqa: E402
 from bench.report import cpu, write_section  # noqa: E402
+from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
 from export.registry import Registry  # noqa: E402
 from stream_app.app import freeze_heap  # noqa: E402
-from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
-from core.settings import Settings, load_settings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 IMG = ROOT / "docs" / "img"
@@ -78,8 +78,9 @@ class System:
 
 
 # -- event streams ---------------------------------------------------------------------------
-def synthetic_events(item_ids: list[str], n: int, users: int, items: int, zipf: float, burst: float,
-                     sessions: int, seed: int = 0) -> Events:
+def synthetic_events(
+    item_ids: list[str], n: int, users: int, items: int, zipf: float, burst: float, sessions: int, seed: int = 0
+) -> Events:
     """`n` events over the first `items` of a shuffled catalog (popularity ∝ 1/rank^zipf), from
     `sessions` concurrent bursts of users drawn uniformly from `users` ids."""
     rng = np.random.default_rng(seed)
@@ -106,13 +107,19 @@ def synthetic_events(item_ids: list[str], n: int, users: int, items: int, zipf: 
 
 def warmup_events(item_ids: list[str]) -> Events:
     now = time.time()
-    return [(f"warmup-{k % 20}", {**event_record(f"warmup-{k % 20}", item_ids[k % len(item_ids)], "view", now),
-                                  "event_id": f"warmup-{k}"}) for k in range(WARMUP_EVENTS)]
+    return [
+        (
+            f"warmup-{k % 20}",
+            {**event_record(f"warmup-{k % 20}", item_ids[k % len(item_ids)], "view", now), "event_id": f"warmup-{k}"},
+        )
+        for k in range(WARMUP_EVENTS)
+    ]
 
 
 # -- one measurement --------------------------------------------------------------------------
-async def measure(settings: Settings, output_topic: str, events: Events, rate: float,
-                  timeout_s: float = DRAIN_TIMEOUT_S) -> dict:
+async def measure(
+    settings: Settings, output_topic: str, events: Events, rate: float, timeout_s: float = DRAIN_TIMEOUT_S
+) -> dict:
     """Offer `events` at `rate`/s and wait until every one is answered on `output_topic`."""
     n = len(events)
     sent, answered = np.full(n, np.nan), np.full(n, np.nan)
@@ -124,8 +131,13 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
     next_unanswered = dict.fromkeys(of_user, 0)
     unanswered, records = n, 0
     done = asyncio.Event()
-    consumer = AIOKafkaConsumer(output_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                group_id=None, auto_offset_reset="latest", fetch_max_wait_ms=10)
+    consumer = AIOKafkaConsumer(
+        output_topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=10,
+    )
     await consumer.start()
     await consumer.seek_to_end()
 
@@ -142,7 +154,7 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
                     user, position = trigger
                     first = next_unanswered[user]
                     if position >= first:  # this record answers every earlier unanswered event of the user
-                        answered[of_user[user][first:position + 1]] = now
+                        answered[of_user[user][first : position + 1]] = now
                         next_unanswered[user] = position + 1
                         unanswered -= position + 1 - first
             if unanswered == 0:
@@ -168,10 +180,18 @@ async def measure(settings: Settings, output_topic: str, events: Events, rate: f
     ok = ~np.isnan(answered)
     latency_ms = (answered[ok] - sent[ok]) * 1000
     p50, p95, p99 = np.percentile(latency_ms, [50, 95, 99]) if ok.any() else (np.nan,) * 3
-    return {"rate": rate, "events": n, "answered": int(ok.sum()), "records": records,
-            "sent_per_s": n / (sent[-1] - start),
-            "events_per_s": ok.sum() / (np.nanmax(answered) - start) if ok.any() else 0.0,
-            "p50": p50, "p95": p95, "p99": p99, "latency_ms": latency_ms}
+    return {
+        "rate": rate,
+        "events": n,
+        "answered": int(ok.sum()),
+        "records": records,
+        "sent_per_s": n / (sent[-1] - start),
+        "events_per_s": ok.sum() / (np.nanmax(answered) - start) if ok.any() else 0.0,
+        "p50": p50,
+        "p95": p95,
+        "p99": p99,
+        "latency_ms": latency_ms,
+    }
 
 
 # -- running a system -------------------------------------------------------------------------
@@ -207,8 +227,9 @@ def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_T
     raise TimeoutError(f"workers on ports {ports} did not settle on {partitions} partitions in {timeout_s:.0f}s")
 
 
-def run_system(system: System, settings: Settings, items: Events, stream: Events, rates: list[float],
-               seconds: float, work: Path) -> list[dict]:
+def run_system(
+    system: System, settings: Settings, items: Events, stream: Events, rates: list[float], seconds: float, work: Path
+) -> list[dict]:
     """Fresh broker and state; start the system (`settings` on that broker), warm it up, offer each
     rate in turn with the stream's next `rate * seconds` events."""
     work.mkdir(parents=True, exist_ok=True)
@@ -217,21 +238,29 @@ def run_system(system: System, settings: Settings, items: Events, stream: Events
         settings = settings.replace(kafka={"broker": broker.url, "partitions": system.partitions})
         asyncio.run(publish_catalog(settings, items))
         start = start_bare_agent if system.bare else start_worker
-        each = [settings.replace(worker={"data_dir": work / f"state-{n}", "web_port": free_port()})
-                for n in range(system.workers)]  # each process: its own dir and port
+        each = [
+            settings.replace(worker={"data_dir": work / f"state-{n}", "web_port": free_port()})
+            for n in range(system.workers)
+        ]  # each process: its own dir and port
         processes = [start(s, work / f"worker-{n}.log") for n, s in enumerate(each)]
         try:
             if not system.bare:
                 wait_for_group([s.worker.web_port for s in each], system.partitions)
-            warm = asyncio.run(measure(settings, system.output_topic(settings),
-                                       warmup_events([k for k, _ in items]), WARMUP_RATE,
-                                       timeout_s=START_TIMEOUT_S))
+            warm = asyncio.run(
+                measure(
+                    settings,
+                    system.output_topic(settings),
+                    warmup_events([k for k, _ in items]),
+                    WARMUP_RATE,
+                    timeout_s=START_TIMEOUT_S,
+                )
+            )
             if warm["answered"] < warm["events"]:
                 raise RuntimeError(f"{system.label} did not answer its warm-up; logs in {work}")
             offset = 0
             for rate in rates:
                 time.sleep(SETTLE_S)  # let the previous rate's after-effects (compaction, GC) pass
-                events = stream[offset:offset + int(rate * seconds)]
+                events = stream[offset : offset + int(rate * seconds)]
                 offset += len(events)
                 rows.append(asyncio.run(measure(settings, system.output_topic(settings), events, rate)))
                 print(f"{system.label:>34} offered {rate:6.0f}/s: {line(rows[-1])}", flush=True)
@@ -241,8 +270,17 @@ def run_system(system: System, settings: Settings, items: Events, stream: Events
     return rows
 
 
-def run_rounds(real: System, bare: System, settings: Settings, items: Events, stream: Events, rates: list[float],
-               seconds: float, work: Path, repeats: int) -> dict[System, list[dict]]:
+def run_rounds(
+    real: System,
+    bare: System,
+    settings: Settings,
+    items: Events,
+    stream: Events,
+    rates: list[float],
+    seconds: float,
+    work: Path,
+    repeats: int,
+) -> dict[System, list[dict]]:
     """`repeats` rounds of streamrec then the bare agent on the same events and rates, each
     followed by a quarter of streamrec's best rate in the first round, on a fresh broker (Tansu
     slows down as record batches pile up, docs/reliability.md); per rate, the
@@ -255,8 +293,9 @@ def run_rounds(real: System, bare: System, settings: Settings, items: Events, st
             name = f"{system.engine}-{'bare' if system.bare else 'streamrec'}-{r}"
             rows = run_system(system, settings, items, stream, rates, seconds, work / name)
             quarter = quarter or round(best(rows) / 4)
-            rounds[system].append(rows + run_system(system, settings, items, stream, [quarter], seconds,
-                                                    work / f"{name}-quarter"))
+            rounds[system].append(
+                rows + run_system(system, settings, items, stream, [quarter], seconds, work / f"{name}-quarter")
+            )
     return {system: median_rows(runs) for system, runs in rounds.items()}
 
 
@@ -264,20 +303,29 @@ def median_rows(runs: list[list[dict]]) -> list[dict]:
     """Per offered rate, the median of each figure over the runs, the range of p99, all latencies."""
     merged = []
     for rows in zip(*runs):
-        row = {key: float(np.median([r[key] for r in rows]))
-               for key in ("events_per_s", "sent_per_s", "p50", "p95", "p99", "records")}
-        row.update(rate=rows[0]["rate"], events=rows[0]["events"], answered=min(r["answered"] for r in rows),
-                   runs=len(rows), p99_range=(min(r["p99"] for r in rows), max(r["p99"] for r in rows)),
-                   latency_ms=np.concatenate([r["latency_ms"] for r in rows]))
+        row = {
+            key: float(np.median([r[key] for r in rows]))
+            for key in ("events_per_s", "sent_per_s", "p50", "p95", "p99", "records")
+        }
+        row.update(
+            rate=rows[0]["rate"],
+            events=rows[0]["events"],
+            answered=min(r["answered"] for r in rows),
+            runs=len(rows),
+            p99_range=(min(r["p99"] for r in rows), max(r["p99"] for r in rows)),
+            latency_ms=np.concatenate([r["latency_ms"] for r in rows]),
+        )
         merged.append(row)
     return merged
 
 
 def line(row: dict) -> str:
     missing = f", {row['events'] - row['answered']} UNANSWERED" if row["answered"] < row["events"] else ""
-    return (f"sustained {row['events_per_s']:6.0f}/s, p50 {row['p50']:7.1f} ms, p95 {row['p95']:7.1f} ms, "
-            f"p99 {row['p99']:7.1f} ms ({row['records']} records for {row['events']} events{missing}; "
-            f"sent at {row['sent_per_s']:.0f}/s)")
+    return (
+        f"sustained {row['events_per_s']:6.0f}/s, p50 {row['p50']:7.1f} ms, p95 {row['p95']:7.1f} ms, "
+        f"p99 {row['p99']:7.1f} ms ({row['records']} records for {row['events']} events{missing}; "
+        f"sent at {row['sent_per_s']:.0f}/s)"
+    )
 
 
 def best(rows: list[dict]) -> float:
@@ -286,11 +334,16 @@ def best(rows: list[dict]) -> float:
 
 # -- report -----------------------------------------------------------------------------------
 def comparison_table(bare: list[dict], real: list[dict]) -> str:
-    head = ("| offered /s | bare: sustained /s | p50 | p95 | p99 ms (range) | streamrec: sustained /s | p50 | p95 "
-            "| p99 ms (range) | records / events | p99 b/a |\n| " + " | ".join(["---:"] * 11) + " |")
-    body = [f"| {a['rate']:.0f} | {a['events_per_s']:.0f} | {a['p50']:.1f} | {a['p95']:.1f} | {p99(a)} "
-            f"| {b['events_per_s']:.0f} | {b['p50']:.1f} | {b['p95']:.1f} | {p99(b)} "
-            f"| {b['records']:.0f} / {b['events']} | {b['p99'] / a['p99']:.2f} |" for a, b in zip(bare, real)]
+    head = (
+        "| offered /s | bare: sustained /s | p50 | p95 | p99 ms (range) | streamrec: sustained /s | p50 | p95 "
+        "| p99 ms (range) | records / events | p99 b/a |\n| " + " | ".join(["---:"] * 11) + " |"
+    )
+    body = [
+        f"| {a['rate']:.0f} | {a['events_per_s']:.0f} | {a['p50']:.1f} | {a['p95']:.1f} | {p99(a)} "
+        f"| {b['events_per_s']:.0f} | {b['p50']:.1f} | {b['p95']:.1f} | {p99(b)} "
+        f"| {b['records']:.0f} / {b['events']} | {b['p99'] / a['p99']:.2f} |"
+        for a, b in zip(bare, real)
+    ]
     return "\n".join([head, *body])
 
 
@@ -302,10 +355,17 @@ def p99(row: dict) -> str:
 
 def scale_table(results: dict[System, list[dict]]) -> str:
     systems = list(results)
-    head = ("| offered /s | " + " | ".join(f"{s.label}: sustained /s | p99 ms" for s in systems) + " |\n| "
-            + " | ".join(["---:"] * (1 + 2 * len(systems))) + " |")
-    body = [f"| {rows[0]['rate']:.0f} | " + " | ".join(f"{r['events_per_s']:.0f} | {r['p99']:.1f}" for r in rows) + " |"
-            for rows in zip(*results.values())]
+    head = (
+        "| offered /s | "
+        + " | ".join(f"{s.label}: sustained /s | p99 ms" for s in systems)
+        + " |\n| "
+        + " | ".join(["---:"] * (1 + 2 * len(systems)))
+        + " |"
+    )
+    body = [
+        f"| {rows[0]['rate']:.0f} | " + " | ".join(f"{r['events_per_s']:.0f} | {r['p99']:.1f}" for r in rows) + " |"
+        for rows in zip(*results.values())
+    ]
     return "\n".join([head, *body])
 
 
@@ -354,8 +414,12 @@ def plot(results: dict[System, list[dict]], bare: System, real: System) -> list[
         (curve,) = ax.plot(latency, np.arange(1, len(latency) + 1) / len(latency), label=system.label)
         ax.axvline(np.percentile(latency, 99), color=curve.get_color(), linestyle=":", linewidth=1)
     ax.axvline(100, color="red", linestyle="--", linewidth=1, label="100 ms target")
-    ax.set(xscale="log", xlabel="event → answer latency, ms (dotted: p99)", ylabel="fraction of events",
-           title=f"Latency CDF at {rate:.0f} events/s (¼ of streamrec's best; {real.engine})")
+    ax.set(
+        xscale="log",
+        xlabel="event → answer latency, ms (dotted: p99)",
+        ylabel="fraction of events",
+        title=f"Latency CDF at {rate:.0f} events/s (¼ of streamrec's best; {real.engine})",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -367,8 +431,13 @@ def plot(results: dict[System, list[dict]], bare: System, real: System) -> list[
 # -- main -------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", nargs="+", choices=["kafka", "tansu"], default=["kafka"],
-                        help="broker(s): each engine gets the whole run, reported side by side")
+    parser.add_argument(
+        "--engine",
+        nargs="+",
+        choices=["kafka", "tansu"],
+        default=["kafka"],
+        help="broker(s): each engine gets the whole run, reported side by side",
+    )
     parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--stream", choices=["ml100k", "synthetic"], default="ml100k")
@@ -392,8 +461,9 @@ def main() -> None:
     quarter_bound = max(args.rates) / 3  # the quarter-of-best slice, with a margin
     needed = int(max((sum(args.rates) + quarter_bound) * args.seconds, sum(scale_rates) * scale_seconds)) + 1
     if args.stream == "synthetic":
-        stream = synthetic_events([k for k, _ in items], needed, args.users, args.items, args.zipf, args.burst,
-                                  args.sessions)
+        stream = synthetic_events(
+            [k for k, _ in items], needed, args.users, args.items, args.zipf, args.burst, args.sessions
+        )
     elif len(replay) < needed:
         raise SystemExit(f"ml-100k has {len(replay)} events; these rates and seconds may need {needed}")
     else:
@@ -404,14 +474,23 @@ def main() -> None:
 
     runs = []  # (engine, {bare, real: rows}, {scale system: rows}, bare, real)
     for engine in args.engine:
-        real, bare = System("streamrec", bare=False, engine=engine), System("bare Faust agent", bare=True, engine=engine)
+        real, bare = (
+            System("streamrec", bare=False, engine=engine),
+            System("bare Faust agent", bare=True, engine=engine),
+        )
         results = run_rounds(real, bare, settings, items, stream, args.rates, args.seconds, work, args.repeats)
         scale: dict[System, list[dict]] = {}
         for n in args.workers:
-            system = System(f"streamrec, {n} worker{'s' * (n > 1)}, {args.scale_partitions} partitions", bare=False,
-                            engine=engine, workers=n, partitions=args.scale_partitions)
-            scale[system] = run_system(system, settings, items, stream, scale_rates, scale_seconds,
-                                       work / f"{engine}-workers-{n}")
+            system = System(
+                f"streamrec, {n} worker{'s' * (n > 1)}, {args.scale_partitions} partitions",
+                bare=False,
+                engine=engine,
+                workers=n,
+                partitions=args.scale_partitions,
+            )
+            scale[system] = run_system(
+                system, settings, items, stream, scale_rates, scale_seconds, work / f"{engine}-workers-{n}"
+            )
         runs.append((engine, results, scale, bare, real))
     load_after = os.getloadavg()[0]
 
@@ -426,18 +505,36 @@ def main() -> None:
     command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py " + " ".join(sys.argv[1:])
     print(f"\nreproduce: {command}")
     if args.write_docs:
-        sections = [markdown(results, scale, bare, real, version, args, plot({bare: results[bare], real: results[real],
-                                                                              **scale}, bare, real))
-                    for _, results, scale, bare, real in runs]
-        write_section(ROOT / "docs" / "benchmarks.md", "## End to end",
-                      header(runs, args, command, (load_before, load_after), settings) + "".join(sections))
+        sections = [
+            markdown(
+                results,
+                scale,
+                bare,
+                real,
+                version,
+                args,
+                plot({bare: results[bare], real: results[real], **scale}, bare, real),
+            )
+            for _, results, scale, bare, real in runs
+        ]
+        write_section(
+            ROOT / "docs" / "benchmarks.md",
+            "## End to end",
+            header(runs, args, command, (load_before, load_after), settings) + "".join(sections),
+        )
 
 
 def engines_table(runs) -> str:
     """Per offered rate, both systems on every engine: the side-by-side view."""
-    head = ("| offered /s | " + " | ".join(f"{engine} {label}: sustained /s | p99 ms" for engine, *_ in runs
-                                             for label in ("bare", "streamrec")) + " |\n| "
-            + " | ".join(["---:"] * (1 + 4 * len(runs))) + " |")
+    head = (
+        "| offered /s | "
+        + " | ".join(
+            f"{engine} {label}: sustained /s | p99 ms" for engine, *_ in runs for label in ("bare", "streamrec")
+        )
+        + " |\n| "
+        + " | ".join(["---:"] * (1 + 4 * len(runs)))
+        + " |"
+    )
     columns = [(results[bare], results[real]) for _, results, _, bare, real in runs]
     body = []
     for k, row in enumerate(columns[0][0]):
@@ -451,22 +548,32 @@ def engines_table(runs) -> str:
 
 def stream_text(args) -> str:
     if args.stream == "ml100k":
-        return ("ml-100k replayed in time order (real users: several events of one user often share a "
-                "micro-batch, so streamrec sends fewer records than events)")
-    return (f"synthetic: {args.users:,} users drawn uniformly, {args.items:,} ml-100k catalog items with Zipf "
-            f"popularity (exponent {args.zipf:g}), {args.sessions} interleaved user bursts of mean length "
-            f"{args.burst:g} events")
+        return (
+            "ml-100k replayed in time order (real users: several events of one user often share a "
+            "micro-batch, so streamrec sends fewer records than events)"
+        )
+    return (
+        f"synthetic: {args.users:,} users drawn uniformly, {args.items:,} ml-100k catalog items with Zipf "
+        f"popularity (exponent {args.zipf:g}), {args.sessions} interleaved user bursts of mean length "
+        f"{args.burst:g} events"
+    )
 
 
 def header(runs, args, command: str, load: tuple[float, float], settings: Settings) -> str:
     """What was measured and how, for every engine in the run; the side-by-side table when several."""
-    engines = " and ".join({"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)",
-                            "tansu": "the embedded Tansu"}[engine] for engine, *_ in runs)
-    side_by_side = f"""
+    engines = " and ".join(
+        {"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)", "tansu": "the embedded Tansu"}[engine]
+        for engine, *_ in runs
+    )
+    side_by_side = (
+        f"""
 Both brokers, same events and rates (medians over the rounds):
 
 {engines_table(runs)}
-""" if len(runs) > 1 else ""
+"""
+        if len(runs) > 1
+        else ""
+    )
     return f"""## End to end
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
@@ -505,10 +612,18 @@ Reproduce:
 """
 
 
-def markdown(results: dict[System, list[dict]], scale: dict[System, list[dict]], bare: System, real: System,
-             version, args, images: list[Path]) -> str:
+def markdown(
+    results: dict[System, list[dict]],
+    scale: dict[System, list[dict]],
+    bare: System,
+    real: System,
+    version,
+    args,
+    images: list[Path],
+) -> str:
     """One engine's tables, verdicts and plots."""
-    parts = [f"""
+    parts = [
+        f"""
 ### On {real.engine}
 
 Model `{version.name}` ({version.kind}); the quarter point is {results[real][-1]["rate"]:.0f}/s.
@@ -517,11 +632,14 @@ Model `{version.name}` ({version.kind}); the quarter point is {results[real][-1]
 
 Against the targets of issue 7:
 
-""", "\n".join(verdicts(results[bare], results[real])), f"""
+""",
+        "\n".join(verdicts(results[bare], results[real])),
+        f"""
 
 ![sustained vs offered events/s, {real.engine}](img/{images[0].name})
 ![latency CDF, {real.engine}](img/{images[1].name})
-"""]
+""",
+    ]
     if scale:
         bests = ", ".join(f"{s.label} {best(rows):.0f}/s" for s, rows in scale.items())
         parts.append(f"""

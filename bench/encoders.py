@@ -67,8 +67,15 @@ def user_tower(checkpoint: str | None, spec: FeatureSpec):
     config = UserTowerConfig(max_len=spec.max_len, n_event_ids=spec.n_event_ids, n_time_buckets=spec.n_time_buckets)
     torch.manual_seed(0)
     tower = UserTower(config).eval()
-    return tower, spec, config.dim, (f"UserTower default config (dim {config.dim}, {config.n_layers} layers, "
-                                     f"{config.n_heads} heads, untrained: speed does not depend on weights)")
+    return (
+        tower,
+        spec,
+        config.dim,
+        (
+            f"UserTower default config (dim {config.dim}, {config.n_layers} layers, "
+            f"{config.n_heads} heads, untrained: speed does not depend on weights)"
+        ),
+    )
 
 
 def bench_user(args, workdir: Path) -> tuple[list[dict], str]:
@@ -82,7 +89,12 @@ def bench_user(args, workdir: Path) -> tuple[list[dict], str]:
     for B in args.batches:
         w = random_windows(spec, len(pool), B, T, rng)
         x = w.vectors(pool)
-        feeds = {"item_vectors": x, "event_types": w.event_types, "time_buckets": w.time_buckets, "attention_mask": w.mask}
+        feeds = {
+            "item_vectors": x,
+            "event_types": w.event_types,
+            "time_buckets": w.time_buckets,
+            "attention_mask": w.mask,
+        }
         tensors = [torch.from_numpy(a) for a in feeds.values()]
 
         def run_torch():
@@ -97,12 +109,19 @@ def bench_user(args, workdir: Path) -> tuple[list[dict], str]:
         row = {"batch": B}
         for name, ts in times.items():
             med = statistics.median(ts)
-            row[name] = {"p50_ms": med * 1e3, "p90_ms": float(np.percentile(ts, 90)) * 1e3, "per_s": B / med,
-                         "calls": len(ts)}
+            row[name] = {
+                "p50_ms": med * 1e3,
+                "p90_ms": float(np.percentile(ts, 90)) * 1e3,
+                "per_s": B / med,
+                "calls": len(ts),
+            }
         row["speedup"] = row["torch"]["p50_ms"] / row["onnx"]["p50_ms"]
         rows.append(row)
-        print(f"  user tower B={B:<4} torch {row['torch']['p50_ms']:8.3f} ms  onnx {row['onnx']['p50_ms']:8.3f} ms  "
-              f"x{row['speedup']:.2f}", flush=True)
+        print(
+            f"  user tower B={B:<4} torch {row['torch']['p50_ms']:8.3f} ms  onnx {row['onnx']['p50_ms']:8.3f} ms  "
+            f"x{row['speedup']:.2f}",
+            flush=True,
+        )
     return rows, f"{what}; T={T}; ONNX on {provider(session)}"
 
 
@@ -115,9 +134,12 @@ def bench_item(args, workdir: Path) -> tuple[dict, str]:
     hf_tok = hf_tokenizer_of(tower)
     export_item_tower(tower, workdir / "item.onnx", item_onnx_config(max_tokens))
     save_tokenizer(hf_tok, workdir / "tokenizer.json", max_tokens)
-    encoder = ItemEncoder(make_session(workdir / "item.onnx", intra_op_threads=args.threads),
-                          load_tokenizer(workdir / "tokenizer.json", max_tokens), tower.lm.config.hidden_size,
-                          batch_size=args.item_batch)
+    encoder = ItemEncoder(
+        make_session(workdir / "item.onnx", intra_op_threads=args.threads),
+        load_tokenizer(workdir / "tokenizer.json", max_tokens),
+        tower.lm.config.hidden_size,
+        batch_size=args.item_batch,
+    )
     if (Path(args.data) / "ml-100k.item").is_file():
         from core.datasets import load_interactions
 
@@ -130,8 +152,13 @@ def bench_item(args, workdir: Path) -> tuple[dict, str]:
     def run_torch():
         with torch.inference_mode():
             for s in range(0, len(texts), args.item_batch):
-                b = hf_tok(texts[s:s + args.item_batch], padding=True, truncation=True, max_length=max_tokens,
-                           return_tensors="pt")
+                b = hf_tok(
+                    texts[s : s + args.item_batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_tokens,
+                    return_tensors="pt",
+                )
                 tower(b["input_ids"], b["attention_mask"])
 
     def run_ort():
@@ -140,13 +167,18 @@ def bench_item(args, workdir: Path) -> tuple[dict, str]:
     times = timed_rounds({"torch": run_torch, "onnx": run_ort}, max(2, args.rounds // 2), args.seconds)
     result = {name: len(texts) / statistics.median(ts) for name, ts in times.items()}
     result["speedup"] = result["onnx"] / result["torch"]
-    print(f"  item tower  torch {result['torch']:8.1f} titles/s  onnx {result['onnx']:8.1f} titles/s  "
-          f"x{result['speedup']:.2f}", flush=True)
+    print(
+        f"  item tower  torch {result['torch']:8.1f} titles/s  onnx {result['onnx']:8.1f} titles/s  "
+        f"x{result['speedup']:.2f}",
+        flush=True,
+    )
     return result, f"all-MiniLM-L6-v2 mean-pooled, batch {args.item_batch}, max_tokens {max_tokens}; {source}"
 
 
 def machine() -> str:
-    return f"{cpu()}; Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    return (
+        f"{cpu()}; Python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )
 
 
 def markdown(args, user_rows, user_what, item, item_what, command: str) -> str:
@@ -164,8 +196,10 @@ def markdown(args, user_rows, user_what, item, item_what, command: str) -> str:
     ]
     for r in user_rows:
         t, o = r["torch"], r["onnx"]
-        lines.append(f"| {r['batch']} | {t['p50_ms']:.3f} | {o['p50_ms']:.3f} | {t['p90_ms']:.3f} | {o['p90_ms']:.3f} | "
-                     f"{t['per_s']:,.0f} | {o['per_s']:,.0f} | {r['speedup']:.2f}x |")
+        lines.append(
+            f"| {r['batch']} | {t['p50_ms']:.3f} | {o['p50_ms']:.3f} | {t['p90_ms']:.3f} | {o['p90_ms']:.3f} | "
+            f"{t['per_s']:,.0f} | {o['per_s']:,.0f} | {r['speedup']:.2f}x |"
+        )
     if item:
         lines += [
             "",
@@ -175,10 +209,19 @@ def markdown(args, user_rows, user_what, item, item_what, command: str) -> str:
             "| --- | ---: | ---: | ---: |",
             f"| titles/s | {item['torch']:,.1f} | {item['onnx']:,.1f} | {item['speedup']:.2f}x |",
         ]
-    lines += ["", "On this shared 2-core machine repeated runs vary by about 10%: the batch-256 speed-up was "
-              "0.99-1.15x over three runs; both engines spend most of that time in the same matrix multiplies, "
-              "so the gain is per-call overhead (batch 1) rather than arithmetic.",
-              "", "Reproduce:", "", "```", command, "```", ""]
+    lines += [
+        "",
+        "On this shared 2-core machine repeated runs vary by about 10%: the batch-256 speed-up was "
+        "0.99-1.15x over three runs; both engines spend most of that time in the same matrix multiplies, "
+        "so the gain is per-call overhead (batch 1) rather than arithmetic.",
+        "",
+        "Reproduce:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import cpu, write_section  # noqa: E402
-from state.ann import IvfConfig  # noqa: E402
 from core.settings import DEFAULT_ANN_MIN_ITEMS
+from state.ann import IvfConfig  # noqa: E402
 from state.item_index import ItemIndex  # noqa: E402
 
 DIM = 64
@@ -56,8 +56,9 @@ TARGET_MS = 5.0  # issue 7: <= 5 ms per user at 1M items
 
 
 # -- data ------------------------------------------------------------------------------
-def clustered_catalog(n: int, rng: np.random.Generator, topics: int = 50, subs: int = 20,
-                      noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def clustered_catalog(
+    n: int, rng: np.random.Generator, topics: int = 50, subs: int = 20, noise: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Item vectors [n, D] and their sub-cluster [n] (module docstring)."""
     centres = rng.standard_normal((topics, DIM))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -108,7 +109,7 @@ def latency(search, queries: np.ndarray, exclude: list[set[str]], batch: int, ca
     results, seconds = [], []
     for start in range(0, min(len(queries), batch * calls), batch):
         t0 = time.perf_counter()
-        results += search(queries[start:start + batch], exclude[start:start + batch])
+        results += search(queries[start : start + batch], exclude[start : start + batch])
         seconds.append(time.perf_counter() - t0)
     return results, seconds
 
@@ -117,8 +118,9 @@ def recall(found: list[list[str]], truth: list[list[str]]) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]))
 
 
-def measure(series: str, method: str, search, queries, exclude, calls_b1: int, repeats: int,
-            truth=None) -> tuple[dict, list]:
+def measure(
+    series: str, method: str, search, queries, exclude, calls_b1: int, repeats: int, truth=None
+) -> tuple[dict, list]:
     """Latency per user at batch 1 and 64 (the repeat with the lowest median: other processes
     share this machine), recall@10 against `truth` (None: this is exact), and the ids found.
     `series` names the configuration across sizes (plot), `method` this run (table)."""
@@ -126,9 +128,14 @@ def measure(series: str, method: str, search, queries, exclude, calls_b1: int, r
     runs = [latency(search, queries, exclude, 64, len(queries) // 64) for _ in range(repeats)]
     ranked, batched = min(runs, key=lambda run: statistics.median(run[1]))
     ids = [[i for i, _ in r] for r in ranked]
-    row = {"series": series, "method": method, "b1_p50": 1e3 * statistics.median(single),
-           "b1_p90": 1e3 * float(np.percentile(single, 90)), "b64": 1e3 * statistics.median(batched) / 64,
-           "recall": 1.0 if truth is None else recall(ids, truth)}
+    row = {
+        "series": series,
+        "method": method,
+        "b1_p50": 1e3 * statistics.median(single),
+        "b1_p90": 1e3 * float(np.percentile(single, 90)),
+        "b64": 1e3 * statistics.median(batched) / 64,
+        "recall": 1.0 if truth is None else recall(ids, truth),
+    }
     return row, ids
 
 
@@ -141,8 +148,11 @@ def bench_size(n: int, args, rng: np.random.Generator) -> list[dict]:
     rows = []
 
     exact, load_s, _ = loaded(x, ann_min_items=None)
-    row, truth = measure("exact", "exact (BLAS)", lambda q, e: exact.top_k(q, K, e), queries, exclude, calls_b1,
-                         args.repeats)
+    row, truth = measure(
+        "exact",
+        "exact (BLAS)",
+        lambda q, e: exact.top_k(q, K, e),  # noqa: F821 (deleted after the call) queries, exclude, calls_b1, args.repeats
+    )
     rows.append(row | {"build_s": 0.0, "load_s": load_s, "mb": matrix_mb})
     del exact
     print(_line(n, rows[-1]), flush=True)
@@ -150,11 +160,23 @@ def bench_size(n: int, args, rng: np.random.Generator) -> list[dict]:
     for nprobe in IVF_NPROBES:
         index, load_s, build_s = loaded(x, ann_min_items=n, ann=IvfConfig(nprobe=nprobe, background=False))
         ivf = index._ann.current  # the bench reports its size and list count; not part of the API
-        row, _ = measure(f"IVF nprobe={nprobe}", f"IVF-Flat nlist={ivf.index.nlist} nprobe={ivf.index.nprobe}",
-                         lambda q, e: index.top_k(q, K, e), queries, exclude, calls_b1, args.repeats, truth)
+        row, _ = measure(
+            f"IVF nprobe={nprobe}",
+            f"IVF-Flat nlist={ivf.index.nlist} nprobe={ivf.index.nprobe}",
+            lambda q, e: index.top_k(q, K, e),  # noqa: F821 (deleted after the call)
+            queries,
+            exclude,
+            calls_b1,
+            args.repeats,
+            truth,
+        )
         assert index.uses_ann
-        row |= {"build_s": build_s, "load_s": load_s, "mb": matrix_mb + ivf.nbytes / 1e6,
-                "refresh_ms": 1e3 * first_search_after_changes(index, queries[:1], exclude[:1], rng)}
+        row |= {
+            "build_s": build_s,
+            "load_s": load_s,
+            "mb": matrix_mb + ivf.nbytes / 1e6,
+            "refresh_ms": 1e3 * first_search_after_changes(index, queries[:1], exclude[:1], rng),
+        }
         rows.append(row)
         del index, ivf
         print(_line(n, row), flush=True)
@@ -165,8 +187,16 @@ def bench_size(n: int, args, rng: np.random.Generator) -> list[dict]:
         hnsw.hnsw.efSearch = HNSW_EF_SEARCH
         hnsw.add(x)
         build_s = time.perf_counter() - t0
-        row, _ = measure("HNSW", f"HNSW M={HNSW_M} efSearch={HNSW_EF_SEARCH} (raw FAISS)",
-                         lambda q, e: hnsw_top_k(hnsw, q, e), queries, exclude, calls_b1, args.repeats, truth)
+        row, _ = measure(
+            "HNSW",
+            f"HNSW M={HNSW_M} efSearch={HNSW_EF_SEARCH} (raw FAISS)",
+            lambda q, e: hnsw_top_k(hnsw, q, e),
+            queries,
+            exclude,
+            calls_b1,
+            args.repeats,
+            truth,
+        )
         rows.append(row | {"build_s": build_s, "load_s": None, "mb": faiss.serialize_index(hnsw).nbytes / 1e6})
         del hnsw
         print(_line(n, rows[-1]), flush=True)
@@ -203,21 +233,32 @@ def tight_loop_load(x: np.ndarray, queries: np.ndarray, exclude: list[set[str]])
         index.top_k(queries[:1], K, exclude[:1])  # adopts it once finished
     t3 = time.perf_counter()
     index.top_k(queries[:64], K, exclude[:64])
-    return {"n": len(x), "load_s": t1 - t0, "first_s": t2 - t1, "first_ann": first_ann, "settled_s": t3 - t1,
-            "settled_batch_s": time.perf_counter() - t3, "built": index._ann.current.built_size}
+    return {
+        "n": len(x),
+        "load_s": t1 - t0,
+        "first_s": t2 - t1,
+        "first_ann": first_ann,
+        "settled_s": t3 - t1,
+        "settled_batch_s": time.perf_counter() - t3,
+        "built": index._ann.current.built_size,
+    }
 
 
 def hnsw_top_k(hnsw, queries: np.ndarray, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
     """Top-k with the same over-fetch and filter as ItemIndex (ids are row numbers)."""
     scores, rows = hnsw.search(queries, K + max(map(len, exclude)))
-    return [[(str(r), s) for r, s in zip(rows[b].tolist(), scores[b].tolist()) if r >= 0 and str(r) not in skip][:K]
-            for b, skip in enumerate(exclude)]
+    return [
+        [(str(r), s) for r, s in zip(rows[b].tolist(), scores[b].tolist()) if r >= 0 and str(r) not in skip][:K]
+        for b, skip in enumerate(exclude)
+    ]
 
 
 # -- reporting -------------------------------------------------------------------------
 def _line(n: int, r: dict) -> str:
-    return (f"  N={n:>9,} {r['method']:<44} B1 {r['b1_p50']:8.3f} ms (p90 {r['b1_p90']:8.3f})  "
-            f"B64 {r['b64']:8.3f} ms/user  recall@10 {r['recall']:.3f}  build {r['build_s']:6.1f} s  {r['mb']:7.1f} MB")
+    return (
+        f"  N={n:>9,} {r['method']:<44} B1 {r['b1_p50']:8.3f} ms (p90 {r['b1_p90']:8.3f})  "
+        f"B64 {r['b64']:8.3f} ms/user  recall@10 {r['recall']:.3f}  build {r['build_s']:6.1f} s  {r['mb']:7.1f} MB"
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -238,8 +279,13 @@ def plot(rows: list[dict], path: Path) -> None:
             rec.plot(sizes, [r["recall"] for r in mine], "o-", color=line.get_color(), label=label, **style)
     lat.axhline(TARGET_MS, color="red", linestyle=":", label=f"target {TARGET_MS:g} ms")
     lat.axvline(DEFAULT_ANN_MIN_ITEMS, color="grey", linestyle=":", label="default ann_min_items")
-    lat.set(xscale="log", yscale="log", xlabel="catalog size (items)", ylabel="ms per user (top-10)",
-            title="Top-10 latency per user, 1 thread")
+    lat.set(
+        xscale="log",
+        yscale="log",
+        xlabel="catalog size (items)",
+        ylabel="ms per user (top-10)",
+        title="Top-10 latency per user, 1 thread",
+    )
     rec.axhline(0.95, color="red", linestyle=":", label="target 0.95")
     rec.set(xscale="log", xlabel="catalog size (items)", ylabel="recall@10 vs exact", title="Recall@10")
     lat.legend(fontsize=7)
@@ -252,7 +298,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def markdown(rows: list[dict], tight: dict, load_avg: tuple[float, float], args, command: str, image: str) -> str:
-    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
+    threads = (
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}"
+    )
     lines = [
         "## Retrieval",
         "",
@@ -275,20 +323,32 @@ def markdown(rows: list[dict], tight: dict, load_avg: tuple[float, float], args,
     ]
     for r in rows:
         load = f"{r['load_s']:.1f}" if r["load_s"] is not None else "-"
-        lines.append(f"| {r['n']:,} | {r['method']} | {r['b1_p50']:.3f} | {r['b1_p90']:.3f} | {r['b64']:.3f} | "
-                     f"{r['recall']:.3f} | {load} | {r['build_s']:.1f} | {r['mb']:,.0f} |")
+        lines.append(
+            f"| {r['n']:,} | {r['method']} | {r['b1_p50']:.3f} | {r['b1_p90']:.3f} | {r['b64']:.3f} | "
+            f"{r['recall']:.3f} | {load} | {r['build_s']:.1f} | {r['mb']:,.0f} |"
+        )
     shipped = [r for r in rows if r["series"] == f"IVF nprobe={IvfConfig().nprobe}"]
     largest = max(r["n"] for r in rows)
-    exact, ivf = (next(r for r in rows if r["n"] == largest and r["series"] == s) for s in ("exact", shipped[0]["series"]))
+    exact, ivf = (
+        next(r for r in rows if r["n"] == largest and r["series"] == s) for s in ("exact", shipped[0]["series"])
+    )
     met = ivf["b1_p50"] <= TARGET_MS and ivf["b64"] <= TARGET_MS and ivf["recall"] >= 0.95
     exact_ms = {r["n"]: max(r["b1_p50"], r["b64"]) for r in rows if r["series"] == "exact"}
     budget = ", ".join(f"{ms:.1f} ms at {n:,}" for n, ms in exact_ms.items())
     hnsw = next((r for r in rows if r["n"] == largest and r["series"] == "HNSW"), None)
-    hnsw = "" if hnsw is None else (
-        f"; at {largest:,} items HNSW took {hnsw['build_s']:.0f} s to build against {ivf['build_s']:.1f} s, for "
-        f"recall@10 {hnsw['recall']:.3f} at {hnsw['b1_p50']:.2f} ms against {ivf['recall']:.3f} at {ivf['b1_p50']:.2f} ms")
-    first_how = ("from the IVF, after re-filing the rows added since the last build's snapshot" if tight["first_ann"]
-                 else "exact: no build finished yet")
+    hnsw = (
+        ""
+        if hnsw is None
+        else (
+            f"; at {largest:,} items HNSW took {hnsw['build_s']:.0f} s to build against {ivf['build_s']:.1f} s, for "
+            f"recall@10 {hnsw['recall']:.3f} at {hnsw['b1_p50']:.2f} ms against {ivf['recall']:.3f} at {ivf['b1_p50']:.2f} ms"
+        )
+    )
+    first_how = (
+        "from the IVF, after re-filing the rows added since the last build's snapshot"
+        if tight["first_ann"]
+        else "exact: no build finished yet"
+    )
     lines += [
         "",
         f"![latency and recall vs catalog size]({image})",
@@ -332,12 +392,18 @@ def main() -> None:
     p.add_argument("--no-hnsw", action="store_true", help="skip HNSW (its build takes minutes at 1M)")
     p.add_argument("--repeats", type=int, default=3, help="timing passes per method; the best median is kept")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write-docs", action="store_true",
-                   help="write docs/img/retrieval_latency.png and the Retrieval section of docs/benchmarks.md")
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write docs/img/retrieval_latency.png and the Retrieval section of docs/benchmarks.md",
+    )
     args = p.parse_args()
     command = ".venv/bin/python bench/retrieval.py " + shlex.join(sys.argv[1:])
-    print(f"machine: {cpu()}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}", flush=True)
+    print(
+        f"machine: {cpu()}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
+        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}",
+        flush=True,
+    )
     load_start = os.getloadavg()[0]
     rows = []
     for n in args.sizes:

@@ -41,8 +41,9 @@ def wait_for_port(host: str, port: int, timeout_s: float = 15.0, process: subpro
                 return
         except OSError:
             if process is not None and process.poll() is not None:
-                raise BrokerError(f"the broker process exited with {process.returncode} before listening on "
-                                  f"{host}:{port}") from None
+                raise BrokerError(
+                    f"the broker process exited with {process.returncode} before listening on {host}:{port}"
+                ) from None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s:.0f}s") from None
             time.sleep(0.05)
@@ -159,16 +160,26 @@ def node_properties(node: KafkaNode, nodes: list[KafkaNode], host: str, log_dir:
     }
 
 
-def kafka_java(libs: Path, main: str, *args: str, heap_mb: int = KAFKA_HEAP_MB, logs_dir: Path | None = None) -> list[str]:
+def kafka_java(
+    libs: Path, main: str, *args: str, heap_mb: int = KAFKA_HEAP_MB, logs_dir: Path | None = None
+) -> list[str]:
     """`java ... <main> <args>` over the jars in `libs` (a small fixed heap)."""
     java = shutil.which("java")
     if java is None:
         raise BrokerError("Apache Kafka needs Java 17: install OpenJDK 17 (`java` on PATH), or use --engine tansu")
     if not any(libs.glob("kafka_2.13-*.jar")):
-        raise BrokerError(f"no Kafka jars in {libs}: run `make setup` with Java 17 and Maven installed "
-                          f"(it runs `mvn -f kafka/pom.xml dependency:copy-dependencies`), or use --engine tansu")
-    jvm = [f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-           "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}"]
+        raise BrokerError(
+            f"no Kafka jars in {libs}: run `make setup` with Java 17 and Maven installed "
+            f"(it runs `mvn -f kafka/pom.xml dependency:copy-dependencies`), or use --engine tansu"
+        )
+    jvm = [
+        f"-Xms{heap_mb}m",
+        f"-Xmx{heap_mb}m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+    ]
     if logs_dir is not None:
         jvm.append(f"-Dkafka.logs.dir={logs_dir}")
     return [java, *jvm, "-cp", f"{libs}/*", main, *args]
@@ -189,10 +200,19 @@ class KafkaCluster(_Broker):
 
     engine = "kafka"
 
-    def __init__(self, data_dir: Path, n_nodes: int = 1, host: str = "127.0.0.1", ports: list[int] | None = None,
-                 controller_ports: list[int] | None = None, heap_mb: int = KAFKA_HEAP_MB, libs: Path = KAFKA_LIBS,
-                 extra_properties: dict[str, str] | None = None, format_args: list[str] | None = None,
-                 client_options: dict | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        n_nodes: int = 1,
+        host: str = "127.0.0.1",
+        ports: list[int] | None = None,
+        controller_ports: list[int] | None = None,
+        heap_mb: int = KAFKA_HEAP_MB,
+        libs: Path = KAFKA_LIBS,
+        extra_properties: dict[str, str] | None = None,
+        format_args: list[str] | None = None,
+        client_options: dict | None = None,
+    ):
         ports = ports or [9092 + i for i in range(n_nodes)]
         controller_ports = controller_ports or [p + 1000 for p in ports]
         if len(ports) != n_nodes or len(controller_ports) != n_nodes:
@@ -233,8 +253,17 @@ class KafkaCluster(_Broker):
     def _format(self, node: KafkaNode, config: Path) -> None:
         if (self.node_dir(node.node_id) / "log" / "meta.properties").exists():
             return  # formatted by an earlier start: keep the log
-        command = kafka_java(self.libs, "kafka.tools.StorageTool", "format", f"--cluster-id={self._cluster_id()}", "-c",
-                             str(config), *self.format_args, heap_mb=128, logs_dir=self.node_dir(node.node_id))
+        command = kafka_java(
+            self.libs,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={self._cluster_id()}",
+            "-c",
+            str(config),
+            *self.format_args,
+            heap_mb=128,
+            logs_dir=self.node_dir(node.node_id),
+        )
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting Kafka node {node.node_id} failed:\n{done.stdout}{done.stderr}")
@@ -248,7 +277,9 @@ class KafkaCluster(_Broker):
         with open(node_dir / "stdout.log", "ab") as out:
             self.processes[node_id] = subprocess.Popen(
                 kafka_java(self.libs, "kafka.Kafka", str(config), heap_mb=self.heap_mb, logs_dir=node_dir),
-                stdout=out, stderr=subprocess.STDOUT)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_ready(self, timeout_s: float = KAFKA_START_TIMEOUT_S) -> None:
         """Every running node listens and the cluster reports all of them as brokers."""
@@ -260,8 +291,9 @@ class KafkaCluster(_Broker):
         running = {n for n, p in self.processes.items() if p.poll() is None}
         while True:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000,
-                                         **self.client_options)
+                admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000, **self.client_options
+                )
                 try:
                     brokers = {b["broker_id"] for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")}
                 finally:
@@ -271,8 +303,10 @@ class KafkaCluster(_Broker):
             except Exception:  # not ready yet: no controller elected, metadata not caught up
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Kafka nodes {sorted(running)} not all registered after {timeout_s:.0f}s; "
-                                   f"logs under {self.data_dir}")
+                raise TimeoutError(
+                    f"Kafka nodes {sorted(running)} not all registered after {timeout_s:.0f}s; "
+                    f"logs under {self.data_dir}"
+                )
             time.sleep(0.25)
 
     def _group_coordinator_ready(self) -> bool:
@@ -280,8 +314,9 @@ class KafkaCluster(_Broker):
         consumer group logs GroupCoordinatorNotAvailable errors. Ask once here, as a client would."""
         from kafka.admin import KafkaAdminClient
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000,
-                                 **self.client_options)
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=5_000, **self.client_options
+        )
         try:
             admin.describe_groups(["streamrec-readiness-check"])
             return True

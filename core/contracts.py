@@ -54,10 +54,12 @@ def _abbreviated(value: object, limit: int = 40) -> str:
 
 
 _TS_SCHEMA = {
-    "anyOf": [{"type": "number", "minimum": 0, "description": "epoch milliseconds"},
-              {"type": "string", "description": "ISO-8601, e.g. 1997-12-04T15:55:49Z; without a zone it is UTC"}],
+    "anyOf": [
+        {"type": "number", "minimum": 0, "description": "epoch milliseconds"},
+        {"type": "string", "description": "ISO-8601, e.g. 1997-12-04T15:55:49Z; without a zone it is UTC"},
+    ],
     "description": "event time: epoch milliseconds or an ISO-8601 string; not before 1970, not more than "
-                   "STREAMREC_WORKER__MAX_FUTURE_SKEW_S in the future",
+    "STREAMREC_WORKER__MAX_FUTURE_SKEW_S in the future",
 }
 
 
@@ -137,6 +139,7 @@ def _validate(model: type[BaseModel], value: dict) -> Any:
 def _never_raises_anything_else(parse):
     """A parser bug must dead-letter the record, not stop the worker: anything but InvalidRecord
     becomes one, with the exception in the reason."""
+
     @functools.wraps(parse)
     def wrapper(*args, **kwargs):
         try:
@@ -145,13 +148,12 @@ def _never_raises_anything_else(parse):
             raise
         except Exception as e:
             raise InvalidRecord(f"could not be parsed ({type(e).__name__}: {_abbreviated(str(e), 200)})") from e
+
     return wrapper
 
 
 @_never_raises_anything_else
-def parse_event(
-    raw: bytes | None, *, max_bytes: int, event_types: set[str], max_future_skew_s: float
-) -> Event:
+def parse_event(raw: bytes | None, *, max_bytes: int, event_types: set[str], max_future_skew_s: float) -> Event:
     event: Event = _validate(Event, _decode(raw, max_bytes))
     if event.event_type not in event_types:
         raise InvalidRecord(f"unknown event_type {event.event_type!r}; expected one of {sorted(event_types)}")
@@ -235,8 +237,11 @@ class Control(BaseModel):
 
 def forget_request(user_id: str, requested_at_ms: int | None = None) -> dict:
     """The `control` value that asks the worker to forget `user_id` (key: the user id)."""
-    return {"action": FORGET_USER, "user_id": user_id,
-            "requested_at": int(time.time() * 1000) if requested_at_ms is None else requested_at_ms}
+    return {
+        "action": FORGET_USER,
+        "user_id": user_id,
+        "requested_at": int(time.time() * 1000) if requested_at_ms is None else requested_at_ms,
+    }
 
 
 @_never_raises_anything_else
@@ -247,8 +252,10 @@ def parse_control(key: bytes | None, raw: bytes | None, *, max_bytes: int) -> Co
     if record.action != FORGET_USER:
         raise InvalidRecord(f"unknown action {_abbreviated(record.action)}; expected {FORGET_USER!r}")
     if key != record.user_id.encode("utf-8"):
-        raise InvalidRecord(f"key {_abbreviated(key)} is not the user_id {_abbreviated(record.user_id)}: "
-                            f"the key must be the user id (it picks the user's partition)")
+        raise InvalidRecord(
+            f"key {_abbreviated(key)} is not the user_id {_abbreviated(record.user_id)}: "
+            f"the key must be the user id (it picks the user's partition)"
+        )
     return record
 
 
@@ -284,8 +291,9 @@ class RecommendedItemSchema(BaseModel):
 
     item_id: str
     score: float
-    because: Optional[str] = Field(default=None, description="the window item most similar to this one; "
-                                                             "null for trending items")
+    because: Optional[str] = Field(
+        default=None, description="the window item most similar to this one; null for trending items"
+    )
 
 
 class RecommendationSchema(BaseModel):
@@ -340,8 +348,10 @@ SCHEMA_COMMAND = "python -m core.contracts --write-schemas docs/schemas"
 def _one_line_descriptions(node: Any) -> Any:
     """Docstrings become descriptions with their line breaks; a schema reads better without."""
     if isinstance(node, dict):
-        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str) else _one_line_descriptions(v)
-                for k, v in node.items()}
+        return {
+            k: " ".join(v.split()) if k == "description" and isinstance(v, str) else _one_line_descriptions(v)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_one_line_descriptions(v) for v in node]
     return node
@@ -351,8 +361,10 @@ def schema_files() -> dict[str, str]:
     """{file name: JSON text} of every topic's JSON Schema, as docs/schemas/ holds them."""
     files = {}
     for name, model in TOPIC_SCHEMAS.items():
-        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-                  **_one_line_descriptions(model.model_json_schema(by_alias=True, mode="validation"))}
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **_one_line_descriptions(model.model_json_schema(by_alias=True, mode="validation")),
+        }
         files[f"{name}.json"] = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     return files
 
@@ -366,8 +378,13 @@ def write_schemas(directory: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core.contracts", description=__doc__.splitlines()[0])
-    parser.add_argument("--write-schemas", metavar="DIR", required=True, type=Path,
-                        help="write every topic's JSON Schema into DIR (docs/schemas)")
+    parser.add_argument(
+        "--write-schemas",
+        metavar="DIR",
+        required=True,
+        type=Path,
+        help="write every topic's JSON Schema into DIR (docs/schemas)",
+    )
     args = parser.parse_args(argv)
     for path in write_schemas(args.write_schemas):
         print(path)

@@ -50,8 +50,11 @@ class Interactions:
     def subset(self, users: list[int], stop: int | None = None) -> Interactions:
         """The given users with each sequence cut to `seq[:stop]` (None = whole sequence)."""
         return Interactions(
-            self.item_ids, self.item_texts, [self.user_ids[u] for u in users],
-            [self.items[u][:stop] for u in users], [self.events[u][:stop] for u in users],
+            self.item_ids,
+            self.item_texts,
+            [self.user_ids[u] for u in users],
+            [self.items[u][:stop] for u in users],
+            [self.events[u][:stop] for u in users],
             [self.times[u][:stop] for u in users],
         )
 
@@ -90,11 +93,17 @@ def _load_recbole(inter: Path, item: Path | None) -> tuple[list[dict], list[dict
         title = row.get("movie_title") or row.get("title") or row["item_id"]
         year = row.get("release_year", "")
         genres = (row.get("class") or row.get("genre") or "").split()
-        items.append(_item(item, n, {
-            "item_id": row["item_id"],
-            "title": f"{title} ({year})" if year else title,
-            "categories": [g for g in genres if g != "unknown"],
-        }))
+        items.append(
+            _item(
+                item,
+                n,
+                {
+                    "item_id": row["item_id"],
+                    "title": f"{title} ({year})" if year else title,
+                    "categories": [g for g in genres if g != "unknown"],
+                },
+            )
+        )
     events = []
     for row in _read_atomic(inter):
         if "event_type" in row:
@@ -103,8 +112,14 @@ def _load_recbole(inter: Path, item: Path | None) -> tuple[list[dict], list[dict
             event_type = rating_event_type(float(row["rating"]))
         else:
             event_type = "view"
-        events.append({"user_id": row["user_id"], "item_id": row["item_id"],
-                       "event_type": event_type, "ts": float(row.get("timestamp", 0.0))})
+        events.append(
+            {
+                "user_id": row["user_id"],
+                "item_id": row["item_id"],
+                "event_type": event_type,
+                "ts": float(row.get("timestamp", 0.0)),
+            }
+        )
     return events, items
 
 
@@ -186,8 +201,9 @@ def load_interactions(data_dir: str | Path, spec: FeatureSpec) -> Interactions:
     order = np.lexsort((ts, user_of))  # by user, then time; stable for equal times
     bounds = np.searchsorted(user_of[order], np.arange(len(users) + 1))
     rows = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    return Interactions(list(index), texts, list(users),
-                        [item[r] for r in rows], [etype[r] for r in rows], [ts[r] for r in rows])
+    return Interactions(
+        list(index), texts, list(users), [item[r] for r in rows], [etype[r] for r in rows], [ts[r] for r in rows]
+    )
 
 
 def split_leave_one_out(data: Interactions) -> Split:
@@ -196,8 +212,14 @@ def split_leave_one_out(data: Interactions) -> Split:
     short = [u for u, seq in enumerate(data.items) if len(seq) < 3]
     head, rest = data.subset(evaluated, -2), data.subset(short)
     return Split(
-        train=Interactions(data.item_ids, data.item_texts, head.user_ids + rest.user_ids, head.items + rest.items,
-                           head.events + rest.events, head.times + rest.times),
+        train=Interactions(
+            data.item_ids,
+            data.item_texts,
+            head.user_ids + rest.user_ids,
+            head.items + rest.items,
+            head.events + rest.events,
+            head.times + rest.times,
+        ),
         valid_history=data.subset(evaluated, -2),
         valid_targets=np.array([data.items[u][-2] for u in evaluated], dtype=np.int64),
         test_history=data.subset(evaluated, -1),
@@ -215,8 +237,9 @@ class Windows:
     mask: np.ndarray  # [B, T] bool, True = real event
 
 
-def make_windows(items: list[np.ndarray], events: list[np.ndarray], times: list[np.ndarray],
-                 spec: FeatureSpec) -> Windows:
+def make_windows(
+    items: list[np.ndarray], events: list[np.ndarray], times: list[np.ndarray], spec: FeatureSpec
+) -> Windows:
     """Per-window event arrays (oldest first) -> left-padded [B, max_len] inputs, newest at T-1."""
     T = spec.max_len
     mask = left_pad([np.ones(len(r), dtype=bool) for r in items], T, False)

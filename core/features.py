@@ -47,16 +47,20 @@ class FeatureSpec:
         data = dict(data or {})
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"feature spec has unknown fields {unknown}: it was written by a newer streamrec; "
-                              f"upgrade, or re-export the model with this one")
+            raise ConfigError(
+                f"feature spec has unknown fields {unknown}: it was written by a newer streamrec; "
+                f"upgrade, or re-export the model with this one"
+            )
         default = cls()
         try:
             event_types = data.get("event_types", default.event_types)
             if isinstance(event_types, str) or not all(isinstance(t, str) for t in event_types):
                 raise TypeError(f"event_types must be a list of strings, got {event_types!r}")
-            spec = cls(event_types=tuple(event_types),
-                       n_time_buckets=_whole(data.get("n_time_buckets", default.n_time_buckets), "n_time_buckets"),
-                       max_len=_whole(data.get("max_len", default.max_len), "max_len"))
+            spec = cls(
+                event_types=tuple(event_types),
+                n_time_buckets=_whole(data.get("n_time_buckets", default.n_time_buckets), "n_time_buckets"),
+                max_len=_whole(data.get("max_len", default.max_len), "max_len"),
+            )
         except TypeError as e:
             raise ConfigError(f"feature spec {data!r} is invalid: {e}") from None
         return spec
@@ -90,7 +94,7 @@ def left_pad(rows: list[np.ndarray], length: int, fill: float | int = 0) -> np.n
     for i, row in enumerate(rows):
         tail = row[-length:]
         if len(tail):
-            out[i, length - len(tail):] = tail
+            out[i, length - len(tail) :] = tail
     return out
 
 

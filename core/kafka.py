@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Mapping
 
 import faust
-import kafka
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka.admin import KafkaAdminClient
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.admin import KafkaAdminClient
 
+import kafka
 from core.errors import BrokerError
 from core.settings import KafkaSecurity, Settings
 
@@ -73,9 +73,11 @@ def check_connection(settings: Settings, timeout_s: float = CONNECTION_CHECK_TIM
     try:
         options = client_security(security)
     except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-        files = [f"STREAMREC_KAFKA__SECURITY__{name.upper()}={value}"
-                 for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-                 if (value := getattr(security, name)) is not None]
+        files = [
+            f"STREAMREC_KAFKA__SECURITY__{name.upper()}={value}"
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+            if (value := getattr(security, name)) is not None
+        ]
         raise BrokerError(f"cannot load the TLS files ({e}): check {', '.join(files)}") from None
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # asyncio.run, whether or not a loop runs here
         pool.submit(asyncio.run, _check_connection(settings, options, timeout_s)).result()
@@ -106,21 +108,28 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
             try:
                 attempt_s = max(0.5, min(5.0, deadline - time.monotonic()))
                 conn = await asyncio.wait_for(
-                    create_conn(host, port, request_timeout_ms=int(attempt_s * 1000), **options), attempt_s)
+                    create_conn(host, port, request_timeout_ms=int(attempt_s * 1000), **options), attempt_s
+                )
                 await asyncio.wait_for(conn.send(MetadataRequest([])), attempt_s)
                 return
             except SaslAuthenticationFailed:
                 raise BrokerError(
                     f"authentication failed for user {security.sasl_username!r} on {where} (SASL "
                     f"{security.sasl_mechanism}): check STREAMREC_KAFKA__SECURITY__SASL_USERNAME and "
-                    f"STREAMREC_KAFKA__SECURITY__SASL_PASSWORD") from None
+                    f"STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"
+                ) from None
             except UnsupportedSaslMechanismError:
                 raise BrokerError(
                     f"the broker at {where} does not accept SASL mechanism {security.sasl_mechanism!r}: check "
-                    f"STREAMREC_KAFKA__SECURITY__SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)") from None
+                    f"STREAMREC_KAFKA__SECURITY__SASL_MECHANISM (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+                ) from None
             except ssl.SSLCertVerificationError as e:
-                hint = (" and STREAMREC_KAFKA__SECURITY__SSL_CHECK_HOSTNAME (the certificate must name the host of "
-                        "STREAMREC_KAFKA__BROKER)" if e.verify_code == 62 else "")  # X509_V_ERR_HOSTNAME_MISMATCH
+                hint = (
+                    " and STREAMREC_KAFKA__SECURITY__SSL_CHECK_HOSTNAME (the certificate must name the host of "
+                    "STREAMREC_KAFKA__BROKER)"
+                    if e.verify_code == 62
+                    else ""
+                )  # X509_V_ERR_HOSTNAME_MISMATCH
                 raise BrokerError(
                     f"TLS: the broker certificate of {where} was not accepted ({e.verify_message}): check "
                     f"STREAMREC_KAFKA__SECURITY__SSL_CAFILE (the CA that signed the broker's certificate){hint}"
@@ -130,7 +139,8 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
                     f"TLS handshake with {where} failed ({e.reason or e}): check that "
                     f"STREAMREC_KAFKA__SECURITY__PROTOCOL ({security.protocol}) matches the broker's listener, and, "
                     f"if the broker requires client certificates, STREAMREC_KAFKA__SECURITY__SSL_CERTFILE / "
-                    f"STREAMREC_KAFKA__SECURITY__SSL_KEYFILE") from None
+                    f"STREAMREC_KAFKA__SECURITY__SSL_KEYFILE"
+                ) from None
             except (OSError, asyncio.TimeoutError, KafkaError) as e:  # refused, closed, no answer: retried
                 name = type(e).__name__
                 last = f"{where}: {e if str(e).startswith(name) else f'{name}: {e}'}".rstrip(": ")
@@ -142,7 +152,8 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
                 f"no Kafka broker answered at {settings.kafka.bootstrap_servers} ({how}) within {timeout_s:.0f}s "
                 f"(last error: {last}): check STREAMREC_KAFKA__BROKER, that STREAMREC_KAFKA__SECURITY__PROTOCOL "
                 f"matches the broker's listener, and, if the broker requires client certificates, "
-                f"STREAMREC_KAFKA__SECURITY__SSL_CERTFILE / STREAMREC_KAFKA__SECURITY__SSL_KEYFILE")
+                f"STREAMREC_KAFKA__SECURITY__SSL_CERTFILE / STREAMREC_KAFKA__SECURITY__SSL_KEYFILE"
+            )
         await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
@@ -150,9 +161,14 @@ async def _check_connection(settings: Settings, options: dict[str, Any], timeout
 async def read_whole_topic(settings: Settings, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer outside any group, assigned every partition of `topic` from the start,
     committing nothing: for state every worker (or reader) needs in full."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
-                                **client_security(settings.kafka.security))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        **client_security(settings.kafka.security),
+    )
     await consumer.start()
     try:
         # Without a subscription aiokafka's metadata names no topic on Apache Kafka (Tansu lists them
@@ -169,7 +185,7 @@ TANSU_CLUSTER_ID = "tansu_cluster"  # Tansu's default --cluster-id
 
 
 def broker_engine(settings: Settings) -> str:
-    """"kafka" or "tansu": as configured, else asked of the cluster once per process. Blocking."""
+    """ "kafka" or "tansu": as configured, else asked of the cluster once per process. Blocking."""
     if settings.kafka.broker_engine != "auto":
         return settings.kafka.broker_engine
     return _detected_engine(settings.kafka.bootstrap_servers, settings.kafka.security)
@@ -200,13 +216,17 @@ def topic_configs(settings: Settings, compacted: bool = False) -> dict[str, str]
 
 async def ensure_topics(settings: Settings) -> int:
     """Create missing topics; return the partition count of `events` (the table follows it)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                **client_security(settings.kafka.security))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **client_security(settings.kafka.security)
+    )
     await admin.start()
     try:
         t = settings.topics
-        plain, compacted, replicas = topic_configs(settings), topic_configs(settings, compacted=True), \
-            settings.kafka.replication_factor
+        plain, compacted, replicas = (
+            topic_configs(settings),
+            topic_configs(settings, compacted=True),
+            settings.kafka.replication_factor,
+        )
         wanted = [
             NewTopic(t.events, settings.kafka.partitions, replicas, topic_configs=plain),
             NewTopic(t.items, 1, replicas, topic_configs=compacted),
@@ -240,9 +260,11 @@ async def _ensure_copartitioned(admin: AIOKafkaAdminClient, topic: NewTopic, exi
             pass  # another worker won the race (with the same count)
     (found,) = await admin.describe_topics([topic.name])
     if len(found["partitions"]) != topic.num_partitions:
-        raise BrokerError(f"topic {topic.name!r} has {len(found['partitions'])} partitions but the events "
-                             f"topic has {topic.num_partitions}: they must match (co-partitioned by user id); "
-                             f"recreate {topic.name!r} with {topic.num_partitions} partitions")
+        raise BrokerError(
+            f"topic {topic.name!r} has {len(found['partitions'])} partitions but the events "
+            f"topic has {topic.num_partitions}: they must match (co-partitioned by user id); "
+            f"recreate {topic.name!r} with {topic.num_partitions} partitions"
+        )
 
 
 def end_offsets(settings: Settings, reported: Mapping) -> dict:
@@ -261,9 +283,13 @@ def tansu_end_offsets(settings: Settings, reported: Mapping) -> dict:
     the reported end - 1 finds the real last offset. The probe is a kafka-python client: an extra aiokafka
     client started during Faust's table recovery gets that recovery cancelled.
     """
-    probe = kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=50,
-                                **client_security(settings.kafka.security))
+    probe = kafka.KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        **client_security(settings.kafka.security),
+    )
     try:
         ends = dict(reported)
         for tp, end in reported.items():

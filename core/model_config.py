@@ -78,13 +78,15 @@ class ModelConfig(BaseModel):
             raise ConfigError(
                 f"{CONFIG_FILE} has schema_version {version}, newer than this streamrec reads (up to "
                 f"{SCHEMA_VERSION}): the version was exported by a newer release. Upgrade streamrec here, or "
-                f"serve a version exported by this release (`streamrec rollback`)")
+                f"serve a version exported by this release (`streamrec rollback`)"
+            )
         try:
             return cls.model_validate({**data, "schema_version": version})
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"{CONFIG_FILE} (schema_version {version}) is invalid: {problems}; "
-                              f"re-export the version") from None
+            raise ConfigError(
+                f"{CONFIG_FILE} (schema_version {version}) is invalid: {problems}; re-export the version"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object to write as config.json (fields that are None are left out)."""

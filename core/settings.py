@@ -146,13 +146,40 @@ class TrainerSettings(_Section):
 # The flat names of the settings before they had sections: an upgrade that still sets one would
 # otherwise connect to the default broker, or write to the default registry, without a word.
 RENAMED: dict[str, str] = {
-    **{f"STREAMREC_{name}": f"STREAMREC_KAFKA__{name}" for name in (
-        "BROKER", "PARTITIONS", "REPLICATION_FACTOR", "MIN_INSYNC_REPLICAS", "BROKER_ENGINE",
-        "FETCH_MAX_WAIT_MS", "PRODUCER_LINGER_MS", "SESSION_TIMEOUT_S", "HEARTBEAT_INTERVAL_S")},
-    **{f"STREAMREC_{name}": f"STREAMREC_WORKER__{name}" for name in (
-        "DATA_DIR", "WEB_PORT", "WEB_HOST", "APP_ID", "WINDOW_SIZE", "WINDOW_MAX_AGE_DAYS", "EVENT_WEIGHTS",
-        "MAX_RECORD_BYTES", "MAX_FUTURE_SKEW_S", "BATCH_SIZE", "BATCH_WINDOW_S", "TOP_K", "ANN_MIN_ITEMS",
-        "TRENDING_HALF_LIFE_S", "INFERENCE_THREADS")},
+    **{
+        f"STREAMREC_{name}": f"STREAMREC_KAFKA__{name}"
+        for name in (
+            "BROKER",
+            "PARTITIONS",
+            "REPLICATION_FACTOR",
+            "MIN_INSYNC_REPLICAS",
+            "BROKER_ENGINE",
+            "FETCH_MAX_WAIT_MS",
+            "PRODUCER_LINGER_MS",
+            "SESSION_TIMEOUT_S",
+            "HEARTBEAT_INTERVAL_S",
+        )
+    },
+    **{
+        f"STREAMREC_{name}": f"STREAMREC_WORKER__{name}"
+        for name in (
+            "DATA_DIR",
+            "WEB_PORT",
+            "WEB_HOST",
+            "APP_ID",
+            "WINDOW_SIZE",
+            "WINDOW_MAX_AGE_DAYS",
+            "EVENT_WEIGHTS",
+            "MAX_RECORD_BYTES",
+            "MAX_FUTURE_SKEW_S",
+            "BATCH_SIZE",
+            "BATCH_WINDOW_S",
+            "TOP_K",
+            "ANN_MIN_ITEMS",
+            "TRENDING_HALF_LIFE_S",
+            "INFERENCE_THREADS",
+        )
+    },
     "STREAMREC_REGISTRY": "STREAMREC_REGISTRY__PATH",
     "STREAMREC_ROCKSDB_WRITE_BUFFER_MB": "STREAMREC_ROCKSDB__WRITE_BUFFER_MB",
     "STREAMREC_ROCKSDB_BLOCK_CACHE_MB": "STREAMREC_ROCKSDB__BLOCK_CACHE_MB",
@@ -166,8 +193,9 @@ def refuse_renamed(environ: Mapping[str, str]) -> None:
     found = []
     for key in sorted(environ):
         name = key.upper()
-        new = RENAMED.get(name) or next((new + name[len(old):] for old, new in _RENAMED_PREFIXES.items()
-                                         if name.startswith(old)), None)
+        new = RENAMED.get(name) or next(
+            (new + name[len(old) :] for old, new in _RENAMED_PREFIXES.items() if name.startswith(old)), None
+        )
         if new:
             found.append(f"{key} was renamed {new}")
     if found:
@@ -175,8 +203,9 @@ def refuse_renamed(environ: Mapping[str, str]) -> None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, frozen=True,
-                                      env_parse_none_str=NONE_IN_ENV)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, frozen=True, env_parse_none_str=NONE_IN_ENV
+    )
 
     kafka: KafkaSettings = KafkaSettings()
     topics: Topics = Topics()
@@ -192,7 +221,7 @@ class Settings(BaseSettings):
     def replace(self, **sections: BaseModel | Mapping[str, Any]) -> Settings:
         """A copy with some fields of some sections changed, validated; the env is not read again.
 
-            settings.replace(kafka={"broker": url}, worker={"data_dir": d, "web_port": p})"""
+        settings.replace(kafka={"broker": url}, worker={"data_dir": d, "web_port": p})"""
         update = {}
         for name, change in sections.items():
             if name not in type(self).model_fields:
@@ -239,7 +268,7 @@ def _env_value(value: Any) -> str:
 
 
 def env_name(path: str) -> str:
-    """"kafka.broker" -> "STREAMREC_KAFKA__BROKER"."""
+    """ "kafka.broker" -> "STREAMREC_KAFKA__BROKER"."""
     return ENV_PREFIX + ENV_DELIMITER.join(part.upper() for part in path.split("."))
 
 

@@ -20,15 +20,19 @@ from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, Use
 app = typer.Typer(help="Train and evaluate the two-tower recommender.", no_args_is_help=True)
 
 # Option defaults are the configs' defaults (encoders/config.py), written there once.
-T, M, I, U, F = TrainConfig(), RecommenderConfig(), ItemTowerConfig(), UserTowerConfig(), FeatureSpec()
+T, M, I, U, F = TrainConfig(), RecommenderConfig(), ItemTowerConfig(), UserTowerConfig(), FeatureSpec()  # noqa: E741
 
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., exists=True, file_okay=False,
-                              help="RecBole atomic files (*.inter, *.item) or events/items JSONL."),
-    out: Optional[Path] = typer.Option(None, help="Checkpoint dir (default: $STREAMREC_TRAINER__CHECKPOINT_DIR, "
-                                                  "else checkpoints/ beside the registry, then /<UTC stamp>)."),
+    data: Path = typer.Option(
+        ..., exists=True, file_okay=False, help="RecBole atomic files (*.inter, *.item) or events/items JSONL."
+    ),
+    out: Optional[Path] = typer.Option(
+        None,
+        help="Checkpoint dir (default: $STREAMREC_TRAINER__CHECKPOINT_DIR, "
+        "else checkpoints/ beside the registry, then /<UTC stamp>).",
+    ),
     registry: Optional[Path] = setting_option("registry.path", "--registry", help="Registry to register the model in."),
     seed: int = typer.Option(T.seed, help="Random seed (data order, init, dropout)."),
     epochs: int = typer.Option(T.epochs, help="Upper bound on epochs; early stopping on validation NDCG@10."),
@@ -44,17 +48,22 @@ def train(
     max_len: int = typer.Option(F.max_len, help="Window length the user tower sees."),
     text: bool = typer.Option(M.use_text, help="--no-text trains the ID-only baseline (no language model)."),
     id_residual: bool = typer.Option(M.id_residual, help="Learned per-item residual for warm items."),
-    residual_dropout: float = typer.Option(M.residual_dropout, help="Training: share of warm items scored "
-                                                                    "text-only per step (cold-item recall; 0 = off)."),
-    repeat: bool = typer.Option(M.repeat_bias, help="Learned repeat term: beta per event type for items already "
-                                                    "in the window."),
-    text_model_dir: str = typer.Option(I.text_model_dir, help="Local Hugging Face encoder dir "
-                                                              "(default: bundled all-MiniLM-L6-v2)."),
-    train_top_layers: int = typer.Option(I.train_top_layers, help="Fine-tune the top N LM layers (0 = frozen LM, "
-                                                                  "embeddings cached)."),
+    residual_dropout: float = typer.Option(
+        M.residual_dropout, help="Training: share of warm items scored text-only per step (cold-item recall; 0 = off)."
+    ),
+    repeat: bool = typer.Option(
+        M.repeat_bias, help="Learned repeat term: beta per event type for items already in the window."
+    ),
+    text_model_dir: str = typer.Option(
+        I.text_model_dir, help="Local Hugging Face encoder dir (default: bundled all-MiniLM-L6-v2)."
+    ),
+    train_top_layers: int = typer.Option(
+        I.train_top_layers, help="Fine-tune the top N LM layers (0 = frozen LM, embeddings cached)."
+    ),
     loss: str = typer.Option(T.loss, help="'full' softmax over the catalog or 'sampled' (logQ-corrected)."),
-    cold_items: float = typer.Option(T.cold_items, help="Withhold this fraction of the catalog from training "
-                                                        "(cold-item evaluation)."),
+    cold_items: float = typer.Option(
+        T.cold_items, help="Withhold this fraction of the catalog from training (cold-item evaluation)."
+    ),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
 ) -> None:
     """Train on --data, keep the best validation checkpoint, then export and register it."""
@@ -64,17 +73,34 @@ def train(
     model_config = RecommenderConfig(
         item_tower=ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=dim, train_top_layers=train_top_layers),
         user_tower=UserTowerConfig(dim=dim, n_layers=layers, n_heads=heads, dropout=dropout),
-        use_text=text, id_residual=id_residual, residual_dropout=residual_dropout, repeat_bias=repeat,
+        use_text=text,
+        id_residual=id_residual,
+        residual_dropout=residual_dropout,
+        repeat_bias=repeat,
     )
-    config = TrainConfig(seed=seed, epochs=epochs, max_minutes=max_minutes, patience=patience, lr=lr,
-                         batch_size=batch_size, threads=threads, loss=loss, cold_items=cold_items,
-                         features=FeatureSpec(max_len=max_len))
+    config = TrainConfig(
+        seed=seed,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        patience=patience,
+        lr=lr,
+        batch_size=batch_size,
+        threads=threads,
+        loss=loss,
+        cold_items=cold_items,
+        features=FeatureSpec(max_len=max_len),
+    )
     train_and_register(settings, data, out, model_config, config, register=not no_export)
 
 
-def train_and_register(settings: Settings, data: Path, out: Path | None = None,
-                       model_config: RecommenderConfig | None = None, config: TrainConfig | None = None,
-                       register: bool = True) -> None:
+def train_and_register(
+    settings: Settings,
+    data: Path,
+    out: Path | None = None,
+    model_config: RecommenderConfig | None = None,
+    config: TrainConfig | None = None,
+    register: bool = True,
+) -> None:
     """`streamrec train` (default: its default configs): the best checkpoint into `out` (default:
     settings.trainer's checkpoint dir / <UTC stamp>), exported and registered in settings.registry."""
     from encoders.train import run
@@ -92,7 +118,9 @@ def train_and_register(settings: Settings, data: Path, out: Path | None = None,
 @app.command()
 def evaluate(
     data: Path = typer.Option(..., exists=True, file_okay=False, help="The data the checkpoints were trained on."),
-    checkpoint: list[Path] = typer.Option(..., exists=True, file_okay=False, help="Checkpoint dir; repeat for several (e.g. seeds)."),
+    checkpoint: list[Path] = typer.Option(
+        ..., exists=True, file_okay=False, help="Checkpoint dir; repeat for several (e.g. seeds)."
+    ),
     out: Path = typer.Option(Path("eval/report.md"), help="Markdown report; a PNG is written next to it."),
     title: str = typer.Option("ml-100k leave-one-out, full ranking", help="Report title."),
     cold_items: float = typer.Option(T.cold_items, help="The --cold-items the checkpoints were trained with."),

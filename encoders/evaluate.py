@@ -37,14 +37,19 @@ def model_scores(model: Recommender, history: Interactions, batch_size: int = 64
     T = model.feature_spec.max_len
     out = []
     for a in range(0, len(history.items), batch_size):
-        w = make_windows([s[-T:] for s in history.items[a:a + batch_size]],
-                         [s[-T:] for s in history.events[a:a + batch_size]],
-                         [s[-T:] for s in history.times[a:a + batch_size]], model.feature_spec)
+        w = make_windows(
+            [s[-T:] for s in history.items[a : a + batch_size]],
+            [s[-T:] for s in history.events[a : a + batch_size]],
+            [s[-T:] for s in history.times[a : a + batch_size]],
+            model.feature_spec,
+        )
         vectors = catalog[torch.from_numpy(w.items)] * torch.from_numpy(w.mask).unsqueeze(-1)  # [B, T, D]
-        users = model.user_tower(vectors, torch.from_numpy(w.event_types), torch.from_numpy(w.time_buckets),
-                                 torch.from_numpy(w.mask))  # [B, D]
-        repeat = model.last_repeat_scores(torch.from_numpy(w.items), torch.from_numpy(w.event_types),
-                                          torch.from_numpy(w.mask))  # [B, N]
+        users = model.user_tower(
+            vectors, torch.from_numpy(w.event_types), torch.from_numpy(w.time_buckets), torch.from_numpy(w.mask)
+        )  # [B, D]
+        repeat = model.last_repeat_scores(
+            torch.from_numpy(w.items), torch.from_numpy(w.event_types), torch.from_numpy(w.mask)
+        )  # [B, N]
         out.append((users @ catalog.T + repeat).numpy())
     return np.concatenate(out)
 
@@ -82,7 +87,8 @@ def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarr
         product=ranking_metrics(target_ranks(seen, targets)),
         cold_hr10=hit_rate(ranks[cold], 10) if cold.any() else None,
         cold_ndcg10=ndcg(ranks[cold], 10) if cold.any() else None,
-        n_cases=len(targets), n_cold=int(cold.sum()),
+        n_cases=len(targets),
+        n_cold=int(cold.sum()),
     )
 
 
@@ -97,8 +103,14 @@ def withhold_items(split: Split, fraction: float, seed: int = 0) -> Split:
     held_out[np.random.default_rng(seed).choice(n, round(fraction * n), replace=False)] = True
     t = split.train
     keep = [~held_out[items] for items in t.items]
-    train = Interactions(t.item_ids, t.item_texts, t.user_ids, [s[k] for s, k in zip(t.items, keep)],
-                         [s[k] for s, k in zip(t.events, keep)], [s[k] for s, k in zip(t.times, keep)])
+    train = Interactions(
+        t.item_ids,
+        t.item_texts,
+        t.user_ids,
+        [s[k] for s, k in zip(t.items, keep)],
+        [s[k] for s, k in zip(t.events, keep)],
+        [s[k] for s, k in zip(t.times, keep)],
+    )
     return replace(split, train=train)
 
 
@@ -128,10 +140,15 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path)
     import matplotlib.pyplot as plt
 
     cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10", "cold NDCG@10"]
-    lines = [f"# {title}", "",
-             "Leave-one-out, full ranking over all items. Metric columns: history NOT excluded "
-             "(RecBole-comparable); 'product' columns: history excluded. Mean ± std over runs.", "",
-             "| model | runs | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 2)]
+    lines = [
+        f"# {title}",
+        "",
+        "Leave-one-out, full ranking over all items. Metric columns: history NOT excluded "
+        "(RecBole-comparable); 'product' columns: history excluded. Mean ± std over runs.",
+        "",
+        "| model | runs | " + " | ".join(cols) + " |",
+        "|" + " --- |" * (len(cols) + 2),
+    ]
     for name, runs in results.items():
         cells = [_mean_spread([r.recbole[m] for r in runs]) for m in METRICS]
         cells += [_mean_spread([r.product[m] for r in runs]) for m in ("HR@10", "NDCG@10")]

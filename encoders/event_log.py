@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import kafka
-
+from core.contracts import item_change, parse_event
 from core.errors import EventLogError, InvalidRecord  # EventLogError: importable from here as before
 from core.io import atomic_write_text
 from core.kafka import check_connection, client_security, end_offsets
-from core.contracts import item_change, parse_event
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,9 @@ def read_offsets(path: Path) -> dict[int, int]:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise EventLogError(f"{path}: cannot read the stored position ({e}); "
-                            f"expected JSON {{partition: offset}}, e.g. {{\"0\": 1234}}") from e
+        raise EventLogError(
+            f'{path}: cannot read the stored position ({e}); expected JSON {{partition: offset}}, e.g. {{"0": 1234}}'
+        ) from e
     try:
         offsets = {int(p): int(o) for p, o in raw.items()}
     except (AttributeError, TypeError, ValueError) as e:
@@ -82,17 +82,27 @@ def valid_events(values: list[bytes | None], settings: Settings) -> tuple[list[d
     events, seen, invalid = [], set(), 0
     for raw in values:
         try:
-            e = parse_event(raw, max_bytes=settings.worker.max_record_bytes,
-                            event_types=set(settings.worker.event_weights),
-                            max_future_skew_s=settings.worker.max_future_skew_s)
+            e = parse_event(
+                raw,
+                max_bytes=settings.worker.max_record_bytes,
+                event_types=set(settings.worker.event_weights),
+                max_future_skew_s=settings.worker.max_future_skew_s,
+            )
         except InvalidRecord:
             invalid += 1
             continue
         if e.event_id in seen:
             continue
         seen.add(e.event_id)
-        events.append({"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id,
-                       "event_type": e.event_type, "ts": int(round(e.ts * 1000))})
+        events.append(
+            {
+                "event_id": e.event_id,
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "event_type": e.event_type,
+                "ts": int(round(e.ts * 1000)),
+            }
+        )
     return events, invalid
 
 
@@ -125,21 +135,32 @@ def catalog_state(records: list[tuple[bytes | None, bytes | None]], settings: Se
 
 
 def _consumer(settings: Settings) -> kafka.KafkaConsumer:
-    return kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                               enable_auto_commit=False, fetch_max_wait_ms=100,
-                               **client_security(settings.kafka.security))
+    return kafka.KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        **client_security(settings.kafka.security),
+    )
 
 
-def read_topic(settings: Settings, topic: str, stored: dict[int, int] | None = None, since_s: float | None = None,
-               idle_timeout_s: float = 60.0) -> tuple[list, dict[int, int], dict[int, int]]:
+def read_topic(
+    settings: Settings,
+    topic: str,
+    stored: dict[int, int] | None = None,
+    since_s: float | None = None,
+    idle_timeout_s: float = 60.0,
+) -> tuple[list, dict[int, int], dict[int, int]]:
     """Records of `topic` from max(earliest, stored position, first record at or after now - since_s)
     up to the true end at the time of the call. -> (records, start offsets, end offsets)."""
     consumer = _consumer(settings)
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            raise EventLogError(f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}; "
-                                f"start a worker once (it creates the topics) or check STREAMREC_TOPICS__*")
+            raise EventLogError(
+                f"topic {topic!r} does not exist on {settings.kafka.bootstrap_servers}; "
+                f"start a worker once (it creates the topics) or check STREAMREC_TOPICS__*"
+            )
         tps = [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         earliest = consumer.beginning_offsets(tps)
@@ -162,9 +183,11 @@ def read_topic(settings: Settings, topic: str, stored: dict[int, int] | None = N
                 last_progress = time.monotonic()
             pending = {tp for tp in pending if consumer.position(tp) < end[tp]}
             if pending and time.monotonic() - last_progress > idle_timeout_s:
-                raise EventLogError(f"{topic}: no progress for {idle_timeout_s:.0f}s at "
-                                    f"{ {tp.partition: consumer.position(tp) for tp in pending} }, "
-                                    f"expected to reach { {tp.partition: end[tp] for tp in pending} }")
+                raise EventLogError(
+                    f"{topic}: no progress for {idle_timeout_s:.0f}s at "
+                    f"{ {tp.partition: consumer.position(tp) for tp in pending} }, "
+                    f"expected to reach { {tp.partition: end[tp] for tp in pending} }"
+                )
         return records, {tp.partition: o for tp, o in start.items()}, {tp.partition: o for tp, o in end.items()}
     finally:
         consumer.close()
@@ -179,24 +202,32 @@ class EventLog:
     end_offsets: dict[int, int]  # and where it stopped: the next run's stored position
 
 
-def read_event_log(settings: Settings, stored: dict[int, int] | None = None,
-                   since_s: float | None = None) -> EventLog:
+def read_event_log(settings: Settings, stored: dict[int, int] | None = None, since_s: float | None = None) -> EventLog:
     check_connection(settings)  # a wrong password or CA: a BrokerError saying so, not a bootstrap timeout
     records, start, end = read_topic(settings, settings.topics.events, stored, since_s)
     events, invalid = valid_events([r.value for r in records], settings)
     item_records, _, _ = read_topic(settings, settings.topics.items)
     catalog = catalog_state([(r.key, r.value) for r in item_records], settings)
-    log.info("read %d events (%d invalid, skipped) from %s offsets %s..%s; catalog: %d items (%d removed, %d invalid)",
-             len(events), invalid, settings.topics.events, start, end, len(catalog.live), len(catalog.removed),
-             catalog.invalid)
+    log.info(
+        "read %d events (%d invalid, skipped) from %s offsets %s..%s; catalog: %d items (%d removed, %d invalid)",
+        len(events),
+        invalid,
+        settings.topics.events,
+        start,
+        end,
+        len(catalog.live),
+        len(catalog.removed),
+        catalog.invalid,
+    )
     return EventLog(events, catalog, invalid, start, end)
 
 
 # --- the training data directory -------------------------------------------------------------
 
 
-def merge_dataset(event_log: EventLog,
-                  base: tuple[list[dict], list[dict]] | None = None) -> tuple[list[dict], list[dict]]:
+def merge_dataset(
+    event_log: EventLog, base: tuple[list[dict], list[dict]] | None = None
+) -> tuple[list[dict], list[dict]]:
     """(events, items) for events.jsonl / items.jsonl: base data first, then the topics.
 
     Base events (`core.datasets.read_records`: ts in seconds) that also came from the topic
@@ -207,8 +238,13 @@ def merge_dataset(event_log: EventLog,
     base_events, base_items = base or ([], [])
     events, seen = [], set()
     for n, e in enumerate(base_events):
-        record = {"event_id": str(e.get("event_id") or f"base-{n}"), "user_id": str(e["user_id"]),
-                  "item_id": str(e["item_id"]), "event_type": e["event_type"], "ts": int(round(float(e["ts"]) * 1000))}
+        record = {
+            "event_id": str(e.get("event_id") or f"base-{n}"),
+            "user_id": str(e["user_id"]),
+            "item_id": str(e["item_id"]),
+            "event_type": e["event_type"],
+            "ts": int(round(float(e["ts"]) * 1000)),
+        }
         seen.add((record["user_id"], record["item_id"], record["event_type"], record["ts"]))
         events.append(record)
     events += [e for e in event_log.events if (e["user_id"], e["item_id"], e["event_type"], e["ts"]) not in seen]

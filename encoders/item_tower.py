@@ -41,19 +41,23 @@ class ItemTower(nn.Module):
         for p in self.lm.parameters():
             p.requires_grad = False
         layers = self.lm.encoder.layer
-        for layer in layers[len(layers) - n_top:] if n_top else []:
+        for layer in layers[len(layers) - n_top :] if n_top else []:
             for p in layer.parameters():
                 p.requires_grad = True
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> input_ids [B, L] long, attention_mask [B, L] long (L <= max_tokens)."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_tokens, return_tensors="pt")
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.config.max_tokens, return_tensors="pt"
+        )
         return batch["input_ids"], batch["attention_mask"]
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Sentence embeddings of many texts: -> [N, H] (the frozen-LM cache)."""
-        chunks = [self.sentence_embedding(*self.tokenize(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
+        chunks = [
+            self.sentence_embedding(*self.tokenize(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)
+        ]
         return torch.cat(chunks)
 
     @torch.no_grad()
@@ -65,9 +69,11 @@ class ItemTower(nn.Module):
 
     def top_sentence_embedding(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run the trainable top layers over cached states and mean-pool: [B, L, H] -> [B, H]."""
-        additive = (1.0 - attention_mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min  # [B, 1, 1, L]
+        additive = (1.0 - attention_mask[:, None, None, :].to(states.dtype)) * torch.finfo(
+            states.dtype
+        ).min  # [B, 1, 1, L]
         layers = self.lm.encoder.layer
-        for layer in layers[len(layers) - self.config.train_top_layers:]:
+        for layer in layers[len(layers) - self.config.train_top_layers :]:
             states = layer(states, additive)
         return self._mean_pool(states, attention_mask)
 

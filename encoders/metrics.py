@@ -34,6 +34,9 @@ def mrr(ranks: np.ndarray, k: int) -> float:
 def ranking_metrics(ranks: np.ndarray) -> dict[str, float]:
     """All METRICS from [B] ranks."""
     return {
-        "HR@10": hit_rate(ranks, 10), "NDCG@10": ndcg(ranks, 10), "MRR@10": mrr(ranks, 10),
-        "HR@20": hit_rate(ranks, 20), "NDCG@20": ndcg(ranks, 20),
+        "HR@10": hit_rate(ranks, 10),
+        "NDCG@10": ndcg(ranks, 10),
+        "MRR@10": mrr(ranks, 10),
+        "HR@20": hit_rate(ranks, 20),
+        "NDCG@20": ndcg(ranks, 20),
     }

@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from core.errors import DataError
+from core.features import FeatureSpec
 from encoders.config import ItemTowerConfig, RecommenderConfig, UserTowerConfig  # torch-free
 from encoders.item_tower import ItemTower
 from encoders.user_tower import UserTower
-from core.errors import DataError
-from core.features import FeatureSpec
 
 
 class Recommender(nn.Module):
@@ -71,7 +71,9 @@ class Recommender(nn.Module):
         if self.id_emb is not None:
             residual = self.warm
             if self.training and self.config.residual_dropout > 0:  # these items must score well by their text alone
-                residual = residual & (torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout)
+                residual = residual & (
+                    torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout
+                )
             vectors = vectors + self.id_emb.weight * residual.unsqueeze(-1)
         return vectors
 
@@ -95,7 +97,9 @@ class Recommender(nn.Module):
         vectors = catalog[items] * attention_mask.unsqueeze(-1)  # [B, T, D]
         return self.user_tower.sequence(vectors, event_types, time_buckets, attention_mask)
 
-    def repeat_scores(self, items: torch.Tensor, event_types: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def repeat_scores(
+        self, items: torch.Tensor, event_types: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """The repeat term at every position: beta[event type of the latest event on item i at or
         before position t], 0 for items not in that causal prefix (or without a repeat term).
 
@@ -107,13 +111,17 @@ class Recommender(nn.Module):
         step = torch.arange(T, device=items.device)  # [T]
         t = step.view(1, T, 1)  # query position
         next_same = _next_same(items, attention_mask)  # [B, T]
-        live = attention_mask.unsqueeze(1) & (step <= t) & (t < next_same.unsqueeze(1))  # [B, T, T]: event s is the latest on its item at t
+        live = (
+            attention_mask.unsqueeze(1) & (step <= t) & (t < next_same.unsqueeze(1))
+        )  # [B, T, T]: event s is the latest on its item at t
         beta = self.repeat[event_types].unsqueeze(1) * live  # [B, T, T]
         return torch.zeros(B, T, self.config.n_items, device=items.device).scatter_add_(
-            2, items.unsqueeze(1).expand(B, T, T), beta)  # [B, T, N], at most one live event per item
+            2, items.unsqueeze(1).expand(B, T, T), beta
+        )  # [B, T, N], at most one live event per item
 
-    def last_repeat_scores(self, items: torch.Tensor, event_types: torch.Tensor,
-                           attention_mask: torch.Tensor) -> torch.Tensor:
+    def last_repeat_scores(
+        self, items: torch.Tensor, event_types: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """`repeat_scores(...)[:, -1]`, the term scoring a whole window needs, without the [B, T, N]
         tensor: -> [B, N]."""
         B, T = items.shape
@@ -121,7 +129,8 @@ class Recommender(nn.Module):
             return torch.zeros(B, self.config.n_items)
         latest = attention_mask & (_next_same(items, attention_mask) == T)  # [B, T]: no later event on the item
         return torch.zeros(B, self.config.n_items, device=items.device).scatter_add_(
-            1, items, self.repeat[event_types] * latest)
+            1, items, self.repeat[event_types] * latest
+        )
 
 
 def _next_same(items: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -158,8 +167,9 @@ def _stored_keys(model: Recommender) -> list[str]:
     return [k for k in model.state_dict() if not (frozen_lm and k.startswith("item_tower.lm."))]
 
 
-def save_checkpoint(model: Recommender, item_ids: list[str], item_texts: list[str], out_dir: str | Path,
-                    metrics: dict) -> Path:
+def save_checkpoint(
+    model: Recommender, item_ids: list[str], item_texts: list[str], out_dir: str | Path, metrics: dict
+) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
@@ -177,8 +187,11 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
     raw = json.loads((root / "config.json").read_text())
     rc = raw["recommender"]
     config = RecommenderConfig(
-        n_items=rc["n_items"], item_tower=ItemTowerConfig(**rc["item_tower"]),
-        user_tower=UserTowerConfig(**rc["user_tower"]), use_text=rc["use_text"], id_residual=rc["id_residual"],
+        n_items=rc["n_items"],
+        item_tower=ItemTowerConfig(**rc["item_tower"]),
+        user_tower=UserTowerConfig(**rc["user_tower"]),
+        use_text=rc["use_text"],
+        id_residual=rc["id_residual"],
         repeat_bias=rc.get("repeat_bias", False),  # checkpoints from before the repeat term have none
         residual_dropout=rc.get("residual_dropout", 0.0),
     )
@@ -187,9 +200,11 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
     state = load_file(str(root / "model.safetensors"))
     expected = set(_stored_keys(model))
     if set(state) != expected:
-        raise DataError(f"{root}: weights do not match config.json (missing {sorted(expected - set(state))[:5]}, "
-                        f"unexpected {sorted(set(state) - expected)[:5]}): the checkpoint is incomplete or mixed; "
-                        f"save it again (or restore it from its registry version)")
+        raise DataError(
+            f"{root}: weights do not match config.json (missing {sorted(expected - set(state))[:5]}, "
+            f"unexpected {sorted(set(state) - expected)[:5]}): the checkpoint is incomplete or mixed; "
+            f"save it again (or restore it from its registry version)"
+        )
     model.load_state_dict(state, strict=False)
     items = json.loads((root / "items.json").read_text())
     return model.eval(), items["item_ids"], items["item_texts"]

@@ -35,19 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from core.datasets import Interactions, Split, load_interactions, read_records, split_leave_one_out
-from encoders.event_log import (merge_dataset, parse_duration, read_event_log, read_offsets, write_dataset,
-                                write_offsets)
 from core.errors import BrokerError, ConfigError, NotEnoughData, RegistryError  # NotEnoughData: importable here too
 from core.features import FeatureSpec
 from core.settings import Settings
 from encoders.config import RetrainConfig
+from encoders.event_log import merge_dataset, parse_duration, read_event_log, read_offsets, write_dataset, write_offsets
 
 log = logging.getLogger(__name__)
 
 GATE_METRIC = "NDCG@10"  # product setting (history excluded)
 PROMOTED, REJECTED, SKIPPED, FAILED = "promoted", "rejected", "skipped", "failed"
 EXIT_CODES = {PROMOTED: 0, FAILED: 1, REJECTED: 3, SKIPPED: 4}
-
 
 
 # --- the held-out slice ------------------------------------------------------------------------
@@ -63,8 +61,10 @@ def parse_holdout(text: str) -> tuple[str, float]:
     else:
         return "duration", parse_duration(value)
     if not 0 < amount < 1:
-        raise ConfigError(f"holdout {text!r}: a share of the events must be between 0 and 100% (exclusive), "
-                          f"e.g. 10%, or a duration such as 1d")
+        raise ConfigError(
+            f"holdout {text!r}: a share of the events must be between 0 and 100% (exclusive), "
+            f"e.g. 10%, or a duration such as 1d"
+        )
     return kind, amount
 
 
@@ -114,23 +114,36 @@ def split_holdout(data: Interactions, cutoff: float, window: int) -> Holdout:
                 case_rows.append((u, start, j))
 
     def rows(spec: list[tuple[int, int, int]]) -> Interactions:
-        return Interactions(data.item_ids, data.item_texts, [data.user_ids[u] for u, _, _ in spec],
-                            [data.items[u][a:b] for u, a, b in spec], [data.events[u][a:b] for u, a, b in spec],
-                            [data.times[u][a:b] for u, a, b in spec])
+        return Interactions(
+            data.item_ids,
+            data.item_texts,
+            [data.user_ids[u] for u, _, _ in spec],
+            [data.items[u][a:b] for u, a, b in spec],
+            [data.events[u][a:b] for u, a, b in spec],
+            [data.times[u][a:b] for u, a, b in spec],
+        )
 
     return Holdout(
         train=rows([(u, 0, stop) for u, stop in train_rows]),
         history=rows(case_rows),
         targets=np.array([data.items[u][j] for u, _, j in case_rows], dtype=np.int64),
-        cutoff=cutoff, n_events=n_events, n_no_history=no_history, n_repeats=repeats,
+        cutoff=cutoff,
+        n_events=n_events,
+        n_no_history=no_history,
+        n_repeats=repeats,
     )
 
 
 def gate_split(holdout: Holdout) -> Split:
     """The cases as a Split whose "test" stage is the held-out slice (valid = the same cases,
     never used for selection), so both models go through `evaluate_model(..., "test")`."""
-    return Split(train=holdout.train, valid_history=holdout.history, valid_targets=holdout.targets,
-                 test_history=holdout.history, test_targets=holdout.targets)
+    return Split(
+        train=holdout.train,
+        valid_history=holdout.history,
+        valid_targets=holdout.targets,
+        test_history=holdout.history,
+        test_targets=holdout.targets,
+    )
 
 
 # --- the gate ----------------------------------------------------------------------------------
@@ -148,10 +161,15 @@ def decide(candidate: float, production: float, tolerance: float, against: str =
     if not (math.isfinite(candidate) and math.isfinite(production)):
         return Decision(False, f"non-finite metric (candidate {candidate}, {against} {production})")
     if candidate >= bar:
-        return Decision(True, f"candidate {GATE_METRIC} {candidate:.4f} >= {against} {production:.4f} "
-                              f"- tolerance {tolerance:g} = {bar:.4f}")
-    return Decision(False, f"candidate {GATE_METRIC} {candidate:.4f} < {against} {production:.4f} "
-                           f"- tolerance {tolerance:g} = {bar:.4f}")
+        return Decision(
+            True,
+            f"candidate {GATE_METRIC} {candidate:.4f} >= {against} {production:.4f} "
+            f"- tolerance {tolerance:g} = {bar:.4f}",
+        )
+    return Decision(
+        False,
+        f"candidate {GATE_METRIC} {candidate:.4f} < {against} {production:.4f} - tolerance {tolerance:g} = {bar:.4f}",
+    )
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -169,9 +187,15 @@ class RunResult:
 
 
 def _metrics(evaluation) -> dict:
-    return {"NDCG@10": evaluation.product["NDCG@10"], "HR@10": evaluation.product["HR@10"],
-            "recbole_NDCG@10": evaluation.recbole["NDCG@10"], "recbole_HR@10": evaluation.recbole["HR@10"],
-            "cold_HR@10": evaluation.cold_hr10, "cases": evaluation.n_cases, "cold_cases": evaluation.n_cold}
+    return {
+        "NDCG@10": evaluation.product["NDCG@10"],
+        "HR@10": evaluation.product["HR@10"],
+        "recbole_NDCG@10": evaluation.recbole["NDCG@10"],
+        "recbole_HR@10": evaluation.recbole["HR@10"],
+        "cold_HR@10": evaluation.cold_hr10,
+        "cases": evaluation.n_cases,
+        "cold_cases": evaluation.n_cold,
+    }
 
 
 def _load_production(registry_root: Path):
@@ -203,11 +227,19 @@ def _read_data(settings: Settings, config: RetrainConfig, work: Path) -> tuple[P
     base = read_records(config.base) if config.base else None
     events, items = merge_dataset(event_log, base)
     data_dir = write_dataset(work / "data", events, items)
-    stats = {"topic_events": len(event_log.events), "invalid_events_skipped": event_log.invalid_events,
-             "base_events": len(base[0]) if base else 0, "events": len(events), "catalog_items": len(items),
-             "removed_items": len(event_log.catalog.removed), "invalid_items_skipped": event_log.catalog.invalid,
-             "start_offsets": event_log.start_offsets, "end_offsets": event_log.end_offsets,
-             "since": config.since, "stored_position": str(config.from_offsets) if config.from_offsets else None}
+    stats = {
+        "topic_events": len(event_log.events),
+        "invalid_events_skipped": event_log.invalid_events,
+        "base_events": len(base[0]) if base else 0,
+        "events": len(events),
+        "catalog_items": len(items),
+        "removed_items": len(event_log.catalog.removed),
+        "invalid_items_skipped": event_log.catalog.invalid,
+        "start_offsets": event_log.start_offsets,
+        "end_offsets": event_log.end_offsets,
+        "since": config.since,
+        "stored_position": str(config.from_offsets) if config.from_offsets else None,
+    }
     return data_dir, stats
 
 
@@ -216,8 +248,12 @@ def run_once(settings: Settings, config: RetrainConfig) -> RunResult:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     work = Path(config.work_root or settings.trainer.retrain_dir) / stamp
     work.mkdir(parents=True, exist_ok=True)
-    report: dict = {"run": stamp, "work_dir": str(work), "registry": str(settings.registry.path),
-                    "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
+    report: dict = {
+        "run": stamp,
+        "work_dir": str(work),
+        "registry": str(settings.registry.path),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+    }
     started = time.monotonic()
     try:
         status = _run(settings, config, work, report)
@@ -237,30 +273,40 @@ def run_once(settings: Settings, config: RetrainConfig) -> RunResult:
 def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) -> str:
     import torch
 
-    from encoders.evaluate import evaluate_model, evaluate_popularity
     from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+    from encoders.evaluate import evaluate_model, evaluate_popularity
     from encoders.recommender import save_checkpoint, transplant
     from encoders.train import sized_for, train
     from export.registry import Registry
 
     torch.set_num_threads(config.threads)
     version, checkpoint = _load_production(settings.registry.path)
-    report["production"] = {"version": version.name if version else None, "kind": version.kind if version else None,
-                            "has_checkpoint": checkpoint is not None}
+    report["production"] = {
+        "version": version.name if version else None,
+        "kind": version.kind if version else None,
+        "has_checkpoint": checkpoint is not None,
+    }
     log.info("production: %s", report["production"])
 
     data_dir, report["data"] = _read_data(settings, config, work)
     if report["data"]["events"] < config.min_events:
-        raise NotEnoughData(f"{report['data']['events']} valid events to learn from "
-                            f"({report['data']['invalid_events_skipped']} invalid skipped); "
-                            f"need at least {config.min_events} (--min-events)")
+        raise NotEnoughData(
+            f"{report['data']['events']} valid events to learn from "
+            f"({report['data']['invalid_events_skipped']} invalid skipped); "
+            f"need at least {config.min_events} (--min-events)"
+        )
     spec = checkpoint[0].feature_spec if checkpoint else FeatureSpec(max_len=config.max_len)
     data = load_interactions(data_dir, spec)
     cutoff = holdout_cutoff(np.concatenate(data.times), config.holdout)
     holdout = split_holdout(data, cutoff, settings.worker.window_size)
-    report["holdout"] = {"rule": config.holdout, "cutoff": datetime.fromtimestamp(cutoff, timezone.utc).isoformat(),
-                         "events": holdout.n_events, "cases": len(holdout.targets),
-                         "skipped_no_history": holdout.n_no_history, "skipped_repeats": holdout.n_repeats}
+    report["holdout"] = {
+        "rule": config.holdout,
+        "cutoff": datetime.fromtimestamp(cutoff, timezone.utc).isoformat(),
+        "events": holdout.n_events,
+        "cases": len(holdout.targets),
+        "skipped_no_history": holdout.n_no_history,
+        "skipped_repeats": holdout.n_repeats,
+    }
     if not len(holdout.targets):
         raise NotEnoughData(f"no evaluation cases in the held-out slice ({report['holdout']})")
     train_split = split_leave_one_out(holdout.train)
@@ -276,31 +322,57 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
         evaluations["production"] = _metrics(evaluate_model(production, gate, "test"))
         known = set(source_ids)
         report["holdout"]["cases_with_items_new_since_production"] = int(
-            sum(data.item_ids[t] not in known for t in holdout.targets))
+            sum(data.item_ids[t] not in known for t in holdout.targets)
+        )
         model_config, init = production.config, copy.deepcopy(production)
     else:
-        model_config = sized_for(RecommenderConfig(
-            item_tower=ItemTowerConfig(proj_dim=config.dim),
-            user_tower=UserTowerConfig(dim=config.dim, n_layers=config.layers, n_heads=config.heads)), spec, data.n_items)
+        model_config = sized_for(
+            RecommenderConfig(
+                item_tower=ItemTowerConfig(proj_dim=config.dim),
+                user_tower=UserTowerConfig(dim=config.dim, n_layers=config.layers, n_heads=config.heads),
+            ),
+            spec,
+            data.n_items,
+        )
         init = None
-    train_config = TrainConfig(seed=config.seed, epochs=config.epochs, patience=config.patience, lr=config.lr,
-                               batch_size=config.batch_size, threads=config.threads, max_minutes=config.max_minutes,
-                               features=spec)
-    log.info("training the candidate (%s) on %d events of %d users", "warm start" if init else "from scratch",
-             sum(map(len, train_split.train.items)), len(train_split.train.items))
+    train_config = TrainConfig(
+        seed=config.seed,
+        epochs=config.epochs,
+        patience=config.patience,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        threads=config.threads,
+        max_minutes=config.max_minutes,
+        features=spec,
+    )
+    log.info(
+        "training the candidate (%s) on %d events of %d users",
+        "warm start" if init else "from scratch",
+        sum(map(len, train_split.train.items)),
+        len(train_split.train.items),
+    )
     candidate, train_metrics = train(model_config, train_config, train_split, progress=config.progress, init=init)
     evaluations["candidate"] = _metrics(evaluate_model(candidate, gate, "test"))
-    report["training"] = {"warm_start": init is not None, "best_epoch": train_metrics.get("best_epoch"),
-                          "epochs_run": train_metrics.get("epochs_run"),
-                          "minutes": round(train_metrics.get("train_minutes", 0.0), 2),
-                          "valid_NDCG@10": (train_metrics.get("valid") or {}).get("recbole", {}).get("NDCG@10")}
+    report["training"] = {
+        "warm_start": init is not None,
+        "best_epoch": train_metrics.get("best_epoch"),
+        "epochs_run": train_metrics.get("epochs_run"),
+        "minutes": round(train_metrics.get("train_minutes", 0.0), 2),
+        "valid_NDCG@10": (train_metrics.get("valid") or {}).get("recbole", {}).get("NDCG@10"),
+    }
     report["evaluation"] = evaluations
 
     against = "production" if "production" in evaluations else "popularity"
-    decision = decide(evaluations["candidate"][GATE_METRIC], evaluations[against][GATE_METRIC],
-                      config.tolerance, against)
-    report["gate"] = {"metric": f"{GATE_METRIC} (history excluded)", "against": against,
-                      "tolerance": config.tolerance, "promote": decision.promote, "reason": decision.reason}
+    decision = decide(
+        evaluations["candidate"][GATE_METRIC], evaluations[against][GATE_METRIC], config.tolerance, against
+    )
+    report["gate"] = {
+        "metric": f"{GATE_METRIC} (history excluded)",
+        "against": against,
+        "tolerance": config.tolerance,
+        "promote": decision.promote,
+        "reason": decision.reason,
+    }
     log.info("gate: %s", decision.reason)
     if not decision.promote:
         return REJECTED
@@ -308,28 +380,48 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     registry = Registry(settings.registry.path)
     current = registry.latest()
     if current != (version.name if version else None):
-        raise RegistryError(f"`latest` moved from {version.name if version else None!r} to {current!r} during the "
-                            f"run (a rollback or another trainer?); not promoting a model judged against the old one")
-    checkpoint_dir = save_checkpoint(candidate, data.item_ids, data.item_texts, work / "checkpoint", {
-        **{k: v for k, v in train_metrics.items() if k != "curves"},
-        "NDCG@10": evaluations["candidate"]["NDCG@10"], "HR@10": evaluations["candidate"]["HR@10"],
-        "retrain": {"run": report["run"], "gate": report["gate"], "holdout": report["holdout"],
-                    "evaluation": evaluations, "production_version": report["production"]["version"]},
-    })
+        raise RegistryError(
+            f"`latest` moved from {version.name if version else None!r} to {current!r} during the "
+            f"run (a rollback or another trainer?); not promoting a model judged against the old one"
+        )
+    checkpoint_dir = save_checkpoint(
+        candidate,
+        data.item_ids,
+        data.item_texts,
+        work / "checkpoint",
+        {
+            **{k: v for k, v in train_metrics.items() if k != "curves"},
+            "NDCG@10": evaluations["candidate"]["NDCG@10"],
+            "HR@10": evaluations["candidate"]["HR@10"],
+            "retrain": {
+                "run": report["run"],
+                "gate": report["gate"],
+                "holdout": report["holdout"],
+                "evaluation": evaluations,
+                "production_version": report["production"]["version"],
+            },
+        },
+    )
+    from core.kafka import client_security
     from export.model_updates import announce
     from export.pipeline import export_and_register
-    from core.kafka import client_security
 
     new = export_and_register(checkpoint_dir, settings.registry.path, make_latest=True, data_dir=data_dir)
     report["promoted_version"] = new.name
     log.info("registered %s as latest", new.name)
     try:
-        announce(new, settings.kafka.bootstrap_servers, settings.topics.model_updates,
-                 **client_security(settings.kafka.security))
+        announce(
+            new,
+            settings.kafka.bootstrap_servers,
+            settings.topics.model_updates,
+            **client_security(settings.kafka.security),
+        )
     except Exception as e:
-        raise BrokerError(f"{new.name} is registered and latest, but announcing it on "
-                          f"{settings.topics.model_updates!r} failed ({e}); workers keep serving the old model "
-                          f"until told: run `streamrec rollback --to {new.name}`") from e
+        raise BrokerError(
+            f"{new.name} is registered and latest, but announcing it on "
+            f"{settings.topics.model_updates!r} failed ({e}); workers keep serving the old model "
+            f"until told: run `streamrec rollback --to {new.name}`"
+        ) from e
     report["announced_on"] = settings.topics.model_updates
     target = config.save_offsets or config.from_offsets
     if target is not None:
@@ -351,33 +443,48 @@ def render_markdown(report: dict) -> str:
         start = "warm start" if production.get("has_checkpoint") else "no checkpoint: candidate from scratch"
         lines.append(f"- production: `{production.get('version')}` ({production.get('kind')}, {start})")
     if data := report.get("data"):
-        lines.append(f"- data: {data['events']} events ({data['topic_events']} from the topic, {data['base_events']} "
-                     f"base; {data['invalid_events_skipped']} invalid skipped), {data['catalog_items']} items; "
-                     f"offsets {data['start_offsets']} -> {data['end_offsets']}")
+        lines.append(
+            f"- data: {data['events']} events ({data['topic_events']} from the topic, {data['base_events']} "
+            f"base; {data['invalid_events_skipped']} invalid skipped), {data['catalog_items']} items; "
+            f"offsets {data['start_offsets']} -> {data['end_offsets']}"
+        )
     if h := report.get("holdout"):
         new = h.get("cases_with_items_new_since_production")
-        lines.append(f"- held out: {h['rule']} (events from {h['cutoff']}): {h['events']} events -> {h['cases']} cases "
-                     f"({h['skipped_no_history']} without history, {h['skipped_repeats']} repeats skipped"
-                     + (f"; {new} with an item new since production" if new is not None else "") + ")")
+        lines.append(
+            f"- held out: {h['rule']} (events from {h['cutoff']}): {h['events']} events -> {h['cases']} cases "
+            f"({h['skipped_no_history']} without history, {h['skipped_repeats']} repeats skipped"
+            + (f"; {new} with an item new since production" if new is not None else "")
+            + ")"
+        )
     if t := report.get("training"):
-        lines.append(f"- training: {'warm start' if t['warm_start'] else 'from scratch'}, {t['epochs_run']} epochs, "
-                     f"best {t['best_epoch']}, {t['minutes']} min")
+        lines.append(
+            f"- training: {'warm start' if t['warm_start'] else 'from scratch'}, {t['epochs_run']} epochs, "
+            f"best {t['best_epoch']}, {t['minutes']} min"
+        )
     if ev := report.get("evaluation"):
-        lines += ["", "| model | NDCG@10 | HR@10 | NDCG@10 (history kept) | cold HR@10 |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| model | NDCG@10 | HR@10 | NDCG@10 (history kept) | cold HR@10 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for name in ("production", "candidate", "popularity"):
             if name in ev:
                 m = ev[name]
                 cold = "n/a" if m["cold_HR@10"] is None else f"{m['cold_HR@10']:.4f}"
-                lines.append(f"| {name} | {m['NDCG@10']:.4f} | {m['HR@10']:.4f} | {m['recbole_NDCG@10']:.4f} "
-                             f"| {cold} |")
+                lines.append(
+                    f"| {name} | {m['NDCG@10']:.4f} | {m['HR@10']:.4f} | {m['recbole_NDCG@10']:.4f} | {cold} |"
+                )
         lines.append("")
     if g := report.get("gate"):
-        lines.append(f"Gate ({g['metric']}, tolerance {g['tolerance']:g}): {g['reason']} -> "
-                     f"{'promote' if g['promote'] else 'reject'}.")
+        lines.append(
+            f"Gate ({g['metric']}, tolerance {g['tolerance']:g}): {g['reason']} -> "
+            f"{'promote' if g['promote'] else 'reject'}."
+        )
     if report.get("promoted_version"):
-        lines.append(f"Registered `{report['promoted_version']}` as latest; announced on "
-                     f"`{report.get('announced_on', 'NOT ANNOUNCED')}`.")
+        lines.append(
+            f"Registered `{report['promoted_version']}` as latest; announced on "
+            f"`{report.get('announced_on', 'NOT ANNOUNCED')}`."
+        )
     elif report.get("decision") != PROMOTED:
         lines.append("Nothing registered; `latest` unchanged; nothing announced.")
     lines.append(f"\n{report.get('minutes', '?')} min; work dir `{report['work_dir']}`.")

@@ -17,8 +17,9 @@ import typer
 from core.options import command_settings, setting_option
 from encoders.config import RetrainConfig
 
-app = typer.Typer(help="Periodic retraining with a promotion gate.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Periodic retraining with a promotion gate.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 
 R = RetrainConfig()  # the options' defaults, written once in encoders/config.py
 
@@ -27,22 +28,31 @@ R = RetrainConfig()  # the options' defaults, written once in encoders/config.py
 def retrain(
     since: Optional[str] = typer.Option(R.since, help="Only events written to Kafka in this window (7d, 12h, 90m)."),
     from_offsets: Optional[Path] = typer.Option(
-        R.from_offsets, help="Stored position, JSON {partition: offset}: read events after it; a promoted run "
-                             "advances it. A missing file means from the start."),
-    save_offsets: Optional[Path] = typer.Option(R.save_offsets, help="Where a promoted run stores its end position "
-                                                                     "(default: --from-offsets)."),
-    base: Optional[Path] = typer.Option(R.base, exists=True, file_okay=False,
-                                        help="Extra training data (RecBole atomic files or events/items JSONL)."),
-    holdout: str = typer.Option(R.holdout, help="Most recent slice held out for the gate: a share ('10%') or a "
-                                                "duration of event time ('1d')."),
-    tolerance: float = typer.Option(R.tolerance, help="Promote iff candidate NDCG@10 >= production NDCG@10 - "
-                                                      "tolerance."),
+        R.from_offsets,
+        help="Stored position, JSON {partition: offset}: read events after it; a promoted run "
+        "advances it. A missing file means from the start.",
+    ),
+    save_offsets: Optional[Path] = typer.Option(
+        R.save_offsets, help="Where a promoted run stores its end position (default: --from-offsets)."
+    ),
+    base: Optional[Path] = typer.Option(
+        R.base, exists=True, file_okay=False, help="Extra training data (RecBole atomic files or events/items JSONL)."
+    ),
+    holdout: str = typer.Option(
+        R.holdout, help="Most recent slice held out for the gate: a share ('10%') or a duration of event time ('1d')."
+    ),
+    tolerance: float = typer.Option(
+        R.tolerance, help="Promote iff candidate NDCG@10 >= production NDCG@10 - tolerance."
+    ),
     min_events: int = typer.Option(R.min_events, help="Fewer valid events: skip the run (exit 4)."),
-    work_dir: Optional[Path] = setting_option("trainer.retrain_dir", "--work-dir",
-                                              help="Each run writes data, checkpoint and report into a new "
-                                                   "<UTC stamp>/ dir here."),
-    every: Optional[str] = typer.Option(None, help="Loop forever, one run per interval (1h, 30m); "
-                                                   "a failed run is logged, never fatal."),
+    work_dir: Optional[Path] = setting_option(
+        "trainer.retrain_dir",
+        "--work-dir",
+        help="Each run writes data, checkpoint and report into a new <UTC stamp>/ dir here.",
+    ),
+    every: Optional[str] = typer.Option(
+        None, help="Loop forever, one run per interval (1h, 30m); a failed run is logged, never fatal."
+    ),
     epochs: int = typer.Option(R.epochs, help="Upper bound on fine-tuning epochs (early stopping)."),
     patience: int = typer.Option(R.patience, help="Epochs without a better validation NDCG@10 before stopping."),
     max_minutes: float = typer.Option(R.max_minutes, help="Wall-clock budget of the training loop."),
@@ -67,11 +77,28 @@ def retrain(
     from encoders.event_log import parse_duration
     from encoders.retrain import run_every, run_once
 
-    config = RetrainConfig(since=since, from_offsets=from_offsets, save_offsets=save_offsets, base=base,
-                           holdout=holdout, tolerance=tolerance, min_events=min_events,
-                           work_root=settings.trainer.retrain_dir, epochs=epochs, patience=patience, max_minutes=max_minutes, lr=lr, batch_size=batch_size,
-                           threads=threads, seed=seed, dim=dim, layers=layers, heads=heads, max_len=max_len,
-                           progress=progress)
+    config = RetrainConfig(
+        since=since,
+        from_offsets=from_offsets,
+        save_offsets=save_offsets,
+        base=base,
+        holdout=holdout,
+        tolerance=tolerance,
+        min_events=min_events,
+        work_root=settings.trainer.retrain_dir,
+        epochs=epochs,
+        patience=patience,
+        max_minutes=max_minutes,
+        lr=lr,
+        batch_size=batch_size,
+        threads=threads,
+        seed=seed,
+        dim=dim,
+        layers=layers,
+        heads=heads,
+        max_len=max_len,
+        progress=progress,
+    )
     if since is not None:
         parse_duration(since)  # a typo fails now, not at the first run
     if every is not None:

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.datasets import Interactions, Split, load_interactions, make_windows, split_leave_one_out
-from encoders.evaluate import evaluate_model, warm_items, withhold_items
-from encoders.config import RecommenderConfig, TrainConfig  # torch-free
-from encoders.recommender import Recommender, save_checkpoint
 from core.features import FeatureSpec, left_pad
+from encoders.config import RecommenderConfig, TrainConfig  # torch-free
+from encoders.evaluate import evaluate_model, warm_items, withhold_items
+from encoders.recommender import Recommender, save_checkpoint
 
 
 @dataclass
@@ -60,20 +60,35 @@ def epoch_windows(train: Interactions, max_len: int, rng: np.random.Generator) -
     return out
 
 
-def batch_tensors(train: Interactions, windows: list[tuple[int, int, int]], spec: FeatureSpec) -> dict[str, torch.Tensor]:
+def batch_tensors(
+    train: Interactions, windows: list[tuple[int, int, int]], spec: FeatureSpec
+) -> dict[str, torch.Tensor]:
     """Window triples -> left-padded input tensors [B, T] and next-item targets [B, T] (-100 at padding)."""
-    w = make_windows([train.items[u][a:b] for u, a, b in windows], [train.events[u][a:b] for u, a, b in windows],
-                     [train.times[u][a:b] for u, a, b in windows], spec)
-    targets = left_pad([train.items[u][a + 1:b + 1] for u, a, b in windows], spec.max_len, -100)
+    w = make_windows(
+        [train.items[u][a:b] for u, a, b in windows],
+        [train.events[u][a:b] for u, a, b in windows],
+        [train.times[u][a:b] for u, a, b in windows],
+        spec,
+    )
+    targets = left_pad([train.items[u][a + 1 : b + 1] for u, a, b in windows], spec.max_len, -100)
     return {
-        "items": torch.from_numpy(w.items), "event_types": torch.from_numpy(w.event_types),
-        "time_buckets": torch.from_numpy(w.time_buckets), "mask": torch.from_numpy(w.mask),
+        "items": torch.from_numpy(w.items),
+        "event_types": torch.from_numpy(w.event_types),
+        "time_buckets": torch.from_numpy(w.time_buckets),
+        "mask": torch.from_numpy(w.mask),
         "targets": torch.from_numpy(targets),
     }
 
 
-def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, repeat: torch.Tensor, targets: torch.Tensor,
-                   candidates: torch.Tensor, config: TrainConfig, log_q: torch.Tensor) -> torch.Tensor:
+def next_item_loss(
+    states: torch.Tensor,
+    catalog: torch.Tensor,
+    repeat: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: torch.Tensor,
+    config: TrainConfig,
+    log_q: torch.Tensor,
+) -> torch.Tensor:
     """states [B, T, D], catalog [N, D], repeat [B, T, N] repeat term, targets [B, T] (-100 = padding),
     candidates [N] bool (items with training interactions; the others are never trained as
     negatives, so unseen items are not pushed down), log_q [N] sampling log-probs -> []."""
@@ -84,13 +99,16 @@ def next_item_loss(states: torch.Tensor, catalog: torch.Tensor, repeat: torch.Te
     negatives = torch.multinomial(log_q.exp(), config.n_negatives, replacement=True)  # [K]
     pos = (h * catalog[y]).sum(-1, keepdim=True) + r.gather(1, y.unsqueeze(-1)) - log_q[y].unsqueeze(-1)  # [P, 1]
     neg = h @ catalog[negatives].T + r[:, negatives] - log_q[negatives]  # [P, K]
-    neg = neg.masked_fill((negatives.unsqueeze(0) == y.unsqueeze(1)) | ~candidates[negatives], float("-inf"))  # accidental hits, unseen items
+    neg = neg.masked_fill(
+        (negatives.unsqueeze(0) == y.unsqueeze(1)) | ~candidates[negatives], float("-inf")
+    )  # accidental hits, unseen items
     logits = torch.cat([pos, neg], dim=1)  # [P, 1 + K]
     return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
 
 
-def build_model(model_config: RecommenderConfig, spec: FeatureSpec, split: Split,
-                init: Recommender | None = None) -> Recommender:
+def build_model(
+    model_config: RecommenderConfig, spec: FeatureSpec, split: Split, init: Recommender | None = None
+) -> Recommender:
     """A fresh model, or `init` (a warm start already over this catalog, see `transplant`)."""
     model = init
     if model is None:
@@ -131,8 +149,13 @@ def plot_curves(history: History, png: Path) -> None:
     plt.close(fig)
 
 
-def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, progress: bool = True,
-          init: Recommender | None = None) -> tuple[Recommender, dict]:
+def train(
+    model_config: RecommenderConfig,
+    config: TrainConfig,
+    split: Split,
+    progress: bool = True,
+    init: Recommender | None = None,
+) -> tuple[Recommender, dict]:
     """Train to the best validation NDCG@10; -> (model with best weights, metrics incl. curves)."""
     torch.set_num_threads(config.threads)
     set_seed(config.seed)
@@ -143,11 +166,19 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
 
     lm_params = [p for n, p in model.named_parameters() if n.startswith("item_tower.lm.") and p.requires_grad]
     repeat_params = [model.repeat] if model.repeat is not None else []
-    other = [p for n, p in model.named_parameters()
-             if not n.startswith("item_tower.lm.") and n != "repeat" and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": other, "lr": config.lr}, {"params": lm_params, "lr": config.lm_lr},
-                                   {"params": repeat_params, "lr": config.repeat_lr, "weight_decay": 0.0}],
-                                  weight_decay=config.weight_decay)
+    other = [
+        p
+        for n, p in model.named_parameters()
+        if not n.startswith("item_tower.lm.") and n != "repeat" and p.requires_grad
+    ]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": other, "lr": config.lr},
+            {"params": lm_params, "lr": config.lm_lr},
+            {"params": repeat_params, "lr": config.repeat_lr, "weight_decay": 0.0},
+        ],
+        weight_decay=config.weight_decay,
+    )
     counts = np.bincount(np.concatenate(train_data.items), minlength=train_data.n_items) + 1.0
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float()  # [N] popularity sampling for "sampled"
 
@@ -159,9 +190,11 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
         windows = epoch_windows(train_data, spec.max_len, rng)
         losses = []
         for a in range(0, len(windows), config.batch_size):
-            batch = batch_tensors(train_data, windows[a:a + config.batch_size], spec)
+            batch = batch_tensors(train_data, windows[a : a + config.batch_size], spec)
             vectors = catalog()  # [N, D]
-            states = model.user_states(vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"])
+            states = model.user_states(
+                vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"]
+            )
             repeat = model.repeat_scores(batch["items"], batch["event_types"], batch["mask"])  # [B, T, N]
             loss = next_item_loss(states, vectors, repeat, batch["targets"], model.warm, config, log_q)
             optimizer.zero_grad(set_to_none=True)
@@ -177,7 +210,11 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
         if valid.recbole["NDCG@10"] > best_ndcg:
             best_ndcg, best_epoch = valid.recbole["NDCG@10"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        bar.set_postfix(loss=f"{history.loss[-1]:.3f}", ndcg10=f"{valid.recbole['NDCG@10']:.4f}", best=f"{best_ndcg:.4f}@{best_epoch}")
+        bar.set_postfix(
+            loss=f"{history.loss[-1]:.3f}",
+            ndcg10=f"{valid.recbole['NDCG@10']:.4f}",
+            best=f"{best_ndcg:.4f}@{best_epoch}",
+        )
         minutes = (time.monotonic() - start) / 60
         if epoch - best_epoch >= config.patience or minutes >= config.max_minutes:
             break
@@ -185,9 +222,13 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
     model.load_state_dict(best_state)
     valid, test = evaluate_model(model, split, "valid"), evaluate_model(model, split, "test")
     metrics = {
-        "seed": config.seed, "best_epoch": best_epoch, "epochs_run": len(history.loss),
+        "seed": config.seed,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history.loss),
         "train_minutes": (time.monotonic() - start) / 60,
-        "valid": asdict(valid), "test": asdict(test), "curves": asdict(history),
+        "valid": asdict(valid),
+        "test": asdict(test),
+        "curves": asdict(history),
         "repeat_beta": model.repeat.tolist() if model.repeat is not None else None,  # per event id
         "train_config": {k: v for k, v in asdict(config).items() if k != "features"},
     }
@@ -196,12 +237,24 @@ def train(model_config: RecommenderConfig, config: TrainConfig, split: Split, pr
 
 def sized_for(model_config: RecommenderConfig, spec: FeatureSpec, n_items: int) -> RecommenderConfig:
     """`model_config` with the catalog size and the feature spec's window, event and time-bucket counts."""
-    return replace(model_config, n_items=n_items, user_tower=replace(
-        model_config.user_tower, max_len=spec.max_len, n_event_ids=spec.n_event_ids, n_time_buckets=spec.n_time_buckets))
+    return replace(
+        model_config,
+        n_items=n_items,
+        user_tower=replace(
+            model_config.user_tower,
+            max_len=spec.max_len,
+            n_event_ids=spec.n_event_ids,
+            n_time_buckets=spec.n_time_buckets,
+        ),
+    )
 
 
-def run(data_dir: str | Path, out_dir: str | Path, model_config: RecommenderConfig | None = None,
-        config: TrainConfig | None = None) -> Path:
+def run(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    model_config: RecommenderConfig | None = None,
+    config: TrainConfig | None = None,
+) -> Path:
     """`streamrec train`: data dir -> trained checkpoint dir (with curves.png)."""
     config = config or TrainConfig()
     data = load_interactions(data_dir, config.features)

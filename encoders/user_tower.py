@@ -62,7 +62,9 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln2 = nn.LayerNorm(config.dim)
         self.mlp = nn.Sequential(
-            nn.Linear(config.dim, 4 * config.dim), nn.GELU(), nn.Linear(4 * config.dim, config.dim),
+            nn.Linear(config.dim, 4 * config.dim),
+            nn.GELU(),
+            nn.Linear(4 * config.dim, config.dim),
         )
         self.drop = nn.Dropout(config.dropout)
 
@@ -121,7 +123,9 @@ class UserTower(nn.Module):
         x = item_vectors + self.pos_emb(positions) + self.event_emb(event_types) + self.time_emb(time_buckets)
         x = self.drop(self.ln_in(x))  # [B, T, D]
         query, key = positions.unsqueeze(1), positions.unsqueeze(0)  # [T, 1], [1, T] (distance from the end)
-        allowed = ((key >= query) & attention_mask[:, None, None, :]) | (key == query)  # [B, 1, T, T] causal + padding, self always
+        allowed = ((key >= query) & attention_mask[:, None, None, :]) | (
+            key == query
+        )  # [B, 1, T, T] causal + padding, self always
         keep = attention_mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
         for i, block in enumerate(self.blocks):
             last = last_only and i == len(self.blocks) - 1

@@ -26,8 +26,10 @@ def write_catalog(staging: Path, ids: list[str], vectors: np.ndarray, dim: int) 
     ids = [str(i) for i in ids]
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise DataError(f"catalog item ids must be unique; duplicated: {dupes}: fix the catalog (items.jsonl / "
-                        f"*.item) so each item_id appears once")
+        raise DataError(
+            f"catalog item ids must be unique; duplicated: {dupes}: fix the catalog (items.jsonl / "
+            f"*.item) so each item_id appears once"
+        )
     vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), dim)
     np.save(staging / "catalog_vectors.npy", vectors, allow_pickle=False)
     write_json(staging / "catalog_ids.json", ids)
@@ -39,23 +41,36 @@ CANARY_SIZE = 16  # inputs a worker re-runs before it serves a version
 def write_item_canary(staging: Path, texts: list[str], torch_vectors: np.ndarray) -> None:
     """A few item texts and the vectors torch gave them (canary_items.json + .npy)."""
     write_json(staging / "canary_items.json", list(texts[:CANARY_SIZE]))
-    np.save(staging / "canary_item_vectors.npy", np.asarray(torch_vectors[:CANARY_SIZE], np.float32),
-            allow_pickle=False)
+    np.save(
+        staging / "canary_item_vectors.npy", np.asarray(torch_vectors[:CANARY_SIZE], np.float32), allow_pickle=False
+    )
 
 
-def write_user_canary(staging: Path, rows: np.ndarray, event_types: np.ndarray, time_buckets: np.ndarray,
-                      mask: np.ndarray, torch_user_vectors: np.ndarray) -> None:
+def write_user_canary(
+    staging: Path,
+    rows: np.ndarray,
+    event_types: np.ndarray,
+    time_buckets: np.ndarray,
+    mask: np.ndarray,
+    torch_user_vectors: np.ndarray,
+) -> None:
     """A few windows as catalog rows [4, U, T] (rows, event types, buckets, mask) and torch's user vectors."""
     windows = np.stack([rows, event_types, time_buckets, mask.astype(np.int64)])[:, :CANARY_SIZE]
     np.save(staging / "canary_windows.npy", windows.astype(np.int64), allow_pickle=False)
-    np.save(staging / "canary_user_vectors.npy", np.asarray(torch_user_vectors[:CANARY_SIZE], np.float32),
-            allow_pickle=False)
+    np.save(
+        staging / "canary_user_vectors.npy",
+        np.asarray(torch_user_vectors[:CANARY_SIZE], np.float32),
+        allow_pickle=False,
+    )
 
 
 # Checkpoint files carried inside a version (renamed to stay apart from the serving config),
 # so `streamrec retrain` can warm-start from whatever is in production.
-CHECKPOINT_FILES = {"model.safetensors": "model.safetensors", "config.json": "checkpoint_config.json",
-                    "items.json": "checkpoint_items.json"}
+CHECKPOINT_FILES = {
+    "model.safetensors": "model.safetensors",
+    "config.json": "checkpoint_config.json",
+    "items.json": "checkpoint_items.json",
+}
 
 
 def copy_checkpoint(checkpoint_dir: Path, staging: Path) -> None:

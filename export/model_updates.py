@@ -11,7 +11,6 @@ import json
 from datetime import datetime, timezone
 
 import kafka
-
 from export.registry import ModelVersion
 
 

@@ -46,8 +46,11 @@ def item_onnx_config(max_tokens: int, atol: float = 1e-4) -> OnnxConfig:
         name="item",
         inputs={"input_ids": "tensor(int64)", "attention_mask": "tensor(int64)"},
         outputs={"item_vectors": "tensor(float)"},
-        dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                      "item_vectors": {0: "batch"}},
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "tokens"},
+            "attention_mask": {0: "batch", 1: "tokens"},
+            "item_vectors": {0: "batch"},
+        },
         axis_max={"tokens": 512},  # BERT position table; runtime truncates to max_tokens anyway
         atol=atol,
     )
@@ -58,11 +61,20 @@ def user_onnx_config(spec: FeatureSpec, atol: float = 1e-4) -> OnnxConfig:
     seq = {0: "batch", 1: "window"}
     return OnnxConfig(
         name="user",
-        inputs={"item_vectors": "tensor(float)", "event_types": "tensor(int64)",
-                "time_buckets": "tensor(int64)", "attention_mask": "tensor(bool)"},
+        inputs={
+            "item_vectors": "tensor(float)",
+            "event_types": "tensor(int64)",
+            "time_buckets": "tensor(int64)",
+            "attention_mask": "tensor(bool)",
+        },
         outputs={"user_vectors": "tensor(float)"},
-        dynamic_axes={"item_vectors": seq, "event_types": seq, "time_buckets": seq, "attention_mask": seq,
-                      "user_vectors": {0: "batch"}},
+        dynamic_axes={
+            "item_vectors": seq,
+            "event_types": seq,
+            "time_buckets": seq,
+            "attention_mask": seq,
+            "user_vectors": {0: "batch"},
+        },
         axis_max={"window": spec.max_len},  # size of the position table
         atol=atol,
     )
@@ -77,8 +89,9 @@ def _dynamic_shapes(config: OnnxConfig) -> dict[str, dict[int, torch.export.Dim]
     return {name: {axis: dims[a] for axis, a in config.dynamic_axes[name].items()} for name in config.inputs}
 
 
-def export_onnx(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor], path: str | Path,
-                config: OnnxConfig) -> Path:
+def export_onnx(
+    module: torch.nn.Module, example_inputs: dict[str, torch.Tensor], path: str | Path, config: OnnxConfig
+) -> Path:
     """Write `module` as a single-file ONNX model with the config's names, axes and opset.
 
     `example_inputs` (keyed and ordered as config.inputs) only drive tracing; use sizes
@@ -98,9 +111,16 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor]
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out:
             warnings.simplefilter("ignore")  # exporter chatter (deprecations, axis renames); parity is the check
             program = torch.onnx.export(
-                module, args, dynamo=True, input_names=list(config.inputs), output_names=list(config.outputs),
-                opset_version=config.opset, dynamic_shapes=_dynamic_shapes(config), external_data=False,
-                optimize=True, verbose=False,
+                module,
+                args,
+                dynamo=True,
+                input_names=list(config.inputs),
+                output_names=list(config.outputs),
+                opset_version=config.opset,
+                dynamic_shapes=_dynamic_shapes(config),
+                external_data=False,
+                optimize=True,
+                verbose=False,
             )
     finally:
         for q, level in zip(quiet, levels):
@@ -119,11 +139,13 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor]
 def item_example_inputs(batch: int = 2, tokens: int = 8) -> dict[str, torch.Tensor]:
     ids = torch.randint(1000, 2000, (batch, tokens), dtype=torch.long)
     mask = torch.ones(batch, tokens, dtype=torch.long)
-    mask[-1, tokens // 2:] = 0
+    mask[-1, tokens // 2 :] = 0
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def user_example_inputs(spec: FeatureSpec, dim: int, batch: int = 2, window: int | None = None) -> dict[str, torch.Tensor]:
+def user_example_inputs(
+    spec: FeatureSpec, dim: int, batch: int = 2, window: int | None = None
+) -> dict[str, torch.Tensor]:
     T = window or min(8, spec.max_len)
     mask = torch.ones(batch, T, dtype=torch.bool)
     mask[-1, : T // 2] = False  # left padding
@@ -140,11 +162,15 @@ def export_item_tower(tower: torch.nn.Module, path: str | Path, config: OnnxConf
     return export_onnx(tower, item_example_inputs(), path, config)
 
 
-def export_user_tower(tower: torch.nn.Module, path: str | Path, config: OnnxConfig, spec: FeatureSpec, dim: int) -> Path:
+def export_user_tower(
+    tower: torch.nn.Module, path: str | Path, config: OnnxConfig, spec: FeatureSpec, dim: int
+) -> Path:
     """UserTower.forward -> user.onnx."""
     if spec.max_len < 2:
-        raise ConfigError(f"feature_spec.max_len={spec.max_len}: the user tower needs windows of >= 2 to export; "
-                          f"train with --max-len 2 or more")
+        raise ConfigError(
+            f"feature_spec.max_len={spec.max_len}: the user tower needs windows of >= 2 to export; "
+            f"train with --max-len 2 or more"
+        )
     return export_onnx(tower, user_example_inputs(spec, dim), path, config)
 
 

@@ -38,7 +38,9 @@ class ParityReport:
     model: str
     atol: float
     cases: list[dict] = field(default_factory=list)  # {"case", "shape", "max_abs_diff", "ok"}
-    rankings: list[dict] = field(default_factory=list)  # {"case", "queries", "top_k", "agreement", "ordered_agreement", "ok"}
+    rankings: list[dict] = field(
+        default_factory=list
+    )  # {"case", "queries", "top_k", "agreement", "ordered_agreement", "ok"}
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -53,14 +55,23 @@ class ParityReport:
         self.failures.append(f"{self.model}: {message}")
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "atol": self.atol, "max_abs_diff": self.max_abs_diff,
-                "n_cases": len(self.cases), "rankings": self.rankings, "failures": self.failures}
+        return {
+            "ok": self.ok,
+            "atol": self.atol,
+            "max_abs_diff": self.max_abs_diff,
+            "n_cases": len(self.cases),
+            "rankings": self.rankings,
+            "failures": self.failures,
+        }
 
     def summary(self) -> str:
-        ranks = "; ".join(f"{r['case']}: top-{r['top_k']} identical for {r['agreement']:.4%} of {r['queries']}"
-                          for r in self.rankings)
-        return (f"{self.model}: {'OK' if self.ok else 'FAILED'}, max |ort - torch| = {self.max_abs_diff:.2e} "
-                f"(atol {self.atol:.0e}) over {len(self.cases)} cases" + (f"; {ranks}" if ranks else ""))
+        ranks = "; ".join(
+            f"{r['case']}: top-{r['top_k']} identical for {r['agreement']:.4%} of {r['queries']}" for r in self.rankings
+        )
+        return (
+            f"{self.model}: {'OK' if self.ok else 'FAILED'}, max |ort - torch| = {self.max_abs_diff:.2e} "
+            f"(atol {self.atol:.0e}) over {len(self.cases)} cases" + (f"; {ranks}" if ranks else "")
+        )
 
 
 def raise_if_failed(*reports: ParityReport) -> None:
@@ -69,9 +80,11 @@ def raise_if_failed(*reports: ParityReport) -> None:
     if failures:
         shown = failures[:30] + ([f"... and {len(failures) - 30} more"] if len(failures) > 30 else [])
         raise ParityError(
-            "ONNX Runtime output differs from torch; the model was NOT registered:\n  - " + "\n  - ".join(shown)
+            "ONNX Runtime output differs from torch; the model was NOT registered:\n  - "
+            + "\n  - ".join(shown)
             + "\nCheck the exporter/opset (export/onnx_export.py) or the tolerance in the OnnxConfig; "
-              "do not loosen atol to make this pass without understanding the difference.")
+            "do not loosen atol to make this pass without understanding the difference."
+        )
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -112,8 +125,10 @@ def compare(report: ParityReport, case: str, expected: np.ndarray, actual: np.nd
     if actual.dtype != np.float32:
         report.fail(f"{case}: output dtype {actual.dtype}, expected float32")
     if not np.isfinite(actual).all() or not np.isfinite(expected).all():
-        report.fail(f"{case}: non-finite values (onnx {int((~np.isfinite(actual)).sum())}, "
-                    f"torch {int((~np.isfinite(expected)).sum())})")
+        report.fail(
+            f"{case}: non-finite values (onnx {int((~np.isfinite(actual)).sum())}, "
+            f"torch {int((~np.isfinite(expected)).sum())})"
+        )
         return
     diff = float(np.abs(actual.astype(np.float64) - expected).max()) if expected.size else 0.0
     entry.update(max_abs_diff=diff, ok=diff <= report.atol)
@@ -143,7 +158,9 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-def compare_rankings(report: ParityReport, case: str, expected: np.ndarray, actual: np.ndarray, config: OnnxConfig) -> None:
+def compare_rankings(
+    report: ParityReport, case: str, expected: np.ndarray, actual: np.ndarray, config: OnnxConfig
+) -> None:
     """Top-k of two score matrices [Q, N]: the same k items (as a set) for >= min_top_k_agreement of queries."""
     k = config.top_k
     if expected.shape != actual.shape:
@@ -155,33 +172,54 @@ def compare_rankings(report: ParityReport, case: str, expected: np.ndarray, actu
     same_set = (np.sort(te, axis=1) == np.sort(ta, axis=1)).all(axis=1)
     agreement, ordered = float(same_set.mean()), float((te == ta).all(axis=1).mean())
     ok = agreement >= config.min_top_k_agreement
-    report.rankings.append({"case": case, "queries": int(len(te)), "top_k": k, "agreement": agreement,
-                            "ordered_agreement": ordered, "ok": ok})
+    report.rankings.append(
+        {
+            "case": case,
+            "queries": int(len(te)),
+            "top_k": k,
+            "agreement": agreement,
+            "ordered_agreement": ordered,
+            "ok": ok,
+        }
+    )
     if not ok:
         bad = np.flatnonzero(~same_set)
-        report.fail(f"{case}: top-{k} identical for only {agreement:.4%} of {len(te)} queries "
-                    f"(need {config.min_top_k_agreement:.1%}); first differing queries: {bad[:5].tolist()}")
+        report.fail(
+            f"{case}: top-{k} identical for only {agreement:.4%} of {len(te)} queries "
+            f"(need {config.min_top_k_agreement:.1%}); first differing queries: {bad[:5].tolist()}"
+        )
 
 
 # --- item tower ----------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def torch_item_vectors(tower: torch.nn.Module, hf_tokenizer, texts: list[str], max_tokens: int,
-                       batch_size: int = 64) -> np.ndarray:
+def torch_item_vectors(
+    tower: torch.nn.Module, hf_tokenizer, texts: list[str], max_tokens: int, batch_size: int = 64
+) -> np.ndarray:
     """The reference: the trainer's tokenizer + torch forward."""
     out = []
     for s in range(0, len(texts), batch_size):
-        batch = hf_tokenizer(texts[s:s + batch_size], padding=True, truncation=True, max_length=max_tokens,
-                             return_tensors="pt")
+        batch = hf_tokenizer(
+            texts[s : s + batch_size], padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+        )
         out.append(tower(batch["input_ids"], batch["attention_mask"]).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def validate_item_tower(tower: torch.nn.Module, hf_tokenizer, onnx_path: Path, tokenizer_path: Path,
-                        config: OnnxConfig, *, texts: list[str], max_tokens: int,
-                        grid: dict[str, tuple[int, ...]] = ITEM_GRID, seed: int = 0,
-                        torch_vectors: np.ndarray | None = None) -> ParityReport:
+def validate_item_tower(
+    tower: torch.nn.Module,
+    hf_tokenizer,
+    onnx_path: Path,
+    tokenizer_path: Path,
+    config: OnnxConfig,
+    *,
+    texts: list[str],
+    max_tokens: int,
+    grid: dict[str, tuple[int, ...]] = ITEM_GRID,
+    seed: int = 0,
+    torch_vectors: np.ndarray | None = None,
+) -> ParityReport:
     """item.onnx vs the torch item tower: signature, random grid, the whole catalog, neighbour rankings.
 
     torch_vectors: `torch_item_vectors(tower, hf_tokenizer, texts, max_tokens)` if already computed.
@@ -207,14 +245,18 @@ def validate_item_tower(tower: torch.nn.Module, hf_tokenizer, onnx_path: Path, t
 
     if texts:
         tokenizer = load_tokenizer(tokenizer_path, max_tokens)
-        runtime_ids = [e.ids[:sum(e.attention_mask)] for e in tokenizer.encode_batch(list(texts))]
+        runtime_ids = [e.ids[: sum(e.attention_mask)] for e in tokenizer.encode_batch(list(texts))]
         trainer_ids = hf_tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
         mismatched = [i for i, (a, b) in enumerate(zip(runtime_ids, trainer_ids)) if list(a) != list(b)]
         if mismatched:
             i = mismatched[0]
-            report.fail(f"tokenizer.json disagrees with the trainer's tokenizer on {len(mismatched)} of {len(texts)} "
-                        f"texts, e.g. {texts[i]!r}: {list(runtime_ids[i])[:12]} vs {list(trainer_ids[i])[:12]}")
-        expected = torch_item_vectors(tower, hf_tokenizer, texts, max_tokens) if torch_vectors is None else torch_vectors
+            report.fail(
+                f"tokenizer.json disagrees with the trainer's tokenizer on {len(mismatched)} of {len(texts)} "
+                f"texts, e.g. {texts[i]!r}: {list(runtime_ids[i])[:12]} vs {list(trainer_ids[i])[:12]}"
+            )
+        expected = (
+            torch_item_vectors(tower, hf_tokenizer, texts, max_tokens) if torch_vectors is None else torch_vectors
+        )
         encoder = ItemEncoder(session, tokenizer, expected.shape[1])  # the worker's own encode path
         case = f"catalog text ({len(texts)} items, runtime tokenizer + batching)"
         actual = attempt(report, case, lambda: encoder.encode(texts))
@@ -222,8 +264,9 @@ def validate_item_tower(tower: torch.nn.Module, hf_tokenizer, onnx_path: Path, t
             compare(report, case, expected, actual)
         if actual is not None and actual.shape == expected.shape:
             q = slice(0, 2000)  # item -> item neighbours of up to 2000 query items
-            compare_rankings(report, "catalog item-to-item neighbours", expected[q] @ expected.T, actual[q] @ actual.T,
-                             config)
+            compare_rankings(
+                report, "catalog item-to-item neighbours", expected[q] @ expected.T, actual[q] @ actual.T, config
+            )
     return report
 
 
@@ -268,15 +311,31 @@ def torch_user_vectors(tower: Callable, vectors: np.ndarray, w: WindowBatch, bat
     out = []
     for s in range(0, len(w), batch_size):
         e = s + batch_size
-        out.append(tower(torch.from_numpy(vectors[s:e]), torch.from_numpy(w.event_types[s:e]),
-                         torch.from_numpy(w.time_buckets[s:e]), torch.from_numpy(w.mask[s:e])).float().numpy())
+        out.append(
+            tower(
+                torch.from_numpy(vectors[s:e]),
+                torch.from_numpy(w.event_types[s:e]),
+                torch.from_numpy(w.time_buckets[s:e]),
+                torch.from_numpy(w.mask[s:e]),
+            )
+            .float()
+            .numpy()
+        )
     return np.concatenate(out)
 
 
-def validate_user_tower(tower: torch.nn.Module, onnx_path: Path, config: OnnxConfig, spec: FeatureSpec, *,
-                        catalog_torch: np.ndarray, catalog_onnx: np.ndarray | None = None,
-                        windows: WindowBatch | None = None, grid: dict[str, tuple[int, ...]] = USER_GRID,
-                        seed: int = 0) -> ParityReport:
+def validate_user_tower(
+    tower: torch.nn.Module,
+    onnx_path: Path,
+    config: OnnxConfig,
+    spec: FeatureSpec,
+    *,
+    catalog_torch: np.ndarray,
+    catalog_onnx: np.ndarray | None = None,
+    windows: WindowBatch | None = None,
+    grid: dict[str, tuple[int, ...]] = USER_GRID,
+    seed: int = 0,
+) -> ParityReport:
     """user.onnx vs the torch user tower: signature, random grid, real windows, top-k over the catalog.
 
     catalog_torch [N, D]: torch item vectors (the reference); catalog_onnx: the same items
@@ -296,9 +355,17 @@ def validate_user_tower(tower: torch.nn.Module, onnx_path: Path, config: OnnxCon
             w = random_windows(spec, len(pool), B, T, rng)
             x = w.vectors(pool)
             expected = torch_user_vectors(tower, x, w)
-            actual = run(session, report, f"grid batch={B} window={T}", {
-                "item_vectors": x, "event_types": w.event_types, "time_buckets": w.time_buckets,
-                "attention_mask": w.mask})
+            actual = run(
+                session,
+                report,
+                f"grid batch={B} window={T}",
+                {
+                    "item_vectors": x,
+                    "event_types": w.event_types,
+                    "time_buckets": w.time_buckets,
+                    "attention_mask": w.mask,
+                },
+            )
             if actual is not None:
                 compare(report, f"grid batch={B} window={T}", expected, actual)
 
@@ -306,14 +373,21 @@ def validate_user_tower(tower: torch.nn.Module, onnx_path: Path, config: OnnxCon
         expected = torch_user_vectors(tower, windows.vectors(catalog_torch), windows)
         lengths = windows.mask.sum(1)
         case = f"real windows ({len(windows)}, lengths {int(lengths.min())}-{int(lengths.max())})"
-        actual = attempt(report, case, lambda: encoder.encode(
-            windows.vectors(catalog_torch), windows.event_types, windows.time_buckets, windows.mask))
+        actual = attempt(
+            report,
+            case,
+            lambda: encoder.encode(
+                windows.vectors(catalog_torch), windows.event_types, windows.time_buckets, windows.mask
+            ),
+        )
         if actual is not None:
             compare(report, case, expected, actual)
             onnx_catalog = catalog_torch if catalog_onnx is None else catalog_onnx
             if catalog_onnx is not None:  # both towers through ONNX Runtime
-                actual = encoder.encode(windows.vectors(onnx_catalog), windows.event_types, windows.time_buckets,
-                                        windows.mask)
-            compare_rankings(report, "real windows, user . catalog", expected @ catalog_torch.T,
-                             actual @ onnx_catalog.T, config)
+                actual = encoder.encode(
+                    windows.vectors(onnx_catalog), windows.event_types, windows.time_buckets, windows.mask
+                )
+            compare_rankings(
+                report, "real windows, user . catalog", expected @ catalog_torch.T, actual @ onnx_catalog.T, config
+            )
     return report

@@ -20,15 +20,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.artifacts import (CANARY_SIZE, copy_checkpoint, write_catalog, write_config, write_item_canary, write_json,
-                              write_user_canary)
-from export.baseline import hf_tokenizer_of, versions_info
 from core.errors import ConfigError, ParityError
 from core.features import FeatureSpec
 from core.model_config import ModelConfig
+from export.artifacts import (
+    CANARY_SIZE,
+    copy_checkpoint,
+    write_catalog,
+    write_config,
+    write_item_canary,
+    write_json,
+    write_user_canary,
+)
+from export.baseline import hf_tokenizer_of, versions_info
 from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
-from export.parity import (ParityReport, WindowBatch, raise_if_failed, torch_item_vectors, torch_user_vectors,
-                           validate_item_tower, validate_user_tower)
+from export.parity import (
+    ParityReport,
+    WindowBatch,
+    raise_if_failed,
+    torch_item_vectors,
+    torch_user_vectors,
+    validate_item_tower,
+    validate_user_tower,
+)
 from export.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -56,8 +70,9 @@ def windows_from_data(data_dir: str | Path, item_ids: list[str], spec: FeatureSp
         for a, b in ((max(0, len(seq) - spec.max_len), len(seq)), (start, end)):
             items.append(seq[a:b]), events.append(ev[a:b]), times.append(ts[a:b])
     w = make_windows(items, events, times, spec)
-    return WindowBatch(w.items.astype(np.int64), w.event_types.astype(np.int64), w.time_buckets.astype(np.int64),
-                       w.mask.astype(bool))
+    return WindowBatch(
+        w.items.astype(np.int64), w.event_types.astype(np.int64), w.time_buckets.astype(np.int64), w.mask.astype(bool)
+    )
 
 
 def synthetic_windows(n_items: int, spec: FeatureSpec, n: int = 1000, seed: int = 0) -> WindowBatch:
@@ -70,8 +85,9 @@ def synthetic_windows(n_items: int, spec: FeatureSpec, n: int = 1000, seed: int 
     events = [rng.integers(1, spec.n_event_ids, size=k) for k in lengths]
     times = [np.sort(rng.uniform(0, 3e7, size=k)) for k in lengths]
     w = make_windows(items, events, times, spec)
-    return WindowBatch(w.items.astype(np.int64), w.event_types.astype(np.int64), w.time_buckets.astype(np.int64),
-                       w.mask.astype(bool))
+    return WindowBatch(
+        w.items.astype(np.int64), w.event_types.astype(np.int64), w.time_buckets.astype(np.int64), w.mask.astype(bool)
+    )
 
 
 def check_text_cache(model, fresh_text_vectors: np.ndarray, report: ParityReport) -> None:
@@ -79,16 +95,31 @@ def check_text_cache(model, fresh_text_vectors: np.ndarray, report: ParityReport
     with torch.no_grad():
         cached = model.item_tower.project(model.text_emb).float().numpy()
     diff = float(np.abs(cached - fresh_text_vectors).max()) if cached.size else 0.0
-    report.cases.append({"case": "checkpoint text cache vs fresh torch forward (torch only)", "shape": list(cached.shape),
-                         "max_abs_diff": 0.0, "cache_diff": diff, "ok": diff <= CACHE_ATOL})
+    report.cases.append(
+        {
+            "case": "checkpoint text cache vs fresh torch forward (torch only)",
+            "shape": list(cached.shape),
+            "max_abs_diff": 0.0,
+            "cache_diff": diff,
+            "ok": diff <= CACHE_ATOL,
+        }
+    )
     if diff > CACHE_ATOL:
-        report.fail(f"the checkpoint's catalog text cache differs from a fresh item-tower forward by {diff:.2e} "
-                    f"(> {CACHE_ATOL:.0e}): catalog vectors and newly embedded items would not share a space; "
-                    f"refresh the cache (Recommender.encode_catalog) before saving the checkpoint")
+        report.fail(
+            f"the checkpoint's catalog text cache differs from a fresh item-tower forward by {diff:.2e} "
+            f"(> {CACHE_ATOL:.0e}): catalog vectors and newly embedded items would not share a space; "
+            f"refresh the cache (Recommender.encode_catalog) before saving the checkpoint"
+        )
 
 
-def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *, make_latest: bool = True,
-                        data_dir: str | Path | None = None, version: str | None = None) -> ModelVersion:
+def export_and_register(
+    checkpoint_dir: str | Path,
+    registry_root: str | Path,
+    *,
+    make_latest: bool = True,
+    data_dir: str | Path | None = None,
+    version: str | None = None,
+) -> ModelVersion:
     """Export a trained checkpoint, prove parity, register it; returns the registered version.
 
     data_dir: interactions (e.g. ml-100k) for real parity windows; without it, synthetic
@@ -101,14 +132,18 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
     registry.check_writable()  # before loading and exporting anything
     model, item_ids, item_texts = load_checkpoint(checkpoint_dir)
     if model.item_tower is None:
-        raise ConfigError(f"{checkpoint_dir} is an ID-only model (use_text=False): it cannot embed new items, so it "
-                             f"is not servable; train with use_text=True to export")
+        raise ConfigError(
+            f"{checkpoint_dir} is an ID-only model (use_text=False): it cannot embed new items, so it "
+            f"is not servable; train with use_text=True to export"
+        )
     spec: FeatureSpec = model.feature_spec
     item_cfg, user_cfg = model.config.item_tower, model.config.user_tower
     dim, max_tokens = int(user_cfg.dim), int(item_cfg.max_tokens)
     if item_cfg.proj_dim != dim:
-        raise ConfigError(f"item tower width {item_cfg.proj_dim} != user tower width {dim} in {checkpoint_dir}: "
-                          f"train with the item projection as wide as the user tower")
+        raise ConfigError(
+            f"item tower width {item_cfg.proj_dim} != user tower width {dim} in {checkpoint_dir}: "
+            f"train with the item projection as wide as the user tower"
+        )
     hf_tok = hf_tokenizer_of(model.item_tower)
     item_onnx, user_onnx = item_onnx_config(max_tokens), user_onnx_config(spec)
 
@@ -121,13 +156,25 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
         write_catalog(staging, item_ids, catalog, dim)
 
         text_vectors = torch_item_vectors(model.item_tower, hf_tok, item_texts, max_tokens)  # [N, D] reference
-        item_report = validate_item_tower(model.item_tower, hf_tok, staging / "item.onnx", staging / "tokenizer.json",
-                                          item_onnx, texts=item_texts, max_tokens=max_tokens, torch_vectors=text_vectors)
+        item_report = validate_item_tower(
+            model.item_tower,
+            hf_tok,
+            staging / "item.onnx",
+            staging / "tokenizer.json",
+            item_onnx,
+            texts=item_texts,
+            max_tokens=max_tokens,
+            torch_vectors=text_vectors,
+        )
         check_text_cache(model, text_vectors, item_report)
-        windows = (windows_from_data(data_dir, item_ids, spec) if data_dir is not None
-                   else synthetic_windows(len(item_ids), spec))
-        user_report = validate_user_tower(model.user_tower, staging / "user.onnx", user_onnx, spec,
-                                          catalog_torch=catalog, windows=windows)
+        windows = (
+            windows_from_data(data_dir, item_ids, spec)
+            if data_dir is not None
+            else synthetic_windows(len(item_ids), spec)
+        )
+        user_report = validate_user_tower(
+            model.user_tower, staging / "user.onnx", user_onnx, spec, catalog_torch=catalog, windows=windows
+        )
         for r in (item_report, user_report):
             log.info("parity %s", r.summary())
         try:
@@ -137,30 +184,45 @@ def export_and_register(checkpoint_dir: str | Path, registry_root: str | Path, *
             raise
         write_item_canary(staging, item_texts, text_vectors)
         canary = windows.head(CANARY_SIZE)
-        write_user_canary(staging, canary.items, canary.event_types, canary.time_buckets, canary.mask,
-                          torch_user_vectors(model.user_tower, canary.vectors(catalog), canary))
+        write_user_canary(
+            staging,
+            canary.items,
+            canary.event_types,
+            canary.time_buckets,
+            canary.mask,
+            torch_user_vectors(model.user_tower, canary.vectors(catalog), canary),
+        )
         copy_checkpoint(checkpoint_dir, staging)
 
-        write_config(staging, ModelConfig(
-            kind="two_tower",
-            dim=dim,
-            max_tokens=max_tokens,
-            normalized=False,  # score = dot product
-            feature_spec=spec,
-            item_tower=asdict(item_cfg),
-            user_tower=asdict(user_cfg),
-            id_residual=bool(model.config.id_residual),
-            opset=item_onnx.opset,
-            source_checkpoint=str(checkpoint_dir.resolve()),
-            created_with=versions_info(),
-        ))
+        write_config(
+            staging,
+            ModelConfig(
+                kind="two_tower",
+                dim=dim,
+                max_tokens=max_tokens,
+                normalized=False,  # score = dot product
+                feature_spec=spec,
+                item_tower=asdict(item_cfg),
+                user_tower=asdict(user_cfg),
+                id_residual=bool(model.config.id_residual),
+                opset=item_onnx.opset,
+                source_checkpoint=str(checkpoint_dir.resolve()),
+                created_with=versions_info(),
+            ),
+        )
         trained = {}
         if (checkpoint_dir / "metrics.json").is_file():
             trained = json.loads((checkpoint_dir / "metrics.json").read_text(encoding="utf-8"))
             trained.pop("curves", None)  # per-epoch lists stay with the checkpoint
-        write_json(staging / "metrics.json", {
-            **trained,
-            "parity": {"item": item_report.to_dict(), "user": user_report.to_dict(),
-                       "windows": "data" if data_dir is not None else "synthetic"},
-        })
+        write_json(
+            staging / "metrics.json",
+            {
+                **trained,
+                "parity": {
+                    "item": item_report.to_dict(),
+                    "user": user_report.to_dict(),
+                    "windows": "data" if data_dir is not None else "synthetic",
+                },
+            },
+        )
         return registry.register(staging, version=version, make_latest=make_latest)

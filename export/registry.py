@@ -51,7 +51,8 @@ def validate_version_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name or name == LATEST:
         raise RegistryError(
             f"invalid model version name {name!r}: use 1-100 characters from [A-Za-z0-9._-], "
-            f"starting with a letter or digit, without '..' and not {LATEST!r}")
+            f"starting with a letter or digit, without '..' and not {LATEST!r}"
+        )
     return name
 
 
@@ -125,8 +126,8 @@ class ModelVersion:
         """Path of an artifact listed in the manifest (e.g. 'item.onnx')."""
         if not self.has(name):
             raise RegistryError(
-                f"model version {self.name!r} ({self.kind}) has no file {name!r}; "
-                f"it has: {', '.join(self.files)}")
+                f"model version {self.name!r} ({self.kind}) has no file {name!r}; it has: {', '.join(self.files)}"
+            )
         return self.path / name
 
 
@@ -222,7 +223,8 @@ class Registry:
             if version is None:
                 raise RegistryError(
                     f"model registry {self.root} has no latest version; build one with "
-                    f"`python -m export.cli models bootstrap` (baseline) or `streamrec train`")
+                    f"`python -m export.cli models bootstrap` (baseline) or `streamrec train`"
+                )
         path = self.version_path(version)
         if not path.is_dir():
             known = ", ".join(self.versions()) or "none"
@@ -230,12 +232,15 @@ class Registry:
         if not (path / MANIFEST).is_file():
             raise RegistryError(
                 f"model version {version!r} at {path} is incomplete: no {MANIFEST}. "
-                f"It was never registered; delete the directory or re-run the export")
+                f"It was never registered; delete the directory or re-run the export"
+            )
         manifest = _read_json(path / MANIFEST, "manifest")
         files = manifest.get("files")
         if manifest.get("format") != FORMAT or not isinstance(files, dict):
-            raise RegistryError(f"{path / MANIFEST}: unsupported manifest (format {manifest.get('format')!r}, "
-                                f"expected {FORMAT} with a 'files' object); re-export this version")
+            raise RegistryError(
+                f"{path / MANIFEST}: unsupported manifest (format {manifest.get('format')!r}, "
+                f"expected {FORMAT} with a 'files' object); re-export this version"
+            )
 
         problems = []
         for name, entry in sorted(files.items()):
@@ -250,8 +255,10 @@ class Registry:
                 continue
             size, digest = f.stat().st_size, sha256_file(f)
             if size != entry.get("bytes") or digest != entry.get("sha256"):
-                problems.append(f"{name}: checksum mismatch (sha256 {digest[:12]}…, {size} bytes; "
-                                f"manifest says {str(entry.get('sha256'))[:12]}…, {entry.get('bytes')} bytes)")
+                problems.append(
+                    f"{name}: checksum mismatch (sha256 {digest[:12]}…, {size} bytes; "
+                    f"manifest says {str(entry.get('sha256'))[:12]}…, {entry.get('bytes')} bytes)"
+                )
         config: dict = {}
         if CONFIG_FILE in files and (path / CONFIG_FILE).is_file():
             config = _read_json(path / CONFIG_FILE, "config")
@@ -260,8 +267,11 @@ class Registry:
         if kind not in REQUIRED_BY_KIND:
             problems.append(f"{CONFIG_FILE}: kind {kind!r} is not one of {sorted(REQUIRED_BY_KIND)}")
         else:
-            problems += [f"{name}: required for kind {kind!r} but not in the manifest"
-                         for name in REQUIRED_BY_KIND[kind] if name not in files]
+            problems += [
+                f"{name}: required for kind {kind!r} but not in the manifest"
+                for name in REQUIRED_BY_KIND[kind]
+                if name not in files
+            ]
             try:
                 model_config = ModelConfig.from_dict(config)
             except ConfigError as e:
@@ -272,10 +282,12 @@ class Registry:
             raise RegistryError(
                 f"model version {version!r} at {path} is incomplete or corrupt; refusing to load it:\n  - "
                 + "\n  - ".join(problems)
-                + "\nRe-export it, or switch to another version with `set_latest`.")
+                + "\nRe-export it, or switch to another version with `set_latest`."
+            )
         metrics = _read_json(path / "metrics.json", "metrics")
-        return ModelVersion(name=version, path=path, config=config, metrics=metrics, manifest=manifest,
-                            model_config=model_config)
+        return ModelVersion(
+            name=version, path=path, config=config, metrics=metrics, manifest=manifest, model_config=model_config
+        )
 
     # --- registering ---------------------------------------------------------------------
 
@@ -308,8 +320,11 @@ class Registry:
             raise RegistryError(f"cannot register {staging_dir}: {e}") from None
         if not (staging_dir / "metrics.json").exists():
             atomic_write_json(staging_dir / "metrics.json", {})
-        problems = [f"{name}: required for kind {kind!r} but missing"
-                    for name in REQUIRED_BY_KIND[kind] if not (staging_dir / name).is_file()]
+        problems = [
+            f"{name}: required for kind {kind!r} but missing"
+            for name in REQUIRED_BY_KIND[kind]
+            if not (staging_dir / name).is_file()
+        ]
         for p in sorted(staging_dir.iterdir()):
             if p.name == MANIFEST or p.name.startswith("."):
                 continue
@@ -345,15 +360,21 @@ class Registry:
                 with p.open("rb") as f:
                     os.fsync(f.fileno())
                 files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            manifest = {"format": FORMAT, "version": name, "kind": kind,
-                        "created_at": datetime.now(UTC).isoformat(timespec="microseconds"), "files": files}
+            manifest = {
+                "format": FORMAT,
+                "version": name,
+                "kind": kind,
+                "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "files": files,
+            }
             atomic_write_json(staging_dir / MANIFEST, manifest)  # fsyncs the file and staging_dir
             os.rename(staging_dir, target)  # atomic: the version appears complete or not at all
         except OSError as e:  # disk full, read-only, ...: nothing was registered
             if copied is not None:
                 shutil.rmtree(copied, ignore_errors=True)
-            raise RegistryError(f"could not register model version {name!r} in {self.root}: {e}; "
-                                f"nothing was registered") from e
+            raise RegistryError(
+                f"could not register model version {name!r} in {self.root}: {e}; nothing was registered"
+            ) from e
         try:
             fsync_dir(self.root)
             loaded = self.load(name)
@@ -361,8 +382,9 @@ class Registry:
                 self._write_latest(name)
         except (OSError, RegistryError) as e:  # e.g. no room left for `latest`: take the version back out
             self._withdraw(target)
-            raise RegistryError(f"could not register model version {name!r} in {self.root}: {e}; "
-                                f"nothing was registered") from e
+            raise RegistryError(
+                f"could not register model version {name!r} in {self.root}: {e}; nothing was registered"
+            ) from e
         return loaded
 
     def _withdraw(self, path: Path) -> None:

@@ -41,8 +41,13 @@ Device = Literal["auto", "cpu", "cuda"]
 # a user tower indexing positions "from the newest event" (torch.arange(T-1, -1, -1)) fails.
 # Found by the parity tests (tests/unit/test_export_parity.py::StandInUserTower).
 DISABLED_OPTIMIZERS = ["GatherToSliceFusion"]
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
-             "tensor(int32)": np.int32, "tensor(double)": np.float64}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+    "tensor(int32)": np.int32,
+    "tensor(double)": np.float64,
+}
 
 
 @cache
@@ -60,8 +65,10 @@ def cuda_device_count() -> int:
 
 def session_options(intra_op_threads: int = 1, inter_op_threads: int = 1) -> ort.SessionOptions:
     if intra_op_threads < 1 or inter_op_threads < 1:
-        raise ConfigError(f"thread counts must be >= 1, got intra={intra_op_threads} inter={inter_op_threads}: "
-                          f"set STREAMREC_WORKER__INFERENCE_THREADS to 1 or more")
+        raise ConfigError(
+            f"thread counts must be >= 1, got intra={intra_op_threads} inter={inter_op_threads}: "
+            f"set STREAMREC_WORKER__INFERENCE_THREADS to 1 or more"
+        )
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -77,8 +84,9 @@ def _try_cuda(path: str, so: ort.SessionOptions) -> ort.InferenceSession | None:
     """A CUDA session if the provider really initialises, else None (its load errors muted)."""
     ort.set_default_logger_severity(4)  # a failed CUDA provider load logs an ERROR per session
     try:
-        session = ort.InferenceSession(path, sess_options=so, providers=[CUDA, CPU],
-                                       disabled_optimizers=DISABLED_OPTIMIZERS)
+        session = ort.InferenceSession(
+            path, sess_options=so, providers=[CUDA, CPU], disabled_optimizers=DISABLED_OPTIMIZERS
+        )
     except Exception as e:  # noqa: BLE001 - any failure here means "use the CPU"
         log.info("CUDA session for %s failed (%s); using the CPU", path, e)
         return None
@@ -90,8 +98,14 @@ def _try_cuda(path: str, so: ort.SessionOptions) -> ort.InferenceSession | None:
     return session
 
 
-def make_session(path: str | Path, intra_op_threads: int = 1, *, inter_op_threads: int = 1,
-                 device: Device = "auto", warmup: bool = True) -> ort.InferenceSession:
+def make_session(
+    path: str | Path,
+    intra_op_threads: int = 1,
+    *,
+    inter_op_threads: int = 1,
+    device: Device = "auto",
+    warmup: bool = True,
+) -> ort.InferenceSession:
     """The one place that builds an InferenceSession (see module docstring)."""
     path = str(path)
     if not os.path.isfile(path):
@@ -105,8 +119,10 @@ def make_session(path: str | Path, intra_op_threads: int = 1, *, inter_op_thread
         session = _try_cuda(path, so)
     if session is None:
         if device == "cuda":
-            raise ConfigError(f"device='cuda' requested but CUDA is not usable here for {path} "
-                               f"(driver devices: {cuda_device_count()}); use device='auto' or 'cpu'")
+            raise ConfigError(
+                f"device='cuda' requested but CUDA is not usable here for {path} "
+                f"(driver devices: {cuda_device_count()}); use device='auto' or 'cpu'"
+            )
         session = ort.InferenceSession(path, sess_options=so, providers=[CPU], disabled_optimizers=DISABLED_OPTIMIZERS)
     log.info("onnxruntime session %s on %s (intra-op threads %d)", path, session.get_providers()[0], intra_op_threads)
     if warmup:
@@ -152,8 +168,9 @@ class ItemEncoder:
     def from_version(cls, version: ModelVersion, intra_op_threads: int = 1, **session_kw) -> ItemEncoder:
         config = version.model_config
         if config.max_tokens is None:
-            raise RegistryError(f"model version {version.name}: config.json has no max_tokens (tokens per item "
-                                f"text); re-export it")
+            raise RegistryError(
+                f"model version {version.name}: config.json has no max_tokens (tokens per item text); re-export it"
+            )
         tokenizer = load_tokenizer(version.file("tokenizer.json"), config.max_tokens)
         session = make_session(version.file("item.onnx"), intra_op_threads, **session_kw)
         return cls(session, tokenizer, config.dim)
@@ -176,12 +193,15 @@ class ItemEncoder:
         lengths = mask.sum(axis=1)
         order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding per batch
         for start in range(0, len(texts), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             L = max(int(lengths[idx].max()), 1)
-            out[idx] = self.session.run(["item_vectors"], {
-                "input_ids": np.ascontiguousarray(ids[idx, :L]),
-                "attention_mask": np.ascontiguousarray(mask[idx, :L]),
-            })[0]
+            out[idx] = self.session.run(
+                ["item_vectors"],
+                {
+                    "input_ids": np.ascontiguousarray(ids[idx, :L]),
+                    "attention_mask": np.ascontiguousarray(mask[idx, :L]),
+                },
+            )[0]
         return out
 
 
@@ -196,25 +216,42 @@ class UserEncoder:
         session = make_session(version.file("user.onnx"), intra_op_threads, **session_kw)
         return cls(session, version.model_config.dim, version.model_config.feature_spec)
 
-    def encode(self, item_vectors: np.ndarray, event_types: np.ndarray, time_buckets: np.ndarray,
-               attention_mask: np.ndarray) -> np.ndarray:
+    def encode(
+        self, item_vectors: np.ndarray, event_types: np.ndarray, time_buckets: np.ndarray, attention_mask: np.ndarray
+    ) -> np.ndarray:
         """item_vectors [B,T,D] f32, event_types/time_buckets [B,T] i64, attention_mask [B,T] bool -> [B,D] f32."""
         x = np.ascontiguousarray(item_vectors, dtype=np.float32)
         ev = np.ascontiguousarray(event_types, dtype=np.int64)
         tb = np.ascontiguousarray(time_buckets, dtype=np.int64)
         m = np.ascontiguousarray(attention_mask, dtype=np.bool_)
-        if x.ndim != 3 or x.shape[2] != self.dim or ev.shape != x.shape[:2] or tb.shape != ev.shape or m.shape != ev.shape:
-            raise ValueError(f"user tower inputs must be item_vectors [B,T,{self.dim}] and [B,T] features; got "
-                             f"{x.shape}, {ev.shape}, {tb.shape}, {m.shape}")
+        if (
+            x.ndim != 3
+            or x.shape[2] != self.dim
+            or ev.shape != x.shape[:2]
+            or tb.shape != ev.shape
+            or m.shape != ev.shape
+        ):
+            raise ValueError(
+                f"user tower inputs must be item_vectors [B,T,{self.dim}] and [B,T] features; got "
+                f"{x.shape}, {ev.shape}, {tb.shape}, {m.shape}"
+            )
         if x.shape[1] > self.spec.max_len:
-            raise ValueError(f"window length T={x.shape[1]} exceeds the model's max_len={self.spec.max_len}; "
-                             f"keep the last {self.spec.max_len} events (core.features.left_pad)")
+            raise ValueError(
+                f"window length T={x.shape[1]} exceeds the model's max_len={self.spec.max_len}; "
+                f"keep the last {self.spec.max_len} events (core.features.left_pad)"
+            )
         out = np.empty((x.shape[0], self.dim), dtype=np.float32)
         for s in range(0, x.shape[0], self.batch_size):
             e = s + self.batch_size
-            out[s:e] = self.session.run(["user_vectors"], {
-                "item_vectors": x[s:e], "event_types": ev[s:e], "time_buckets": tb[s:e], "attention_mask": m[s:e],
-            })[0]
+            out[s:e] = self.session.run(
+                ["user_vectors"],
+                {
+                    "item_vectors": x[s:e],
+                    "event_types": ev[s:e],
+                    "time_buckets": tb[s:e],
+                    "attention_mask": m[s:e],
+                },
+            )[0]
         return out
 
 
@@ -238,8 +275,10 @@ def load_catalog(version: ModelVersion) -> tuple[list[str], np.ndarray]:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise RegistryError(f"{version.path}/catalog_ids.json must be a JSON list of strings")
     if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape != (len(ids), dim):
-        raise RegistryError(f"{version.path}/catalog_vectors.npy is {vectors.dtype} {vectors.shape}; expected "
-                            f"float32 ({len(ids)}, {dim}) to match catalog_ids.json and config dim; re-export")
+        raise RegistryError(
+            f"{version.path}/catalog_vectors.npy is {vectors.dtype} {vectors.shape}; expected "
+            f"float32 ({len(ids)}, {dim}) to match catalog_ids.json and config dim; re-export"
+        )
     return ids, vectors
 
 
@@ -252,8 +291,12 @@ def load_runtime(version: ModelVersion, intra_op_threads: int = 1, **session_kw)
     if version.has("user.onnx"):
         user = UserEncoder.from_version(version, intra_op_threads, **session_kw)
         T = spec.max_len
-        user.encode(np.zeros((1, T, user.dim), np.float32), np.ones((1, T), np.int64),
-                    np.ones((1, T), np.int64), np.ones((1, T), np.bool_))
+        user.encode(
+            np.zeros((1, T, user.dim), np.float32),
+            np.ones((1, T), np.int64),
+            np.ones((1, T), np.int64),
+            np.ones((1, T), np.bool_),
+        )
     ids, vectors = load_catalog(version)
     return ModelRuntime(version, item, user, ids, vectors, spec)
 
@@ -277,6 +320,8 @@ def check_canary(runtime: ModelRuntime, tolerance: float = CANARY_TOLERANCE) -> 
         diffs["user tower"] = float(np.abs(users - expected_users).max())
     worst = max(diffs.values())
     if not worst <= tolerance:
-        raise ParityError(f"model {version.name}: onnxruntime here differs from torch at export on the canary "
-                          f"batch by {diffs} (tolerance {tolerance}); not serving it")
+        raise ParityError(
+            f"model {version.name}: onnxruntime here differs from torch at export on the canary "
+            f"batch by {diffs} (tolerance {tolerance}); not serving it"
+        )
     return worst

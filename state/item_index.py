@@ -14,10 +14,14 @@ from core.settings import DEFAULT_ANN_MIN_ITEMS
 from state.ann import Ivf, IvfConfig, LiveAnn
 
 
-
 class ItemIndex:
-    def __init__(self, dim: int, capacity: int = 1024, ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
-                 ann: IvfConfig = IvfConfig()):
+    def __init__(
+        self,
+        dim: int,
+        capacity: int = 1024,
+        ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
+        ann: IvfConfig = IvfConfig(),
+    ):
         """`ann_min_items`: catalog size from which top-k is approximate (None: always exact)."""
         self.dim = dim
         self.vectors = np.zeros((capacity, dim), dtype=np.float32)  # [capacity, D]

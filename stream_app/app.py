@@ -20,7 +20,8 @@ from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState
 from stream_app.tasks import broker_watch, catalog, model_updates
 from stream_app.tasks.catalog import freeze_heap
-from stream_app.views import health, metrics as metrics_view, recommendations
+from stream_app.views import health, recommendations
+from stream_app.views import metrics as metrics_view
 
 __all__ = ["StreamrecApp", "build_app", "faust_app", "freeze_heap", "windows_table"]
 
@@ -55,18 +56,34 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
 
 def windows_table(app: faust.App, settings: Settings, partitions: int) -> faust.Table:
     """The per-user `UserWindow` table (RocksDB, changelog-backed), with bounded RocksDB memory."""
-    rocksdb = {"write_buffer_size": settings.rocksdb.write_buffer_mb << 20,
-               "block_cache_size": settings.rocksdb.block_cache_mb << 20}
-    return app.Table("windows", key_type=str, value_type=UserWindow, default=UserWindow, partitions=partitions,
-                     options=rocksdb, extra_topic_configs=topic_configs(settings))
+    rocksdb = {
+        "write_buffer_size": settings.rocksdb.write_buffer_mb << 20,
+        "block_cache_size": settings.rocksdb.block_cache_mb << 20,
+    }
+    return app.Table(
+        "windows",
+        key_type=str,
+        value_type=UserWindow,
+        default=UserWindow,
+        partitions=partitions,
+        options=rocksdb,
+        extra_topic_configs=topic_configs(settings),
+    )
 
 
-def build_app(settings: Settings, serving: ServingState, partitions: int,
-              metrics: WorkerMetrics | None = None) -> StreamrecApp:
+def build_app(
+    settings: Settings, serving: ServingState, partitions: int, metrics: WorkerMetrics | None = None
+) -> StreamrecApp:
     """The worker's app: `serving` (model + item index) behind the agents, tasks and pages of MODULES."""
     app = faust_app(settings, partitions)
-    ctx = WorkerContext(settings=settings, app=app, serving=serving, metrics=metrics or WorkerMetrics(),
-                        topics=WorkerTopics.create(app, settings), windows=windows_table(app, settings, partitions))
+    ctx = WorkerContext(
+        settings=settings,
+        app=app,
+        serving=serving,
+        metrics=metrics or WorkerMetrics(),
+        topics=WorkerTopics.create(app, settings),
+        windows=windows_table(app, settings, partitions),
+    )
     for module in MODULES:
         module.register(ctx)
     return app

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from core.contracts import Item, epoch_seconds, item_from_record
+from core.settings import Settings
 from state.window import UserWindow, WindowEvent
 from stream_app.recommender import Recommender
-from core.contracts import Item, epoch_seconds, item_from_record
 from stream_app.serving import load_recommender
-from core.settings import Settings
 
 BATCH = 256
 
@@ -29,13 +29,16 @@ def _catalog_items(recommender: Recommender, catalog: Path | None) -> list[Item]
 
 
 def window_from_history(events: list[dict], settings: Settings) -> UserWindow:
-    new = [WindowEvent(str(n), str(e["item_id"]), e.get("event_type", "view"), epoch_seconds(e["ts"]))
-           for n, e in enumerate(events)]
+    new = [
+        WindowEvent(str(n), str(e["item_id"]), e.get("event_type", "view"), epoch_seconds(e["ts"]))
+        for n, e in enumerate(events)
+    ]
     return UserWindow().with_events(new, settings.worker.window_size, settings.worker.window_max_age_days * 86_400.0)
 
 
-def predict_file(settings: Settings, input_path: Path, out_path: Path, version: str | None,
-                 catalog: Path | None) -> int:
+def predict_file(
+    settings: Settings, input_path: Path, out_path: Path, version: str | None, catalog: Path | None
+) -> int:
     recommender = load_recommender(settings, version)
     items = _catalog_items(recommender, catalog)
     if not items:
@@ -44,7 +47,7 @@ def predict_file(settings: Settings, input_path: Path, out_path: Path, version: 
     lines = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     with out_path.open("w", encoding="utf-8") as out:
         for start in tqdm(range(0, len(lines), BATCH), desc="predict", unit="batch"):
-            chunk = lines[start:start + BATCH]
+            chunk = lines[start : start + BATCH]
             windows = [window_from_history(u["events"], settings) for u in chunk]
             for user, recs in zip(chunk, recommender.recommend(windows)):
                 out.write(json.dumps({"user_id": user["user_id"], "items": [r.asdict() for r in recs]}) + "\n")

@@ -15,8 +15,9 @@ import typer
 
 from core.options import command_settings, setting_option
 
-app = typer.Typer(help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 
 # Options for settings (core.options): not given, the STREAMREC_* env var or the Settings default applies.
 BrokerOption = setting_option("kafka.broker", "--broker", help="bootstrap servers, kafka://host:port[;host:port]")
@@ -29,16 +30,22 @@ class BrokerEngine(str, Enum):
 
 
 @app.command()
-def broker(engine: BrokerEngine = typer.Option(BrokerEngine.tansu, help="tansu: embedded, no Java, memory only; "
-                                               "kafka: Apache Kafka (KRaft), needs Java 17 and `make setup`'s jars"),
-           host: str = "127.0.0.1", port: int = typer.Option(9092, help="client port of the first node"),
-           nodes: int = typer.Option(1, help="kafka: nodes (3: replication factor 3, min.insync.replicas 2)"),
-           data_dir: Path = typer.Option(Path(".streamrec/kafka"), help="kafka: log dirs (formatted once, kept)")):
+def broker(
+    engine: BrokerEngine = typer.Option(
+        BrokerEngine.tansu,
+        help="tansu: embedded, no Java, memory only; "
+        "kafka: Apache Kafka (KRaft), needs Java 17 and `make setup`'s jars",
+    ),
+    host: str = "127.0.0.1",
+    port: int = typer.Option(9092, help="client port of the first node"),
+    nodes: int = typer.Option(1, help="kafka: nodes (3: replication factor 3, min.insync.replicas 2)"),
+    data_dir: Path = typer.Option(Path(".streamrec/kafka"), help="kafka: log dirs (formatted once, kept)"),
+):
     """Run a local broker on 127.0.0.1 in the foreground until SIGINT/SIGTERM.
 
     Kafka node i listens on port+i for clients and port+1000+i for its controller."""
-    from core.errors import BrokerError
     from core.brokers import KafkaCluster, TansuBroker, run_in_foreground
+    from core.errors import BrokerError
 
     if engine is BrokerEngine.tansu:
         process = TansuBroker(host, port)
@@ -51,26 +58,31 @@ def broker(engine: BrokerEngine = typer.Option(BrokerEngine.tansu, help="tansu: 
 
 
 @app.command()
-def worker(broker: Optional[str] = BrokerOption,
-           data_dir: Optional[Path] = setting_option("worker.data_dir", "--data-dir", help="state dir (RocksDB)"),
-           registry: Optional[Path] = RegistryOption,
-           web_port: Optional[int] = setting_option("worker.web_port", "--web-port", help="HTTP port"),
-           loglevel: str = "info"):
+def worker(
+    broker: Optional[str] = BrokerOption,
+    data_dir: Optional[Path] = setting_option("worker.data_dir", "--data-dir", help="state dir (RocksDB)"),
+    registry: Optional[Path] = RegistryOption,
+    web_port: Optional[int] = setting_option("worker.web_port", "--web-port", help="HTTP port"),
+    loglevel: str = "info",
+):
     """Run the Faust worker: events in, recommendations out."""
-    settings = command_settings({"kafka.broker": broker, "worker.data_dir": data_dir, "registry.path": registry,
-                                 "worker.web_port": web_port})
+    settings = command_settings(
+        {"kafka.broker": broker, "worker.data_dir": data_dir, "registry.path": registry, "worker.web_port": web_port}
+    )
     from stream_app.worker import run_worker
 
     run_worker(settings, loglevel)
 
 
 @app.command()
-def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/items JSONL"),
-           catalog: bool = typer.Option(True, help="publish the items to the items topic"),
-           events: bool = typer.Option(True, help="publish the interactions to the events topic"),
-           rate: float = typer.Option(500.0, help="events per second (0 = as fast as possible)"),
-           limit: Optional[int] = typer.Option(None, help="publish only the first N events"),
-           broker: Optional[str] = BrokerOption):
+def replay(
+    data: Path = typer.Option(..., help="RecBole atomic files or events/items JSONL"),
+    catalog: bool = typer.Option(True, help="publish the items to the items topic"),
+    events: bool = typer.Option(True, help="publish the interactions to the events topic"),
+    rate: float = typer.Option(500.0, help="events per second (0 = as fast as possible)"),
+    limit: Optional[int] = typer.Option(None, help="publish only the first N events"),
+    broker: Optional[str] = BrokerOption,
+):
     """Publish a dataset's catalog and/or interactions, in timestamp order."""
     from core.errors import BrokerError
     from core.kafka import check_connection, ensure_topics
@@ -95,9 +107,11 @@ def replay(data: Path = typer.Option(..., help="RecBole atomic files or events/i
 
 
 @app.command()
-def recommendations(user: Optional[str] = typer.Option(None, help="only this user"),
-                    follow: bool = typer.Option(False, help="keep printing new records"),
-                    broker: Optional[str] = BrokerOption):
+def recommendations(
+    user: Optional[str] = typer.Option(None, help="only this user"),
+    follow: bool = typer.Option(False, help="keep printing new records"),
+    broker: Optional[str] = BrokerOption,
+):
     """Print records from the recommendations topic (JSON lines)."""
     settings = command_settings({"kafka.broker": broker})
     from stream_app.consume import read_recommendations
@@ -111,12 +125,14 @@ def recommendations(user: Optional[str] = typer.Option(None, help="only this use
 
 
 @app.command()
-def predict(input: Path = typer.Option(..., help="JSONL: {user_id, events: [{item_id, event_type, ts}]}"),
-            out: Path = typer.Option(..., help="JSONL output"),
-            k: Optional[int] = setting_option("worker.top_k", "--k", help="items per user"),
-            version: Optional[str] = typer.Option(None, help="model version (default: latest)"),
-            catalog: Optional[Path] = typer.Option(None, help="items JSONL or RecBole dir; default: the model's catalog"),
-            registry: Optional[Path] = RegistryOption):
+def predict(
+    input: Path = typer.Option(..., help="JSONL: {user_id, events: [{item_id, event_type, ts}]}"),
+    out: Path = typer.Option(..., help="JSONL output"),
+    k: Optional[int] = setting_option("worker.top_k", "--k", help="items per user"),
+    version: Optional[str] = typer.Option(None, help="model version (default: latest)"),
+    catalog: Optional[Path] = typer.Option(None, help="items JSONL or RecBole dir; default: the model's catalog"),
+    registry: Optional[Path] = RegistryOption,
+):
     """Batch top-k for user histories, with the worker's own scoring code."""
     settings = command_settings({"registry.path": registry, "worker.top_k": k})
     from stream_app.batch import predict_file
@@ -126,9 +142,14 @@ def predict(input: Path = typer.Option(..., help="JSONL: {user_id, events: [{ite
 
 
 @app.command()
-def demo(data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
-         rate: float = 300.0, events: int = 6000, users: int = 4, port: int = 0,
-         registry: Optional[Path] = RegistryOption):
+def demo(
+    data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
+    rate: float = 300.0,
+    events: int = 6000,
+    users: int = 4,
+    port: int = 0,
+    registry: Optional[Path] = RegistryOption,
+):
     """Embedded broker + worker + replay, with a live table of a few users' top-10."""
     settings = command_settings({"registry.path": registry})
     from stream_app.demo import run_demo
@@ -137,37 +158,45 @@ def demo(data: Path = typer.Option(..., help="MovieLens-100k RecBole directory")
 
 
 @app.command()
-def rollback(to: Optional[str] = typer.Option(None, help="version to serve (default: the one before latest)"),
-             broker: Optional[str] = BrokerOption, registry: Optional[Path] = RegistryOption):
+def rollback(
+    to: Optional[str] = typer.Option(None, help="version to serve (default: the one before latest)"),
+    broker: Optional[str] = BrokerOption,
+    registry: Optional[Path] = RegistryOption,
+):
     """Serve an older model again: point `latest` at it and announce it to running workers."""
     settings = command_settings({"kafka.broker": broker, "registry.path": registry})
+    from core.kafka import client_security
     from export.model_updates import announce
     from export.registry import Registry
-    from core.kafka import client_security
 
     reg = Registry(settings.registry.path)
     versions, current = reg.versions(), reg.latest()
     if to is None:
-        older = versions[:versions.index(current)] if current in versions else []
+        older = versions[: versions.index(current)] if current in versions else []
         if not older:
             raise typer.BadParameter(f"no version older than {current!r} in {settings.registry.path}")
         to = older[-1]
     version = reg.load(to)  # verified before anyone is told to serve it
     reg.set_latest(version.name)
-    announce(version, settings.kafka.bootstrap_servers, settings.topics.model_updates,
-             **client_security(settings.kafka.security))
+    announce(
+        version,
+        settings.kafka.bootstrap_servers,
+        settings.topics.model_updates,
+        **client_security(settings.kafka.security),
+    )
     typer.echo(f"rolled back {current} -> {version.name}")
 
 
 @app.command()
-def forget(user: str = typer.Option(..., help="the user id (the key of their events)"),
-           broker: Optional[str] = BrokerOption):
+def forget(
+    user: str = typer.Option(..., help="the user id (the key of their events)"), broker: Optional[str] = BrokerOption
+):
     """Forget a user: the worker deletes their window and tombstones their recommendations."""
     settings = command_settings({"kafka.broker": broker})
-    from core.errors import StreamrecError
-    from stream_app.forget import request_forget
-    from core.kafka import check_connection
     from core.contracts import InvalidRecord
+    from core.errors import StreamrecError
+    from core.kafka import check_connection
+    from stream_app.forget import request_forget
 
     try:
         check_connection(settings)
@@ -176,10 +205,12 @@ def forget(user: str = typer.Option(..., help="the user id (the key of their eve
         raise typer.BadParameter(e.reason, param_hint="--user") from None
     except StreamrecError as e:  # broker unreachable; control topic not co-partitioned with events
         sys.exit(f"error: {e}")
-    typer.echo(f"forget request for user {user!r} sent to {settings.topics.control}[{partition}]@{offset}: the "
-               f"worker deletes their window (tombstone on its changelog) and tombstones their key on "
-               f"{settings.topics.recommendations}; their events in {settings.topics.events} expire with its "
-               f"retention.ms")
+    typer.echo(
+        f"forget request for user {user!r} sent to {settings.topics.control}[{partition}]@{offset}: the "
+        f"worker deletes their window (tombstone on its changelog) and tombstones their key on "
+        f"{settings.topics.recommendations}; their events in {settings.topics.events} expire with its "
+        f"retention.ms"
+    )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ class WorkerTopics:
     def create(cls, app: faust.App, settings: Settings) -> "WorkerTopics":
         topics = settings.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        return cls(events=app.topic(topics.events, **raw),
-                   recommendations=app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation),
-                   recommendation_tombstones=app.topic(topics.recommendations, **raw),
-                   dlq=app.topic(topics.dlq, **raw),
-                   control=app.topic(topics.control, **raw))
+        return cls(
+            events=app.topic(topics.events, **raw),
+            recommendations=app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation),
+            recommendation_tombstones=app.topic(topics.recommendations, **raw),
+            dlq=app.topic(topics.dlq, **raw),
+            control=app.topic(topics.control, **raw),
+        )
 
 
 @dataclass
@@ -54,13 +56,17 @@ class WorkerContext:
         """Dead-letter a record: its key and value as they came, where it came from and why in headers."""
         log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
         self.metrics.events_dlq.labels(message.topic).inc()
-        await self.topics.dlq.send(key=message.key, value=message.value,
-                                   headers=dlq_headers(message.topic, message.partition, message.offset, reason))
+        await self.topics.dlq.send(
+            key=message.key,
+            value=message.value,
+            headers=dlq_headers(message.topic, message.partition, message.offset, reason),
+        )
 
     def owned_event_partitions(self) -> list[int]:
         try:
-            return sorted(tp.partition for tp in self.app.consumer.assignment()
-                          if tp.topic == self.settings.topics.events)
+            return sorted(
+                tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.topics.events
+            )
         except ConsumerNotStarted:  # between start-up and the first assignment
             return []
 

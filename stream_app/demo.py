@@ -17,13 +17,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from core.errors import RegistryError
-from export.registry import Registry
 from core.brokers import TansuBroker, stop_process
-from stream_app.consume import read_recommendations
+from core.errors import RegistryError
 from core.kafka import ensure_topics
-from stream_app.replay import dataset_records, publish
 from core.settings import Settings
+from export.registry import Registry
+from stream_app.consume import read_recommendations
+from stream_app.replay import dataset_records, publish
 
 WORKER_START_TIMEOUT_S = 120.0
 
@@ -40,15 +40,19 @@ WORKER_COMMAND = ("-m", "stream_app.cli", "worker")
 def start_worker(settings: Settings, log_path: Path, command: tuple[str, ...] = WORKER_COMMAND) -> subprocess.Popen:
     """`python <command>` (default `streamrec worker`) with these settings in its environment."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, *command], env=settings.process_env(), stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, *command], env=settings.process_env(), stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def render(latest: dict[str, dict], titles: dict[str, str], received: int, sent: int) -> Group:
     tables = []
     for user, record in latest.items():
-        table = Table(title=f"user {user} · model {record['model_version']} · after event {record['trigger_event_id']}",
-                      title_justify="left", expand=True)
+        table = Table(
+            title=f"user {user} · model {record['model_version']} · after event {record['trigger_event_id']}",
+            title_justify="left",
+            expand=True,
+        )
         table.add_column("#", width=3)
         table.add_column("recommended")
         table.add_column("score", justify="right", width=7)
@@ -66,14 +70,16 @@ async def publish_catalog(settings: Settings, items: list[tuple[str, dict]]) -> 
     await publish(settings, settings.topics.items, items, len(items), desc="catalog → items")
 
 
-async def _run(settings: Settings, items, events, rate: float, n_users: int, worker: subprocess.Popen,
-               console: Console) -> int:
+async def _run(
+    settings: Settings, items, events, rate: float, n_users: int, worker: subprocess.Popen, console: Console
+) -> int:
     titles = {key: value["title"] for key, value in items}
     watched = [u for u, _ in Counter(key for key, _ in events).most_common(n_users)]
     latest: dict[str, dict] = {}
     received = 0
     replay = asyncio.create_task(
-        publish(settings, settings.topics.events, events, len(events), rate, desc="replay → events"))
+        publish(settings, settings.topics.events, events, len(events), rate, desc="replay → events")
+    )
 
     async def watch() -> None:
         nonlocal received
@@ -118,8 +124,9 @@ def run_demo(settings: Settings, data: Path, rate: float, n_events: int, n_users
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
     broker = TansuBroker(port=port or free_port(), log_path=workdir / "broker.log")
-    settings = settings.replace(kafka={"broker": broker.url}, worker={"data_dir": workdir / "state",
-                                                                      "web_port": free_port()})
+    settings = settings.replace(
+        kafka={"broker": broker.url}, worker={"data_dir": workdir / "state", "web_port": free_port()}
+    )
     console.print(f"broker {broker.url} · worker state {settings.worker.data_dir} · logs in {workdir}")
     try:
         version = Registry(settings.registry.path).load()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-from core.kafka import ensure_topics
-from stream_app.replay import producer
 from core.contracts import forget_request, parse_control
+from core.kafka import ensure_topics
 from core.settings import Settings
+from stream_app.replay import producer
 
 
 async def request_forget(settings: Settings, user_id: str) -> tuple[int, int]:

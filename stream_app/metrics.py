@@ -15,27 +15,36 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events_in = Counter("streamrec_events_in", "Events read from the events topic", registry=r)
-        self.events_dlq = Counter("streamrec_events_dlq", "Records sent to the dead-letter topic", ["topic"],
-                                  registry=r)
-        self.recommendations_out = Counter("streamrec_recommendations_out", "Recommendation records published",
-                                           registry=r)
-        self.batch_size = Histogram("streamrec_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS,
-                                    registry=r)
-        self.latency = Histogram("streamrec_event_to_recommendation_seconds",
-                                 "From the event's Kafka timestamp to its recommendation being sent",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.users_forgotten = Counter("streamrec_users_forgotten",
-                                       "Forget requests carried out (window deleted, recommendations tombstoned)",
-                                       registry=r)
+        self.events_dlq = Counter(
+            "streamrec_events_dlq", "Records sent to the dead-letter topic", ["topic"], registry=r
+        )
+        self.recommendations_out = Counter(
+            "streamrec_recommendations_out", "Recommendation records published", registry=r
+        )
+        self.batch_size = Histogram("streamrec_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.latency = Histogram(
+            "streamrec_event_to_recommendation_seconds",
+            "From the event's Kafka timestamp to its recommendation being sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.users_forgotten = Counter(
+            "streamrec_users_forgotten",
+            "Forget requests carried out (window deleted, recommendations tombstoned)",
+            registry=r,
+        )
         self.model = Info("streamrec_model", "The model version being served", registry=r)
         self.model_refusals = Counter("streamrec_model_refusals", "Announced model versions refused", registry=r)
         self.windows = Gauge("streamrec_windows", "User windows held by this worker", registry=r)
         self.lag = Gauge("streamrec_consumer_lag", "Events not yet read, per partition", ["partition"], registry=r)
         self.broker_up = Gauge("streamrec_broker_up", "1 while the broker answers, else 0", registry=r)
         self.hits = Counter("streamrec_online_hits", "Events whose item was in the user's last top-k", registry=r)
-        self.hit_rate = Gauge("streamrec_online_hr_at_k",
-                              f"Share of the last {hit_window} events (of users with a previous list) whose "
-                              f"item was in that list: a rolling online HR@k", registry=r)
+        self.hit_rate = Gauge(
+            "streamrec_online_hr_at_k",
+            f"Share of the last {hit_window} events (of users with a previous list) whose "
+            f"item was in that list: a rolling online HR@k",
+            registry=r,
+        )
         self._recent_hits: deque[bool] = deque(maxlen=hit_window)
         self.hit_rate.set_function(self._rolling_hit_rate)  # computed per scrape, not per event
 

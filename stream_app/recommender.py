@@ -14,13 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
+from core.contracts import Item, RecommendedItem
 from core.features import item_text, left_pad, recency_buckets
-from export.runtime import ModelRuntime
 from core.settings import DEFAULT_ANN_MIN_ITEMS
+from export.runtime import ModelRuntime
 from state.item_index import ItemIndex
 from state.popularity import TrendingCounter
 from state.window import UserWindow
-from core.contracts import Item, RecommendedItem
 
 BASELINE_RECENCY_DECAY = 0.9  # each older event counts 10% less in the baseline user vector
 
@@ -35,8 +35,14 @@ class Recommender:
     catalog_row: dict[str, int]  # item id -> row of the model's own catalog vectors
 
     @classmethod
-    def create(cls, runtime: ModelRuntime, event_weights: dict[str, float], k: int, trending_half_life_s: float,
-               ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS):
+    def create(
+        cls,
+        runtime: ModelRuntime,
+        event_weights: dict[str, float],
+        k: int,
+        trending_half_life_s: float,
+        ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
+    ):
         index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
         return cls(runtime, event_weights, k, index, TrendingCounter(trending_half_life_s), catalog_row)
@@ -70,7 +76,7 @@ class Recommender:
 
     def recommend(self, windows: Sequence[UserWindow]) -> list[list[RecommendedItem]]:
         spec = self.runtime.feature_spec
-        histories = [w.item_ids[-spec.max_len:] for w in windows]
+        histories = [w.item_ids[-spec.max_len :] for w in windows]
         vectors, known = zip(*(self.index.vectors_of(h) for h in histories)) if windows else ((), ())
         has_history = np.array([k.any() for k in known], dtype=bool)
         users = self._user_vectors(windows, vectors, known, has_history)  # [B, D]
@@ -111,10 +117,15 @@ class Recommender:
         seq = np.zeros((len(rows), T, self.index.dim), dtype=np.float32)  # [B', T, D], left-padded
         for j, b in enumerate(rows):
             v = vectors[b][known[b]]
-            seq[j, T - len(v):] = v
-        types = left_pad([np.array([spec.event_type_id(t) for t in windows[b].event_types[-spec.max_len:]])[known[b]]
-                          for b in rows], T)
-        ts = left_pad([np.array(windows[b].ts[-spec.max_len:], dtype=np.float64)[known[b]] for b in rows], T)
+            seq[j, T - len(v) :] = v
+        types = left_pad(
+            [
+                np.array([spec.event_type_id(t) for t in windows[b].event_types[-spec.max_len :]])[known[b]]
+                for b in rows
+            ],
+            T,
+        )
+        ts = left_pad([np.array(windows[b].ts[-spec.max_len :], dtype=np.float64)[known[b]] for b in rows], T)
         mask = types > 0
         buckets = recency_buckets(ts, mask, spec.n_time_buckets)
         users[rows] = self.runtime.user_encoder.encode(seq, types, buckets, mask)

@@ -18,19 +18,32 @@ from core.settings import Settings
 def event_record(user_id: str, item_id: str, event_type: str, ts_seconds: float) -> dict:
     """An `events` value; the id is derived from the content so a replay is idempotent."""
     ts_ms = int(round(ts_seconds * 1000))
-    return {"event_id": f"{user_id}:{item_id}:{ts_ms}", "user_id": user_id, "item_id": item_id,
-            "event_type": event_type, "ts": ts_ms}
+    return {
+        "event_id": f"{user_id}:{item_id}:{ts_ms}",
+        "user_id": user_id,
+        "item_id": item_id,
+        "event_type": event_type,
+        "ts": ts_ms,
+    }
 
 
 def producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=settings.kafka.producer_linger_ms, acks="all",
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        linger_ms=settings.kafka.producer_linger_ms,
+        acks="all",
         **client_security(settings.kafka.security),
     )
 
 
-async def publish(settings: Settings, topic: str, records: Iterable[tuple[str, dict | None]], total: int,
-                  rate: float | None = None, desc: str = "") -> int:
+async def publish(
+    settings: Settings,
+    topic: str,
+    records: Iterable[tuple[str, dict | None]],
+    total: int,
+    rate: float | None = None,
+    desc: str = "",
+) -> int:
     """Send (key, value) pairs — value None is a tombstone — at most `rate` per second."""
     sent = 0
     async with producer(settings) as p:

@@ -11,19 +11,20 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from core.contracts import Item
 from core.errors import RegistryError
+from core.settings import Settings
 from export.registry import Registry
 from export.runtime import check_canary, load_runtime
 from state.popularity import TrendingCounter
 from stream_app.recommender import Recommender
-from core.contracts import Item
-from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def load_recommender(settings: Settings, version: str | None = None,
-                     trending: TrendingCounter | None = None) -> Recommender:
+def load_recommender(
+    settings: Settings, version: str | None = None, trending: TrendingCounter | None = None
+) -> Recommender:
     """A verified, warmed-up, canary-checked version (None = the registry's latest). Blocking."""
     w = settings.worker
     runtime = load_runtime(Registry(settings.registry.path).load(version), intra_op_threads=w.inference_threads)
@@ -52,14 +53,17 @@ def load_at_start(settings: Settings) -> tuple[Recommender, dict[str, str]]:
             recommender = load_recommender(settings, version)
         except Exception as e:  # any failure refuses the version; the next one may serve
             refused[version] = f"{type(e).__name__}: {e}"
-            log.error("refusing model version %s%s: %s", version, " (latest)" if version == latest else "",
-                      refused[version])
+            log.error(
+                "refusing model version %s%s: %s", version, " (latest)" if version == latest else "", refused[version]
+            )
             continue
         if refused:
             log.error("serving model version %s instead of the latest, %s, which was refused", version, latest)
         return recommender, refused
-    raise RegistryError(f"no model version in {settings.registry.path} can be served; refused:\n"
-                        + "\n".join(f"- {v}: {reason}" for v, reason in refused.items()))
+    raise RegistryError(
+        f"no model version in {settings.registry.path} can be served; refused:\n"
+        + "\n".join(f"- {v}: {reason}" for v, reason in refused.items())
+    )
 
 
 @dataclass
@@ -85,8 +89,10 @@ class ServingState:
         """Serve `version` once it is loaded and has embedded the live catalog."""
         candidate = await asyncio.to_thread(load_recommender, settings, version, self.recommender.trending)
         if candidate.runtime.version.sha256 != sha256:
-            raise RegistryError(f"model {version}: manifest sha256 {candidate.runtime.version.sha256} differs "
-                                f"from the announced {sha256}")
+            raise RegistryError(
+                f"model {version}: manifest sha256 {candidate.runtime.version.sha256} differs "
+                f"from the announced {sha256}"
+            )
         while True:  # items may arrive while we embed; catch up until nothing is missing
             missing = [item for item_id, item in self.catalog.items() if item_id not in candidate.index]
             if not missing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from core.contracts import InvalidRecord, Item, RecommendedItem, Recommendation, item_change, parse_event
+from core.contracts import InvalidRecord, Item, Recommendation, RecommendedItem, item_change, parse_event
 from state.window import UserWindow, WindowEvent
 
 Reject = tuple[int, str]  # (index of the record in its batch, reason for the dead-letter topic)
@@ -17,21 +17,24 @@ Reject = tuple[int, str]  # (index of the record in its batch, reason for the de
 
 # -- events ----------------------------------------------------------------------------------
 
+
 class UserEvents(NamedTuple):
     events: list[WindowEvent]  # the user's valid events in the batch, in arrival order
     last: int  # index in the batch of the user's last event: its partition holds the user's window
 
 
-def group_valid_events(values: Sequence[bytes | None], *, max_bytes: int, event_types: set[str],
-                       max_future_skew_s: float) -> tuple[dict[str, UserEvents], list[Reject]]:
+def group_valid_events(
+    values: Sequence[bytes | None], *, max_bytes: int, event_types: set[str], max_future_skew_s: float
+) -> tuple[dict[str, UserEvents], list[Reject]]:
     """A micro-batch's event values -> the valid events grouped by user (users in order of first
     appearance) and the invalid ones with their reasons (in batch order)."""
     touched: dict[str, UserEvents] = {}
     rejects: list[Reject] = []
     for index, value in enumerate(values):
         try:
-            event = parse_event(value, max_bytes=max_bytes, event_types=event_types,
-                                max_future_skew_s=max_future_skew_s)
+            event = parse_event(
+                value, max_bytes=max_bytes, event_types=event_types, max_future_skew_s=max_future_skew_s
+            )
         except InvalidRecord as e:
             rejects.append((index, e.reason))
             continue
@@ -41,8 +44,9 @@ def group_valid_events(values: Sequence[bytes | None], *, max_bytes: int, event_
     return touched, rejects
 
 
-def advance_windows(touched: Mapping[str, UserEvents], stored: Mapping[str, UserWindow], window_size: int,
-                    max_age_s: float) -> tuple[dict[str, UserWindow], list[bool]]:
+def advance_windows(
+    touched: Mapping[str, UserEvents], stored: Mapping[str, UserWindow], window_size: int, max_age_s: float
+) -> tuple[dict[str, UserWindow], list[bool]]:
     """Each touched user's stored window with the batch's events added, and the online hits: for each
     event of a user who had been shown a list, whether its item was in that list."""
     updated: dict[str, UserWindow] = {}
@@ -55,18 +59,30 @@ def advance_windows(touched: Mapping[str, UserEvents], stored: Mapping[str, User
     return updated, hits
 
 
-def remember_shown(updated: Mapping[str, UserWindow],
-                   lists: Mapping[str, Sequence[RecommendedItem]]) -> dict[str, UserWindow]:
+def remember_shown(
+    updated: Mapping[str, UserWindow], lists: Mapping[str, Sequence[RecommendedItem]]
+) -> dict[str, UserWindow]:
     """The windows to store: each remembers the list it is about to be shown (for the next hits)."""
     return {user: window.derive(recommended=[i.item_id for i in lists[user]]) for user, window in updated.items()}
 
 
-def build_records(touched: Mapping[str, UserEvents], lists: Mapping[str, Sequence[RecommendedItem]],
-                  model_version: str, now: float) -> list[tuple[bytes, Recommendation]]:
+def build_records(
+    touched: Mapping[str, UserEvents], lists: Mapping[str, Sequence[RecommendedItem]], model_version: str, now: float
+) -> list[tuple[bytes, Recommendation]]:
     """One (key, record) per touched user, in `touched` order, triggered by the user's last event in the batch."""
-    return [(user.encode(), Recommendation(user_id=user, items=lists[user], model_version=model_version,
-                                           generated_at=int(now * 1000), trigger_event_id=events[-1].event_id))
-            for user, (events, _) in touched.items()]
+    return [
+        (
+            user.encode(),
+            Recommendation(
+                user_id=user,
+                items=lists[user],
+                model_version=model_version,
+                generated_at=int(now * 1000),
+                trigger_event_id=events[-1].event_id,
+            ),
+        )
+        for user, (events, _) in touched.items()
+    ]
 
 
 def next_offsets(positions: Iterable[tuple[int, int]]) -> dict[int, int]:
@@ -75,6 +91,7 @@ def next_offsets(positions: Iterable[tuple[int, int]]) -> dict[int, int]:
 
 
 # -- catalog -------------------------------------------------------------------------------
+
 
 class CatalogChanges(NamedTuple):
     upserts: dict[str, Item]  # items whose last record in the batch adds them (apply after the removals)
@@ -102,6 +119,7 @@ def catalog_changes(records: Iterable[tuple[bytes | None, bytes | None]], *, max
 
 
 # -- dead letters, model updates -------------------------------------------------------------
+
 
 def dlq_headers(topic: str, partition: int, offset: int, reason: str) -> list[tuple[str, bytes]]:
     """Where a dead letter came from and why (docs/topics.md)."""

@@ -11,11 +11,11 @@ import faust
 from threadpoolctl import threadpool_limits
 
 from core.errors import BrokerError, StreamrecError
-from stream_app.app import build_app
 from core.kafka import check_connection, ensure_topics, with_engine
+from core.settings import Settings
+from stream_app.app import build_app
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState, load_at_start
-from core.settings import Settings
 
 
 def limit_threads(n: int) -> None:

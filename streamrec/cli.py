@@ -11,8 +11,9 @@ from encoders.retrain_cli import app as retrain_commands
 from export.cli import app as export_commands
 from stream_app.cli import app as worker_commands
 
-app = typer.Typer(help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="streamrec: real-time recommendations on Kafka.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 for commands in (worker_commands, trainer_commands, retrain_commands, export_commands):
     app.add_typer(commands)
 

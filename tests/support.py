@@ -20,18 +20,26 @@ def small_two_tower_checkpoint(out: Path, n_items: int = 60, max_len: int = 12) 
     user tower) over the first ml-100k items, with a trained-looking ID residual on half."""
     import torch
 
+    from core.features import FeatureSpec
     from encoders.item_tower import ItemTowerConfig
     from encoders.recommender import Recommender, RecommenderConfig, save_checkpoint
     from encoders.user_tower import UserTowerConfig
-    from core.features import FeatureSpec
 
     spec = FeatureSpec(max_len=max_len)
     torch.manual_seed(0)
     ids, texts = ml100k_catalog(n_items, spec)
     config = RecommenderConfig(
-        n_items=len(ids), item_tower=ItemTowerConfig(proj_dim=16, max_tokens=24),
-        user_tower=UserTowerConfig(dim=16, n_layers=1, n_heads=2, max_len=spec.max_len, n_event_ids=spec.n_event_ids,
-                                   n_time_buckets=spec.n_time_buckets))
+        n_items=len(ids),
+        item_tower=ItemTowerConfig(proj_dim=16, max_tokens=24),
+        user_tower=UserTowerConfig(
+            dim=16,
+            n_layers=1,
+            n_heads=2,
+            max_len=spec.max_len,
+            n_event_ids=spec.n_event_ids,
+            n_time_buckets=spec.n_time_buckets,
+        ),
+    )
     model = Recommender(config, spec).eval()
     model.encode_catalog(texts)
     with torch.no_grad():

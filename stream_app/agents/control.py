@@ -36,9 +36,12 @@ async def forget(ctx: WorkerContext, stream, event) -> None:
         return
     user = request.user_id
     if not await events_caught_up(ctx, event.message.partition):
-        log.warning("forgetting user %r before this worker has processed the events sent before the "
-                    "request (rebalance or backlog): an older event processed later re-creates a "
-                    "window; send the request again once the lag is gone", user)
+        log.warning(
+            "forgetting user %r before this worker has processed the events sent before the "
+            "request (rebalance or backlog): an older event processed later re-creates a "
+            "window; send the request again once the lag is gone",
+            user,
+        )
     with event_context(stream, event):  # the table write goes to this partition's changelog
         try:
             del ctx.windows[user]

@@ -9,14 +9,23 @@ import faust
 
 from stream_app.context import WorkerContext
 from stream_app.faust_private import event_context
-from stream_app.steps import (UserEvents, advance_windows, build_records, group_valid_events, next_offsets,
-                              remember_shown)
+from stream_app.steps import (
+    UserEvents,
+    advance_windows,
+    build_records,
+    group_valid_events,
+    next_offsets,
+    remember_shown,
+)
 
 
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
-    limits = {"max_bytes": settings.worker.max_record_bytes, "event_types": set(settings.worker.event_weights),
-              "max_future_skew_s": settings.worker.max_future_skew_s}
+    limits = {
+        "max_bytes": settings.worker.max_record_bytes,
+        "event_types": set(settings.worker.event_weights),
+        "max_future_skew_s": settings.worker.max_future_skew_s,
+    }
 
     @ctx.app.agent(ctx.topics.events)
     async def recommend_on_events(stream):
@@ -39,8 +48,9 @@ async def on_batch(ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.
     ctx.events_done.update(next_offsets((e.message.partition, e.message.offset) for e in batch))
 
 
-async def recommend_for(ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.EventT],
-                        touched: dict[str, UserEvents]) -> None:
+async def recommend_for(
+    ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.EventT], touched: dict[str, UserEvents]
+) -> None:
     """Read the touched windows, advance them, score them in one call, write them back and send a
     record per user (each table access in the context of the user's last event)."""
     settings, metrics = ctx.settings, ctx.metrics
@@ -51,8 +61,9 @@ async def recommend_for(ctx: WorkerContext, stream: faust.StreamT, batch: list[f
             stored[user] = ctx.windows[user]
         for e in events:
             recommender.observe(e.item_id, e.event_type, e.ts)
-    updated, hits = advance_windows(touched, stored, settings.worker.window_size,
-                                    settings.worker.window_max_age_days * 86_400.0)
+    updated, hits = advance_windows(
+        touched, stored, settings.worker.window_size, settings.worker.window_max_age_days * 86_400.0
+    )
     for hit in hits:
         metrics.observe_hit(hit)
     lists = dict(zip(updated, recommender.recommend(list(updated.values()))))

@@ -21,8 +21,12 @@ def register(ctx: WorkerContext) -> None:
     async def watch_broker():
         """A metadata request every couple of seconds: is the broker answering?"""
         settings = ctx.settings
-        probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                 request_timeout_ms=BROKER_PROBE_TIMEOUT_MS, **client_security(settings.kafka.security))
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            group_id=None,
+            request_timeout_ms=BROKER_PROBE_TIMEOUT_MS,
+            **client_security(settings.kafka.security),
+        )
         await probe.start()
         try:
             while True:

@@ -25,8 +25,9 @@ def register(ctx: WorkerContext) -> None:
                 records = await consumer.getmany(timeout_ms=200, max_records=512)
                 for tp, messages in records.items():
                     await apply_catalog_records(ctx, messages)
-                if not ctx.catalog_ready.is_set() and all([await consumer.position(tp) >= end[tp]
-                                                           for tp in partitions]):
+                if not ctx.catalog_ready.is_set() and all(
+                    [await consumer.position(tp) >= end[tp] for tp in partitions]
+                ):
                     log.info("catalog loaded: %d items", len(ctx.serving.catalog))
                     freeze_heap()  # modules, model and catalog: all built before the first event
                     ctx.catalog_ready.set()

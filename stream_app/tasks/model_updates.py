@@ -34,7 +34,11 @@ async def apply_model_update(ctx: WorkerContext, message) -> None:
             await serving.swap_to(ctx.settings, update.version, update.sha256)
     except Exception as e:  # a bad version must never take the worker down
         reason = f"{type(e).__name__}: {e}"
-        log.error("refused model update at offset %s: %s; still serving %s",
-                  message.offset, reason, serving.recommender.model_version)
+        log.error(
+            "refused model update at offset %s: %s; still serving %s",
+            message.offset,
+            reason,
+            serving.recommender.model_version,
+        )
         serving.refused[announced_version(message.value, message.offset)] = reason
         ctx.metrics.model_refusals.inc()

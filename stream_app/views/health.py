@@ -16,6 +16,11 @@ def register(ctx: WorkerContext) -> None:
 def health_body(ctx: WorkerContext) -> tuple[dict, int]:
     ready, recommender = ctx.ready(), ctx.serving.recommender
     status = "ok" if ready else ("broker unreachable" if not ctx.broker_up.is_set() else "starting")
-    body = {"status": status, "model_version": recommender.model_version, "catalog_items": len(recommender.index),
-            "refused_versions": ctx.serving.refused, "partitions": ctx.owned_event_partitions()}
+    body = {
+        "status": status,
+        "model_version": recommender.model_version,
+        "catalog_items": len(recommender.index),
+        "refused_versions": ctx.serving.refused,
+        "partitions": ctx.owned_event_partitions(),
+    }
     return body, 200 if ready else 503

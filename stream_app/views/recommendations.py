@@ -17,5 +17,11 @@ def register(ctx: WorkerContext) -> None:
         recommender = ctx.serving.recommender
         window = ctx.windows.get(user_id)
         (items,) = recommender.recommend([window or UserWindow()])
-        return web.json({"user_id": user_id, "items": [i.asdict() for i in items],
-                         "model_version": recommender.model_version, "known_user": window is not None})
+        return web.json(
+            {
+                "user_id": user_id,
+                "items": [i.asdict() for i in items],
+                "model_version": recommender.model_version,
+                "known_user": window is not None,
+            }
+        )

@@ -13,13 +13,17 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from core.brokers import KafkaCluster, TansuBroker, stop_process
-from stream_app.demo import free_port
 from core.settings import Settings, Topics
+from stream_app.demo import free_port
 from tests.support import ML100K
+
+if TYPE_CHECKING:
+    from state.window import UserWindow
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,10 +56,20 @@ def baseline_registry(tmp_path_factory) -> Path:
 def fresh_settings(broker, registry: Path, tmp_path: Path) -> Settings:
     """Fresh topic names and app id per test: the broker is shared by the session."""
     tag = uuid.uuid4().hex[:8]
-    topics = Topics(events=f"events-{tag}", items=f"items-{tag}", recommendations=f"recs-{tag}",
-                    dlq=f"dlq-{tag}", model_updates=f"updates-{tag}", control=f"control-{tag}")
-    return Settings(kafka={"broker": broker.url, "session_timeout_s": 6.0}, topics=topics, registry={"path": registry},
-                    worker={"data_dir": tmp_path / "state", "web_port": free_port(), "app_id": f"streamrec-{tag}"})
+    topics = Topics(
+        events=f"events-{tag}",
+        items=f"items-{tag}",
+        recommendations=f"recs-{tag}",
+        dlq=f"dlq-{tag}",
+        model_updates=f"updates-{tag}",
+        control=f"control-{tag}",
+    )
+    return Settings(
+        kafka={"broker": broker.url, "session_timeout_s": 6.0},
+        topics=topics,
+        registry={"path": registry},
+        worker={"data_dir": tmp_path / "state", "web_port": free_port(), "app_id": f"streamrec-{tag}"},
+    )
 
 
 @pytest.fixture
@@ -91,8 +105,13 @@ class WorkerProcess:
 
     def start(self, timeout_s: float = 120.0) -> "WorkerProcess":
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "stream_app.cli", "worker"], cwd=REPO,
-                                            env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream_app.cli", "worker"],
+                cwd=REPO,
+                env=settings_env(self.settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while not self.healthy():
             if self.process.poll() is not None:
@@ -202,8 +221,13 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
     """All records of `topic` from the start, once `done(records)` holds (or fail after timeout_s)."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
     await consumer.start()
     records: list = []
     try:
@@ -258,14 +282,20 @@ def reference_windows(events, settings: Settings) -> dict[str, "UserWindow"]:
     windows: dict[str, UserWindow] = {}
     for user, e in events:
         windows[user] = windows.get(user, UserWindow()).with_events(
-            [e], settings.worker.window_size, settings.worker.window_max_age_days * 86_400)
+            [e], settings.worker.window_size, settings.worker.window_max_age_days * 86_400
+        )
     return windows
 
 
 def event(n: int, user: str, item: str, kind: str = "view", ts: int | None = None) -> tuple[bytes, bytes]:
     """A valid `events` record keyed by user; event n happens n seconds after a fixed start."""
-    value = {"event_id": f"{user}-{n}", "user_id": user, "item_id": item, "event_type": kind,
-             "ts": ts if ts is not None else 1_700_000_000_000 + n * 1000}
+    value = {
+        "event_id": f"{user}-{n}",
+        "user_id": user,
+        "item_id": item,
+        "event_type": kind,
+        "ts": ts if ts is not None else 1_700_000_000_000 + n * 1000,
+    }
     return user.encode(), dumps(value)
 
 

@@ -3,16 +3,18 @@ max_len) and the user tower computes only the newest position, so neither may ch
 
 import numpy as np
 
+from core.contracts import Item
+from core.settings import Settings
 from export.registry import Registry
 from state.window import UserWindow, WindowEvent
-from core.contracts import Item
 from stream_app.serving import load_recommender
-from core.settings import Settings
 
 
 def window(item_ids: list[str], start: float) -> UserWindow:
-    events = [WindowEvent(f"e{start}-{k}", i, ("view", "click", "purchase")[k % 3], start + 60.0 * k)
-              for k, i in enumerate(item_ids)]
+    events = [
+        WindowEvent(f"e{start}-{k}", i, ("view", "click", "purchase")[k % 3], start + 60.0 * k)
+        for k, i in enumerate(item_ids)
+    ]
     return UserWindow().with_events(events, 50, 1e9)
 
 

@@ -14,7 +14,15 @@ from stream_app.demo import publish_catalog
 from stream_app.forget import request_forget
 from stream_app.replay import publish
 from tests.integration.conftest import (
-    REPO, consume_until, event, metric_values, ml100k_items, produce, read_windows, run, settings_env,
+    REPO,
+    consume_until,
+    event,
+    metric_values,
+    ml100k_items,
+    produce,
+    read_windows,
+    run,
+    settings_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -54,8 +62,14 @@ def wait_for_records(settings, topic: str, condition, timeout_s: float = 90.0) -
 
 
 def forget_through_cli(settings, user: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "stream_app.cli", "forget", "--user", user], cwd=REPO,
-                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "forget", "--user", user],
+        cwd=REPO,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -63,8 +77,9 @@ def forget_through_cli(settings, user: str) -> str:
 def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
-        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics],
-                                       config_filter="all")
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics], config_filter="all"
+        )
     finally:
         admin.close()
     return {name: {k: v["value"] for k, v in configs.items()} for name, configs in found["topic"].items()}
@@ -81,16 +96,30 @@ def test_a_forgotten_user_stays_forgotten_after_a_rebuild_from_the_changelog(set
     # then the request to forget the late user. The worker reads `control` and `events` independently;
     # the request must not be carried out before the late user's (older) events.
     run(produce(settings, settings.topics.events, [event(i, u, str(1 + i)) for u in (a, b) for i in range(3)]))
-    backlog = [(u, {"event_id": f"{u}-0", "user_id": u, "item_id": str(1 + n % 60), "event_type": "view",
-                    "ts": 1_700_000_000_000 + n}) for n, u in enumerate(users_on(1, "f", BACKLOG))]
+    backlog = [
+        (
+            u,
+            {
+                "event_id": f"{u}-0",
+                "user_id": u,
+                "item_id": str(1 + n % 60),
+                "event_type": "view",
+                "ts": 1_700_000_000_000 + n,
+            },
+        )
+        for n, u in enumerate(users_on(1, "f", BACKLOG))
+    ]
     run(publish(settings, settings.topics.events, backlog, len(backlog)))
     run(produce(settings, settings.topics.events, [event(10 + i, late, str(20 + i)) for i in range(3)]))
     partition, _ = run(request_forget(settings, late))
     assert partition == partition_of(late)
 
     worker = start_worker(settings)
-    recs = wait_for_records(settings, settings.topics.recommendations, lambda v: v.get(late, [0])[-1] is None
-                            and answered(v, a, f"{a}-2") and answered(v, b, f"{b}-2"))
+    recs = wait_for_records(
+        settings,
+        settings.topics.recommendations,
+        lambda v: v.get(late, [0])[-1] is None and answered(v, a, f"{a}-2") and answered(v, b, f"{b}-2"),
+    )
     assert recs[late][-1] is None
 
     out = forget_through_cli(settings, a)
@@ -100,8 +129,16 @@ def test_a_forgotten_user_stays_forgotten_after_a_rebuild_from_the_changelog(set
     assert recs[b][-1]["trigger_event_id"] == f"{b}-2"  # B untouched
 
     # A malformed request is dead-lettered with its reason, like a bad event.
-    run(produce(settings, settings.topics.control, [(b"x", b"{not json"), (b.encode(), json.dumps(
-        {"action": "forget_user", "user_id": a, "requested_at": 0}).encode())]))
+    run(
+        produce(
+            settings,
+            settings.topics.control,
+            [
+                (b"x", b"{not json"),
+                (b.encode(), json.dumps({"action": "forget_user", "user_id": a, "requested_at": 0}).encode()),
+            ],
+        )
+    )
     dlq = run(consume_until(settings, settings.topics.dlq, lambda records: len(records) >= 2))
     reasons = {dict(r.headers)["dlq.reason"].decode() for r in dlq}
     assert any(r.startswith("not JSON") for r in reasons) and any("is not the user_id" in r for r in reasons)

@@ -13,7 +13,15 @@ from export.registry import MANIFEST, Registry
 from stream_app.cli import app as cli
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, copy_version, dumps, event, ml100k_items, produce, produce_paced, run, settings_env,
+    consume_until,
+    copy_version,
+    dumps,
+    event,
+    ml100k_items,
+    produce,
+    produce_paced,
+    run,
+    settings_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -24,8 +32,12 @@ CATALOG = ml100k_items(60)  # the items the small two-tower model was trained on
 def stream_events(settings, first: int, count: int, rate: float) -> list[str]:
     """One event per new user, at `rate` per second, so every event must yield its own record."""
     numbers = range(first, first + count)
-    produce_paced(settings, settings.topics.events,
-                  [event(n, f"user{n}", str(1 + n % len(CATALOG)), "click") for n in numbers], rate)
+    produce_paced(
+        settings,
+        settings.topics.events,
+        [event(n, f"user{n}", str(1 + n % len(CATALOG)), "click") for n in numbers],
+        rate,
+    )
     return [f"user{n}-{n}" for n in numbers]
 
 
@@ -44,8 +56,13 @@ def outputs_for(settings, event_ids: list[str]) -> list[dict]:
     import json
 
     wanted = set(event_ids)
-    records = run(consume_until(settings, settings.topics.recommendations,
-                                lambda rs: wanted <= {json.loads(r.value)["trigger_event_id"] for r in rs}))
+    records = run(
+        consume_until(
+            settings,
+            settings.topics.recommendations,
+            lambda rs: wanted <= {json.loads(r.value)["trigger_event_id"] for r in rs},
+        )
+    )
     return [v for v in (json.loads(r.value) for r in records) if v["trigger_event_id"] in wanted]
 
 
@@ -58,7 +75,8 @@ def versions_in_order(outputs: list[dict]) -> list[str]:
 
 
 def test_swap_under_load_then_rollback_and_refuse_a_corrupt_version(
-        settings, start_worker, baseline_registry, two_tower_registry, tmp_path):
+    settings, start_worker, baseline_registry, two_tower_registry, tmp_path
+):
     root = tmp_path / "registry"
     root.mkdir()
     registry = Registry(root)

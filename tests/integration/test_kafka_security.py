@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from encoders.event_log import read_event_log
-from core.errors import BrokerError
 from core.brokers import KafkaCluster
-from stream_app.demo import free_port, publish_catalog
+from core.errors import BrokerError
 from core.kafka import check_connection, client_security
 from core.settings import KafkaSecurity, Settings
+from encoders.event_log import read_event_log
+from stream_app.demo import free_port, publish_catalog
 from tests.integration.conftest import REPO, event, fresh_settings, ml100k_items, produce, run, settings_env
 from tests.support import ML100K
 
@@ -49,27 +49,76 @@ def openssl(directory: Path, *args: str) -> None:
 
 
 def make_pki(directory: Path) -> Pki:
-    openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "2", "-subj", "/CN=streamrec test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    signed = {"broker": ("/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
-              "client": ("/CN=streamrec-worker", "extendedKeyUsage=clientAuth\n")}
+    openssl(
+        directory,
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=streamrec test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
+    signed = {
+        "broker": ("/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        "client": ("/CN=streamrec-worker", "extendedKeyUsage=clientAuth\n"),
+    }
     for name, (subject, extensions) in signed.items():
-        openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", subject)
+        openssl(
+            directory,
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subject,
+        )
         (directory / f"{name}.ext").write_text(extensions)
-        openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+        openssl(
+            directory,
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
     keystore = directory / "broker-keystore.pem"  # Kafka's PEM keystore: the (PKCS#8) key, then the certificate
     keystore.write_text((directory / "broker.key").read_text() + (directory / "broker.pem").read_text())
     return Pki(directory / "ca.pem", keystore, directory / "client.pem", directory / "client.key")
 
 
 def sasl_ssl(pki: Pki, password: str = PASSWORD, cafile: bool = True) -> KafkaSecurity:
-    return KafkaSecurity(protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username=USER,
-                         sasl_password=password, ssl_cafile=pki.ca if cafile else None)
-
-
+    return KafkaSecurity(
+        protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=USER,
+        sasl_password=password,
+        ssl_cafile=pki.ca if cafile else None,
+    )
 
 
 # --- the broker ------------------------------------------------------------------------------
@@ -95,21 +144,26 @@ def secure_broker(tmp_path_factory):
     host = "127.0.0.1"
     properties = {
         "listeners": f"SECURE://{host}:{port},MTLS://{host}:{mtls},INTERNAL://{host}:{internal},"
-                     f"CONTROLLER://{host}:{controller}",
+        f"CONTROLLER://{host}:{controller}",
         "advertised.listeners": f"SECURE://{host}:{port},MTLS://{host}:{mtls},INTERNAL://{host}:{internal}",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SECURE:SASL_SSL,MTLS:SSL",
         "inter.broker.listener.name": "INTERNAL",
         "sasl.enabled.mechanisms": "SCRAM-SHA-512",
-        "listener.name.secure.scram-sha-512.sasl.jaas.config":
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "listener.name.secure.scram-sha-512.sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         "listener.name.mtls.ssl.client.auth": "required",
-        "ssl.keystore.type": "PEM", "ssl.keystore.location": str(pki.broker_keystore),
-        "ssl.truststore.type": "PEM", "ssl.truststore.location": str(pki.ca),
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(pki.broker_keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(pki.ca),
     }
-    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-secure"), ports=[port], controller_ports=[controller],
-                           extra_properties=properties,
-                           format_args=["--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"],
-                           client_options=client_security(sasl_ssl(pki)))
+    cluster = KafkaCluster(
+        tmp_path_factory.mktemp("kafka-secure"),
+        ports=[port],
+        controller_ports=[controller],
+        extra_properties=properties,
+        format_args=["--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"],
+        client_options=client_security(sasl_ssl(pki)),
+    )
     with cluster:
         yield SecureBroker(cluster, pki, mtls)
 
@@ -131,9 +185,14 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
     """conftest's consume_until, with the settings' security."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                                **client_security(settings.kafka.security))
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        **client_security(settings.kafka.security),
+    )
     await consumer.start()
     records: list = []
     try:
@@ -153,19 +212,30 @@ def streamrec(settings: Settings, *args: str, timeout_s: float = 180.0) -> tuple
     its env: (exit code, output, seconds)."""
     env = settings_env(settings)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "stream_app.cli", *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout_s,
+    )
     return done.returncode, done.stdout, time.monotonic() - started
 
 
 def auth_error(settings: Settings) -> str:
     host, port = settings.kafka.bootstrap_servers.split(",")[0].rsplit(":", 1)
-    return (f"error: authentication failed for user 'alice' on {host}:{port} (SASL SCRAM-SHA-512): check "
-            f"STREAMREC_KAFKA__SECURITY__SASL_USERNAME and STREAMREC_KAFKA__SECURITY__SASL_PASSWORD")
+    return (
+        f"error: authentication failed for user 'alice' on {host}:{port} (SASL SCRAM-SHA-512): check "
+        f"STREAMREC_KAFKA__SECURITY__SASL_USERNAME and STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"
+    )
 
 
-TLS_ERROR = ("error: TLS: the broker certificate of {where} was not accepted (unable to get local issuer "
-             "certificate): check STREAMREC_KAFKA__SECURITY__SSL_CAFILE")
+TLS_ERROR = (
+    "error: TLS: the broker certificate of {where} was not accepted (unable to get local issuer "
+    "certificate): check STREAMREC_KAFKA__SECURITY__SSL_CAFILE"
+)
 
 
 def tls_error(settings: Settings) -> str:
@@ -184,23 +254,27 @@ def test_the_broker_refuses_what_is_not_configured(secure_broker, secure_setting
     with pytest.raises(BrokerError, match=r"TLS: the broker certificate .* \(unable to get local issuer certificate\)"):
         check_connection(with_security(settings, sasl_ssl(secure_broker.pki, cafile=False)))
     with pytest.raises(BrokerError, match="does not accept SASL mechanism 'SCRAM-SHA-256'"):
-        check_connection(with_security(settings, sasl_ssl(secure_broker.pki).model_copy(
-            update={"sasl_mechanism": "SCRAM-SHA-256"})))
+        check_connection(
+            with_security(settings, sasl_ssl(secure_broker.pki).model_copy(update={"sasl_mechanism": "SCRAM-SHA-256"}))
+        )
     with pytest.raises(BrokerError, match=r"no Kafka broker answered at .* \(PLAINTEXT\) within 2s"):
         check_connection(with_security(settings, KafkaSecurity()), timeout_s=2)  # plaintext to a TLS port
 
 
 def test_mutual_tls_needs_the_client_certificate(secure_broker, secure_settings):
     pki = secure_broker.pki
-    mtls = with_security(secure_settings, KafkaSecurity(protocol="SSL", ssl_cafile=pki.ca, ssl_certfile=pki.client_cert,
-                                                        ssl_keyfile=pki.client_key),
-                         broker=f"kafka://127.0.0.1:{secure_broker.mtls_port}")
+    mtls = with_security(
+        secure_settings,
+        KafkaSecurity(protocol="SSL", ssl_cafile=pki.ca, ssl_certfile=pki.client_cert, ssl_keyfile=pki.client_key),
+        broker=f"kafka://127.0.0.1:{secure_broker.mtls_port}",
+    )
     check_connection(mtls)
     run(produce(mtls, mtls.topics.items, [(b"1", json.dumps(CATALOG[0][1]).encode())]))
     assert len(run(consume_until(mtls, mtls.topics.items, lambda records: len(records) >= 1))) == 1
     without_cert = with_security(mtls, KafkaSecurity(protocol="SSL", ssl_cafile=pki.ca))
-    with pytest.raises(BrokerError,
-                       match="if the broker requires client certificates, STREAMREC_KAFKA__SECURITY__SSL_CERTFILE"):
+    with pytest.raises(
+        BrokerError, match="if the broker requires client certificates, STREAMREC_KAFKA__SECURITY__SSL_CERTFILE"
+    ):
         check_connection(without_cert, timeout_s=2)
 
 
@@ -209,11 +283,18 @@ def test_worker_consumes_and_publishes_over_sasl_ssl(secure_settings, start_work
     run(publish_catalog(settings, CATALOG))
     env = settings_env(settings)  # the worker process reads the env vars an operator sets
     assert (env["STREAMREC_KAFKA__SECURITY__PROTOCOL"], env["STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"]) == (
-        "SASL_SSL", PASSWORD)
+        "SASL_SSL",
+        PASSWORD,
+    )
     worker = start_worker(settings)
     history = ["1", "71", "95"]  # Toy Story, The Lion King, Aladdin
-    run(produce(settings, settings.topics.events, [event(n, "alice", item, kind="click")
-                                                   for n, item in enumerate(history, 1)]))
+    run(
+        produce(
+            settings,
+            settings.topics.events,
+            [event(n, "alice", item, kind="click") for n, item in enumerate(history, 1)],
+        )
+    )
 
     def triggered(records):
         return any(r.value and json.loads(r.value)["trigger_event_id"] == "alice-3" for r in records)

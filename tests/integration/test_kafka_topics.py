@@ -7,8 +7,8 @@ import time
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
-from stream_app.demo import publish_catalog
 from core.kafka import ensure_topics
+from stream_app.demo import publish_catalog
 from tests.integration.conftest import consume_until, event, ml100k_items, produce, run
 
 pytestmark = pytest.mark.integration
@@ -19,8 +19,9 @@ COMPACTION_TIMEOUT_S = 90  # the log cleaner looks for work every 15 s (Kafka's 
 def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     try:
-        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics],
-                                       config_filter="all")
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics], config_filter="all"
+        )
     finally:
         admin.close()
     return {name: {k: v["value"] for k, v in configs.items()} for name, configs in found["topic"].items()}
@@ -56,8 +57,9 @@ def test_a_compacted_topic_keeps_the_last_value_per_key(settings):
     the start gives exactly one record per key, the newest."""
     run(ensure_topics(settings))
     topic = settings.topics.items
-    alter_topic(settings, topic, {"segment.ms": "200", "min.cleanable.dirty.ratio": "0.01",
-                                  "cleanup.policy": "compact"})
+    alter_topic(
+        settings, topic, {"segment.ms": "200", "min.cleanable.dirty.ratio": "0.01", "cleanup.policy": "compact"}
+    )
     keys = [f"item{i}" for i in range(20)]
     versions = [(k.encode(), json.dumps({"item_id": k, "title": f"v{v}"}).encode()) for v in range(5) for k in keys]
     run(produce(settings, topic, versions))

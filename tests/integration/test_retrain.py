@@ -16,15 +16,15 @@ a matter of noise:
 import json
 from types import SimpleNamespace
 
-import kafka
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import kafka
+from core.kafka import end_offsets
 from encoders.retrain_cli import standalone
 from export.registry import Registry
 from stream_app.demo import publish_catalog
-from core.kafka import end_offsets
 from stream_app.replay import publish
 from tests.integration.conftest import copy_version, dumps, event, ml100k_items, produce, run, settings_env
 
@@ -74,8 +74,12 @@ def end_offset(settings, topic: str) -> int:
 
 
 def model_updates(settings) -> list[dict]:
-    consumer = kafka.KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                   auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = kafka.KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
     try:
         tp = kafka.TopicPartition(settings.topics.model_updates, 0)
         consumer.assign([tp])
@@ -106,19 +110,30 @@ def promoted(broker, two_tower_registry, tmp_path_factory):
     production = copy_version(two_tower_registry, root)
     Registry(root).set_latest(production)
     tag = tmp.name[-8:].replace("-", "")
-    settings = Settings(kafka={"broker": broker.url}, registry={"path": root}, topics=Topics(
-        events=f"events-rt{tag}", items=f"items-rt{tag}", recommendations=f"recs-rt{tag}", dlq=f"dlq-rt{tag}",
-        model_updates=f"updates-rt{tag}", control=f"control-rt{tag}"))
+    settings = Settings(
+        kafka={"broker": broker.url},
+        registry={"path": root},
+        topics=Topics(
+            events=f"events-rt{tag}",
+            items=f"items-rt{tag}",
+            recommendations=f"recs-rt{tag}",
+            dlq=f"dlq-rt{tag}",
+            model_updates=f"updates-rt{tag}",
+            control=f"control-rt{tag}",
+        ),
+    )
     run(publish_catalog(settings, CATALOG))
     publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
     invalid = [(b"x", b"{not json"), event(999, "a1", "1", "teleport"), (b"a2", dumps({"user_id": "a2"}))]
     run(produce(settings, settings.topics.events, invalid))  # what the worker dead-letters
     position = tmp / "position.json"  # does not exist yet: the first run reads from the start
 
-    result, report = retrain(settings, "--from-offsets", str(position), "--since", "1h",
-                             "--work-dir", str(tmp / "work"))
-    return SimpleNamespace(settings=settings, root=root, production=production, position=position,
-                           result=result, report=report, tmp=tmp)
+    result, report = retrain(
+        settings, "--from-offsets", str(position), "--since", "1h", "--work-dir", str(tmp / "work")
+    )
+    return SimpleNamespace(
+        settings=settings, root=root, production=production, position=position, result=result, report=report, tmp=tmp
+    )
 
 
 def test_a_better_candidate_is_promoted_registered_and_announced(promoted):
@@ -142,8 +157,11 @@ def test_a_better_candidate_is_promoted_registered_and_announced(promoted):
     assert holdout["cases_with_items_new_since_production"] > 0
     assert evaluation["candidate"]["NDCG@10"] > evaluation["production"]["NDCG@10"] + 0.3
     # the stored position now points past everything this run read
-    assert json.loads(promoted.position.read_text()) == {"0": USERS * STEPS + 3} == {
-        str(p): o for p, o in data["end_offsets"].items()}
+    assert (
+        json.loads(promoted.position.read_text())
+        == {"0": USERS * STEPS + 3}
+        == {str(p): o for p, o in data["end_offsets"].items()}
+    )
 
 
 def test_data_that_makes_the_candidate_worse_is_rejected_and_nothing_changes(promoted):
@@ -154,8 +172,9 @@ def test_data_that_makes_the_candidate_worse_is_rejected_and_nothing_changes(pro
 
     # New users: 18 steps of pattern B, then their newest 2 steps follow A again.
     publish_events(settings, walks("b", [B] * (STEPS - 2) + [A] * 2, 1_710_000_000_000))
-    result, report = retrain(settings, "--from-offsets", str(promoted.position), "--work-dir",
-                             str(promoted.tmp / "work"))
+    result, report = retrain(
+        settings, "--from-offsets", str(promoted.position), "--work-dir", str(promoted.tmp / "work")
+    )
     assert result.exit_code == 3, result.output + json.dumps(report, indent=1)[:3000]
     assert "REJECTED" in result.output
 

@@ -2,10 +2,15 @@
 
 import pytest
 
-from stream_app.demo import free_port
-from stream_app.demo import publish_catalog
+from stream_app.demo import free_port, publish_catalog
 from tests.integration.conftest import (
-    consume_until, event, latest_by_user, ml100k_items, produce, read_windows, run,
+    consume_until,
+    event,
+    latest_by_user,
+    ml100k_items,
+    produce,
+    read_windows,
+    run,
 )
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from core.kafka import broker_engine, end_offsets, ensure_topics
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, event, latest_by_user, ml100k_items, produce, read_windows, run,
+    consume_until,
+    event,
+    latest_by_user,
+    ml100k_items,
+    produce,
+    read_windows,
+    run,
 )
 
 pytestmark = pytest.mark.integration
@@ -57,7 +63,8 @@ def test_windows_survive_restart_and_rebuild_from_changelog(settings_on_each_bro
     rebuilt = read_windows(rebuilt_settings.worker.data_dir)
     assert rebuilt.pop("cold").event_ids == ["cold-99"]
     assert {u: w.event_ids for u, w in rebuilt.items()} == {
-        u: [f"{u}-{i}", f"{u}-{100 + i}", f"{u}-{200 + i}"] for i, u in enumerate(USERS)}
+        u: [f"{u}-{i}", f"{u}-{100 + i}", f"{u}-{200 + i}"] for i, u in enumerate(USERS)
+    }
 
 
 async def _send_one_batch(settings, topic: str, n: int) -> int:

@@ -7,7 +7,13 @@ import pytest
 from export.registry import Registry
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, dumps, event, latest_by_user, ml100k_items, produce, run,
+    consume_until,
+    dumps,
+    event,
+    latest_by_user,
+    ml100k_items,
+    produce,
+    run,
 )
 
 pytestmark = pytest.mark.integration
@@ -21,12 +27,14 @@ HISTORIES = {  # ml-100k ids: 1 Toy Story, 71 Lion King, 95 Aladdin | 50 Star Wa
 
 
 def toy_story_like(item_id: str) -> tuple[bytes, bytes]:
-    return item_id.encode(), dumps({"item_id": item_id, "title": "Toy Story 2 (1999)",
-                                    "categories": ["Animation", "Children's", "Comedy"]})
+    return item_id.encode(), dumps(
+        {"item_id": item_id, "title": "Toy Story 2 (1999)", "categories": ["Animation", "Children's", "Comedy"]}
+    )
 
 
 def wait_for_triggers(settings, triggers: dict[str, str]) -> dict[str, dict]:
     """Latest recommendation per user, once each user's list was triggered by the given event."""
+
     def done(records):
         latest = latest_by_user(records)
         return all(latest.get(u, {}).get("trigger_event_id") == e for u, e in triggers.items())
@@ -55,11 +63,12 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
             good.append(event(n, user, item, kind="click"))
     good.append(event(n + 1, "alice", "not-yet-in-catalog"))  # kept in the window, not dropped
     good.append(event(n + 2, "carol", "not-yet-in-catalog"))  # no usable history: trending
-    mixed = [record for pair in zip(good, bad) for record in pair] + good[len(bad):]
+    mixed = [record for pair in zip(good, bad) for record in pair] + good[len(bad) :]
     run(produce(settings, settings.topics.events, mixed))
 
-    latest = wait_for_triggers(settings, {"alice": f"alice-{n + 1}", "bob": f"bob-{len(HISTORIES['alice']) * 2}",
-                                          "carol": f"carol-{n + 2}"})
+    latest = wait_for_triggers(
+        settings, {"alice": f"alice-{n + 1}", "bob": f"bob-{len(HISTORIES['alice']) * 2}", "carol": f"carol-{n + 2}"}
+    )
     version = Registry(settings.registry.path).latest()
     for user, history in HISTORIES.items():
         record = latest[user]
@@ -84,14 +93,15 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
     carol = latest["carol"]["items"]
     assert len({i["item_id"] for i in carol}) == 10 and all(i.get("because") is None for i in carol)
     seen = {item for history in HISTORIES.values() for item in history}
-    assert {i["item_id"] for i in carol[:len(seen)]} == seen  # the most interacted-with items come first
+    assert {i["item_id"] for i in carol[: len(seen)]} == seen  # the most interacted-with items come first
     assert set(latest) == {"alice", "bob", "carol"}  # the bad records' user "x" got nothing
 
     dlq = run(consume_until(settings, settings.topics.dlq, lambda r: len(r) >= len(bad)))
     assert [(r.key, r.value) for r in dlq] == bad  # original bytes, in order
     reasons = [dict(r.headers)["dlq.reason"].decode() for r in dlq]
-    for reason, expected in zip(reasons, ["not JSON", "not UTF-8", "item_id", "unknown event_type",
-                                          "user_id", "exceeds the limit"]):
+    for reason, expected in zip(
+        reasons, ["not JSON", "not UTF-8", "item_id", "unknown event_type", "user_id", "exceeds the limit"]
+    ):
         assert expected in reason
     assert all(dict(r.headers)["dlq.topic"].decode() == settings.topics.events for r in dlq)
     offsets = sorted(int(dict(r.headers)["dlq.offset"]) for r in dlq)
@@ -104,10 +114,16 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
     latest = wait_for_triggers(settings, {"alice": "alice-100"})
     assert {"9001", "9002"} <= {i["item_id"] for i in latest["alice"]["items"]}
 
-    run(produce(settings, settings.topics.items, [
-        (b"9001", dumps({"item_id": "9001", "title": "Toy Story 2 (1999)", "available": False})),
-        (b"9002", None),
-    ]))
+    run(
+        produce(
+            settings,
+            settings.topics.items,
+            [
+                (b"9001", dumps({"item_id": "9001", "title": "Toy Story 2 (1999)", "available": False})),
+                (b"9002", None),
+            ],
+        )
+    )
     worker.wait_for_catalog(len(CATALOG))
     run(produce(settings, settings.topics.events, [event(101, "alice", "71")]))
     latest = wait_for_triggers(settings, {"alice": "alice-101"})

@@ -28,7 +28,12 @@ print(len(ranked), recommender.runtime.user_encoder is not None, heavy)
 
 def test_worker_scores_a_trained_model_without_torch(two_tower_registry):
     version = Registry(two_tower_registry).versions()[-1]
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(two_tower_registry), version], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(two_tower_registry), version],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "10 True []"

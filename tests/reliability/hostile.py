@@ -33,22 +33,73 @@ MAX_ID = 256
 
 # Unicode oddities that are valid text: zero-width, bidi controls, BOM, NUL, combining marks,
 # astral characters, noncharacters, other scripts, JSON-special characters.
-ODD = ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202e", "\u2066", "\u2069", "\ufeff",
-       "\x00", "\x07", "\x1b", "\x7f", "\u0301", "\u0308", "\U0001F600", "\U0001F468\u200d\U0001F469",
-       "\ufffd", "\uffff", "\U0010ffff", "\u0627", "\u05e9", "\u4e2d", "\n", "\r", "\t", '"', "\\", "/", " "]
+ODD = [
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u200e",
+    "\u200f",
+    "\u202a",
+    "\u202e",
+    "\u2066",
+    "\u2069",
+    "\ufeff",
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\x7f",
+    "\u0301",
+    "\u0308",
+    "\U0001f600",
+    "\U0001f468\u200d\U0001f469",
+    "\ufffd",
+    "\uffff",
+    "\U0010ffff",
+    "\u0627",
+    "\u05e9",
+    "\u4e2d",
+    "\n",
+    "\r",
+    "\t",
+    '"',
+    "\\",
+    "/",
+    " ",
+]
 # Byte sequences that are never valid UTF-8 when followed by ASCII (or nothing).
-INVALID_UTF8 = [b"\xff", b"\xfe", b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf", b"\xed\xa0\x80",
-                b"\xed\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98"]
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xfe",
+    b"\x80",
+    b"\xbf",
+    b"\xc0\xaf",
+    b"\xc1\xbf",
+    b"\xe0\x80\xaf",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\xc3",
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+]
 LATIN1 = "\u00e9\u00fc\u00f1\u00df\u00f8\u00c6\u00bf\u00a0\u00ff"  # one byte >= 0x80 in latin-1 / cp1252
 
-odd_text = st.lists(st.one_of(st.sampled_from(ODD), st.characters(exclude_categories=("Cs",))),
-                    min_size=1, max_size=24).map("".join)
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                 st.dictionaries(st.text(max_size=8), inner,
-                                                                                 max_size=4)),
-                           max_leaves=12)
+odd_text = st.lists(
+    st.one_of(st.sampled_from(ODD), st.characters(exclude_categories=("Cs",))), min_size=1, max_size=24
+).map("".join)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 @dataclass(frozen=True)
@@ -149,15 +200,22 @@ def _iso(dt: datetime, tz: timezone | None, z: bool) -> str:
     return text.replace("+00:00", "Z") if z else text
 
 
-TZS = [None, timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)),
-       timezone(timedelta(hours=14)), timezone(timedelta(hours=-12))]
+TZS = [
+    None,
+    timezone.utc,
+    timezone(timedelta(hours=5, minutes=30)),
+    timezone(timedelta(hours=-8)),
+    timezone(timedelta(hours=14)),
+    timezone(timedelta(hours=-12)),
+]
 
 
 def good_ts(ctx: Context) -> st.SearchStrategy[tuple[object, float]]:
     """(ts as sent, ts in seconds): epoch ms as int or float, or ISO-8601 with or without a zone."""
     hi_ms = ctx.latest_good_ms
-    as_int = st.one_of(st.just(0), st.just(hi_ms), st.integers(0, hi_ms),
-                       st.integers(ctx.start_ms - 400 * 86_400_000, hi_ms)).map(lambda ms: (ms, ms / 1000))
+    as_int = st.one_of(
+        st.just(0), st.just(hi_ms), st.integers(0, hi_ms), st.integers(ctx.start_ms - 400 * 86_400_000, hi_ms)
+    ).map(lambda ms: (ms, ms / 1000))
     as_float = st.floats(0.0, float(hi_ms)).map(lambda ms: (ms, ms / 1000))
     hi_dt = datetime.fromtimestamp(hi_ms / 1000, timezone.utc).replace(tzinfo=None)
 
@@ -173,16 +231,25 @@ def good_ts(ctx: Context) -> st.SearchStrategy[tuple[object, float]]:
 def good_event(ctx: Context) -> st.SearchStrategy[tuple[dict, float]]:
     """(a valid event, its ts in seconds): users mostly from a pool (so windows fill up), items
     mostly from the catalog (an unknown item is kept in the window: it may arrive later)."""
-    users = st.one_of(st.sampled_from(ctx.users), st.sampled_from(ctx.users), odd_text,
-                      st.text(min_size=MAX_ID, max_size=MAX_ID, alphabet=st.characters(codec="utf-8")))
+    users = st.one_of(
+        st.sampled_from(ctx.users),
+        st.sampled_from(ctx.users),
+        odd_text,
+        st.text(min_size=MAX_ID, max_size=MAX_ID, alphabet=st.characters(codec="utf-8")),
+    )
     items = st.one_of(st.sampled_from(ctx.catalog), st.sampled_from(ctx.catalog), odd_text)
     timestamps = good_ts(ctx)
 
     @st.composite
     def event(draw):
         ts, ts_s = draw(timestamps)
-        value = {"event_id": draw(odd_text), "user_id": draw(users), "item_id": draw(items),
-                 "event_type": draw(st.sampled_from(TYPES)), "ts": ts}
+        value = {
+            "event_id": draw(odd_text),
+            "user_id": draw(users),
+            "item_id": draw(items),
+            "event_type": draw(st.sampled_from(TYPES)),
+            "ts": ts,
+        }
         return value, ts_s
 
     return event()
@@ -241,14 +308,28 @@ def bad_draft(draw, ctx: Context, events: st.SearchStrategy, kind: str) -> Draft
         return Draft(f"{kind} ({codec})", key, text.encode(codec), "^not UTF-8")
     if kind == "not JSON":
         raw = _ascii_json(base)
-        broken = draw(st.one_of(
-            st.integers(1, len(raw) - 1).map(lambda at: raw[:at]),  # truncated
-            st.text(max_size=20).map(lambda t: raw + b" x" + t.encode()),  # trailing garbage
-            st.just(repr(base).encode("utf-8", "backslashreplace")),  # a Python dict, not JSON
-            st.text(max_size=40).map(lambda t: ("<" + t).encode()),
-            st.sampled_from([b"", b" ", b"\n\t", b"{", b"}", b"{'a': 1}", b"undefined", b"{\"ts\": 01}",
-                             b"\x00", b"\xef\xbb\xbf" + raw]),  # ... and a UTF-8 BOM
-        ))
+        broken = draw(
+            st.one_of(
+                st.integers(1, len(raw) - 1).map(lambda at: raw[:at]),  # truncated
+                st.text(max_size=20).map(lambda t: raw + b" x" + t.encode()),  # trailing garbage
+                st.just(repr(base).encode("utf-8", "backslashreplace")),  # a Python dict, not JSON
+                st.text(max_size=40).map(lambda t: ("<" + t).encode()),
+                st.sampled_from(
+                    [
+                        b"",
+                        b" ",
+                        b"\n\t",
+                        b"{",
+                        b"}",
+                        b"{'a': 1}",
+                        b"undefined",
+                        b'{"ts": 01}',
+                        b"\x00",
+                        b"\xef\xbb\xbf" + raw,
+                    ]
+                ),  # ... and a UTF-8 BOM
+            )
+        )
         return Draft(kind, key, broken, "^not JSON")
     if kind == "JSON but not an object":
         value = draw(st.one_of(json_scalars, st.lists(json_values, max_size=3)))
@@ -257,7 +338,7 @@ def bad_draft(draw, ctx: Context, events: st.SearchStrategy, kind: str) -> Draft
         return Draft(kind, key, None, "^empty value")
     if kind == "huge":
         size = draw(st.integers(ctx.max_bytes + 1, 4 * ctx.max_bytes))
-        filler = draw(st.sampled_from(["x", "\u00e9", "\U0001F600", "\x00"]))
+        filler = draw(st.sampled_from(["x", "\u00e9", "\U0001f600", "\x00"]))
         if draw(st.booleans()):
             raw = json.dumps({**base, "pad": filler * size}).encode()
         else:
@@ -285,36 +366,62 @@ def bad_draft(draw, ctx: Context, events: st.SearchStrategy, kind: str) -> Draft
             lone = draw(st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"]))
             value[name] = draw(st.sampled_from(["", "x"])) + lone + draw(st.sampled_from(["", "y", "\ud800"]))
         elif name == "ts":
-            value[name] = draw(st.one_of(st.booleans(), st.lists(st.integers(), max_size=2),
-                                         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-                                         st.text(max_size=20).map(lambda t: "x" + t)))
+            value[name] = draw(
+                st.one_of(
+                    st.booleans(),
+                    st.lists(st.integers(), max_size=2),
+                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+                    st.text(max_size=20).map(lambda t: "x" + t),
+                )
+            )
         else:
-            value[name] = draw(st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False),
-                                         st.lists(st.text(max_size=3), max_size=2),
-                                         st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)))
+            value[name] = draw(
+                st.one_of(
+                    st.booleans(),
+                    st.integers(),
+                    st.floats(allow_nan=False),
+                    st.lists(st.text(max_size=3), max_size=2),
+                    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+                )
+            )
         return Draft(f"{kind} ({name})", key, value, rf"^invalid event: (.*; )?{name}: ")
     if kind == "dup key, last invalid":
         name = draw(st.sampled_from(ID_FIELDS))
         last = f', "{name}": {draw(st.sampled_from(["5", "null", "[]", "true", json.dumps("")]))}'
         return Draft(kind, key, base, rf"^invalid event: (.*; )?{name}: ", suffix=last)
     if kind == "unknown event_type":
-        event_type = draw(st.one_of(odd_text, st.sampled_from(["View", "VIEW", " view", "view ", "purchase\x00",
-                                                               "click\u200b", "\u202eweiv"])))
+        event_type = draw(
+            st.one_of(
+                odd_text,
+                st.sampled_from(["View", "VIEW", " view", "view ", "purchase\x00", "click\u200b", "\u202eweiv"]),
+            )
+        )
         if event_type in TYPES:
             event_type += "!"
         return Draft(kind, key, {**base, "event_type": event_type}, "^unknown event_type")
     if kind == "ts before 1970":
-        ts = draw(st.one_of(st.integers(max_value=-1), st.floats(max_value=-1e-3),
-                            st.datetimes(max_value=datetime(1969, 12, 31)).map(lambda d: d.isoformat() + "+00:00")))
+        ts = draw(
+            st.one_of(
+                st.integers(max_value=-1),
+                st.floats(max_value=-1e-3),
+                st.datetimes(max_value=datetime(1969, 12, 31)).map(lambda d: d.isoformat() + "+00:00"),
+            )
+        )
         return Draft(kind, key, {**base, "ts": ts}, r"^invalid event: ts: .*before 1970")
     if kind == "ts NaN or infinite":
         ts = draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]))
         expect = r"in the future" if ts == float("inf") else r"^invalid event: ts: .*before 1970"
         return Draft(kind, key, {**base, "ts": ts}, expect)  # json.dumps writes NaN/Infinity, json.loads reads them
     if kind == "ts in the far future":
-        ts = draw(st.one_of(st.integers(ctx.earliest_future_ms, 10**300), st.floats(float(ctx.earliest_future_ms)),
-                            st.datetimes(min_value=datetime.fromtimestamp(ctx.earliest_future_ms / 1000 + 86_400))
-                            .map(lambda d: d.isoformat())))
+        ts = draw(
+            st.one_of(
+                st.integers(ctx.earliest_future_ms, 10**300),
+                st.floats(float(ctx.earliest_future_ms)),
+                st.datetimes(min_value=datetime.fromtimestamp(ctx.earliest_future_ms / 1000 + 86_400)).map(
+                    lambda d: d.isoformat()
+                ),
+            )
+        )
         return Draft(kind, key, {**base, "ts": ts}, r"in the future|^invalid event: ts: .*out of range")
     if kind == "ts a huge number":  # beyond float range, or beyond Python's int-parsing digit limit
         digits = draw(st.one_of(st.integers(310, 4_300), st.integers(4_301, 6_000)))
@@ -324,10 +431,27 @@ def bad_draft(draw, ctx: Context, events: st.SearchStrategy, kind: str) -> Draft
     raise AssertionError(kind)
 
 
-BAD_KINDS = ["invalid UTF-8", "other encoding", "not JSON", "JSON but not an object", "null value", "huge",
-             "deep nesting", "wrong type", "null field", "missing field", "empty id", "too long id",
-             "lone surrogate", "dup key, last invalid", "unknown event_type", "ts before 1970", "ts NaN or infinite",
-             "ts in the far future", "ts a huge number"]
+BAD_KINDS = [
+    "invalid UTF-8",
+    "other encoding",
+    "not JSON",
+    "JSON but not an object",
+    "null value",
+    "huge",
+    "deep nesting",
+    "wrong type",
+    "null field",
+    "missing field",
+    "empty id",
+    "too long id",
+    "lone surrogate",
+    "dup key, last invalid",
+    "unknown event_type",
+    "ts before 1970",
+    "ts NaN or infinite",
+    "ts in the far future",
+    "ts a huge number",
+]
 
 
 def strategies(ctx: Context) -> dict[str, tuple[st.SearchStrategy, int]]:
@@ -336,8 +460,10 @@ def strategies(ctx: Context) -> dict[str, tuple[st.SearchStrategy, int]]:
     events = good_event(ctx)
     kinds = {f"good: {v}": (good_draft(events, v), 3) for v in GOOD_KINDS}
     kinds["duplicate (resent)"] = (st.builds(Resend, st.integers(0, 10**6)), 2)
-    kinds["duplicate event_id, other item"] = (st.builds(Conflict, st.integers(0, 10**6),
-                                                         st.sampled_from(ctx.catalog[:3])), 2)
+    kinds["duplicate event_id, other item"] = (
+        st.builds(Conflict, st.integers(0, 10**6), st.sampled_from(ctx.catalog[:3])),
+        2,
+    )
     kinds.update({kind: (bad_draft(ctx, events, kind), 1) for kind in BAD_KINDS})
     return kinds
 
@@ -362,8 +488,13 @@ def render_all(drawn: list, ctx: Context) -> list[Sent]:
                 continue
             original = good[d.pick % len(good)]
             event_id, user, _, event_type, ts_s = original.event
-            value = {"event_id": event_id, "user_id": user, "item_id": d.item, "event_type": event_type,
-                     "ts": json.loads(original.value)["ts"]}  # the same ts as sent (ms or ISO)
+            value = {
+                "event_id": event_id,
+                "user_id": user,
+                "item_id": d.item,
+                "event_type": event_type,
+                "ts": json.loads(original.value)["ts"],
+            }  # the same ts as sent (ms or ISO)
             record = Draft(d.kind, "user", value, ts_s=ts_s).render(n, ctx.max_bytes)
         else:
             record = d.render(n, ctx.max_bytes)
@@ -376,9 +507,20 @@ def render_all(drawn: list, ctx: Context) -> list[Sent]:
     for user, record in last_by_user.items():
         if not record.kind.startswith("good"):
             n = len(sent)
-            sent.append(Draft("good: closing", "user", {"event_id": f"{n}:closing", "user_id": user, "item_id": "1",
-                                                         "event_type": "view", "ts": ctx.start_ms},
-                              ts_s=ctx.start_ms / 1000).render(n, ctx.max_bytes))
+            sent.append(
+                Draft(
+                    "good: closing",
+                    "user",
+                    {
+                        "event_id": f"{n}:closing",
+                        "user_id": user,
+                        "item_id": "1",
+                        "event_type": "view",
+                        "ts": ctx.start_ms,
+                    },
+                    ts_s=ctx.start_ms / 1000,
+                ).render(n, ctx.max_bytes)
+            )
     return sent
 
 

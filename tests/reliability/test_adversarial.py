@@ -34,15 +34,17 @@ import time
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase, given, seed
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from state.window import WindowEvent
 from core.contracts import InvalidRecord, parse_event
 from core.settings import Settings
+from state.window import WindowEvent
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import consume_until, metric_values, ml100k_items, read_windows, reference_windows, run
 from tests.reliability.conftest import scaled
-from tests.reliability.hostile import Conflict, Context, Resend, Sent, TYPES, reason_matches, render_all, strategies
+from tests.reliability.hostile import TYPES, Conflict, Context, Resend, Sent, reason_matches, render_all, strategies
 
 N_RECORDS = int(scaled(1_000, 10_000))
 N_PARSER_EXAMPLES = int(scaled(300, 5_000))
@@ -51,8 +53,12 @@ CATALOG = ml100k_items(60)
 
 
 def context(s: Settings) -> Context:
-    return Context(catalog=[k for k, _ in CATALOG], users=[f"user{i}" for i in range(40)],
-                   max_bytes=s.worker.max_record_bytes, skew_s=s.worker.max_future_skew_s)
+    return Context(
+        catalog=[k for k, _ in CATALOG],
+        users=[f"user{i}" for i in range(40)],
+        max_bytes=s.worker.max_record_bytes,
+        skew_s=s.worker.max_future_skew_s,
+    )
 
 
 def draw_records(ctx: Context, n: int, run_seed: int) -> list[Sent]:
@@ -61,9 +67,15 @@ def draw_records(ctx: Context, n: int, run_seed: int) -> list[Sent]:
     total = sum(weight for _, weight in kinds.values())
     drawn: list = []
     for name, (strategy, weight) in kinds.items():
+
         @seed(run_seed)
-        @hsettings(max_examples=max(1, round(n * weight / total)), phases=[Phase.generate], database=None,
-                   deadline=None, suppress_health_check=list(HealthCheck))
+        @hsettings(
+            max_examples=max(1, round(n * weight / total)),
+            phases=[Phase.generate],
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(strategy)
         def collect(draft):
             drawn.append(draft)
@@ -169,47 +181,67 @@ def test_hostile_records_through_the_real_worker(settings, start_worker):
     # Every good event answered, and only good events' users get recommendations.
     through = answers.answered_through(recs)
     unanswered = [r for r in good if through.get(r.event[1], -1) < r.n]
-    assert not unanswered, f"seed {SEED}: {len(unanswered)} good events unanswered, e.g.\n" + \
-        "\n".join(describe(r) for r in unanswered[:10])
+    assert not unanswered, f"seed {SEED}: {len(unanswered)} good events unanswered, e.g.\n" + "\n".join(
+        describe(r) for r in unanswered[:10]
+    )
     assert not answers.unknown_triggers, f"recommendations triggered by no good event: {answers.unknown_triggers[:10]}"
 
     log = worker.log()
     worker.stop()
-    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
     stored = read_windows(settings.worker.data_dir)
     windows = {user: w.events() for user, w in stored.items()}
-    expected = {user: w.events() for user, w in reference_windows(
-        ((r.event[1], WindowEvent(r.event[0], *r.event[2:])) for r in good), settings).items()}
+    expected = {
+        user: w.events()
+        for user, w in reference_windows(
+            ((r.event[1], WindowEvent(r.event[0], *r.event[2:])) for r in good), settings
+        ).items()
+    }
     wrong = sorted(u for u in expected.keys() | windows.keys() if windows.get(u) != expected.get(u))
-    assert not wrong, f"seed {SEED}: {len(wrong)} windows differ from the reference, e.g. {wrong[0]!r}: " \
-                      f"{windows.get(wrong[0])} != {expected.get(wrong[0])}"
+    assert not wrong, (
+        f"seed {SEED}: {len(wrong)} windows differ from the reference, e.g. {wrong[0]!r}: "
+        f"{windows.get(wrong[0])} != {expected.get(wrong[0])}"
+    )
     assert all(len(set(w.event_ids)) == len(w.event_ids) for w in stored.values())
 
     duplicates = sum(1 for r in good if r.kind.startswith("duplicate"))
     by_kind = Counter(r.kind.split(" (")[0] for r in bad)
-    print(f"\nadversarial (seed {SEED}): {len(sent)} records ({len(good)} good incl. {duplicates} duplicates, "
-          f"{len(bad)} bad of {len(by_kind)} kinds; drawn in {drawn_s:.1f}s): {len(dlq)} dead-lettered, 0 lost, "
-          f"0 crashes, {len(recs)} recommendations, {len(expected)} windows equal to the reference; "
-          f"processed in {processed_s:.1f}s")
+    print(
+        f"\nadversarial (seed {SEED}): {len(sent)} records ({len(good)} good incl. {duplicates} duplicates, "
+        f"{len(bad)} bad of {len(by_kind)} kinds; drawn in {drawn_s:.1f}s): {len(dlq)} dead-lettered, 0 lost, "
+        f"0 crashes, {len(recs)} recommendations, {len(expected)} windows equal to the reference; "
+        f"processed in {processed_s:.1f}s"
+    )
 
 
 def parser_cases() -> st.SearchStrategy[Sent]:
     """Every non-duplicate kind, rendered alone (duplicates only mean something in a stream)."""
     ctx = context(Settings())
     kinds = [s for s, _ in strategies(ctx).values()]
-    return st.one_of(*kinds).filter(lambda d: not isinstance(d, (Resend, Conflict))).map(
-        lambda d: d.render(0, ctx.max_bytes))
+    return (
+        st.one_of(*kinds)
+        .filter(lambda d: not isinstance(d, (Resend, Conflict)))
+        .map(lambda d: d.render(0, ctx.max_bytes))
+    )
 
 
 @seed(SEED)
-@hsettings(max_examples=N_PARSER_EXAMPLES, database=None, deadline=None,
-           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@hsettings(
+    max_examples=N_PARSER_EXAMPLES,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(st.one_of(parser_cases(), st.binary(max_size=64).map(lambda b: Sent(0, "bytes", None, b, "", None))))
 def test_parser_rejects_with_the_contract_reason_and_never_raises_anything_else(case):
     s = Settings()
     try:
-        event = parse_event(case.value, max_bytes=s.worker.max_record_bytes, event_types=set(TYPES),
-                            max_future_skew_s=s.worker.max_future_skew_s)
+        event = parse_event(
+            case.value,
+            max_bytes=s.worker.max_record_bytes,
+            event_types=set(TYPES),
+            max_future_skew_s=s.worker.max_future_skew_s,
+        )
     except InvalidRecord as e:
         assert e.reason and not case.good, f"{case.kind}: rejected ({e.reason})"
         assert reason_matches(case.expect, e.reason), f"{case.kind}: {e.reason!r} !~ {case.expect!r}"

@@ -40,8 +40,9 @@ def test_broker_kill_9_and_restart_loses_nothing(settings, start_worker, tmp_pat
         planned_records = planned_events(N_EVENTS, EVENTS_PER_USER)
         planned = values(planned_records)
 
-        producer = threading.Thread(target=produce_paced,
-                                    args=(settings, settings.topics.events, planned_records, RATE))
+        producer = threading.Thread(
+            target=produce_paced, args=(settings, settings.topics.events, planned_records, RATE)
+        )
         started = time.monotonic()
         producer.start()
         time.sleep(N_EVENTS / RATE / 4)
@@ -65,21 +66,31 @@ def test_broker_kill_9_and_restart_loses_nothing(settings, start_worker, tmp_pat
         outputs, drained = consume_drained(settings, planned, timeout_s=scaled(60, 180))
         drained_s = time.monotonic() - started
         ids = {e["event_id"] for e in planned}
-        inputs = values(run(consume_until(settings, settings.topics.events,  # what the producer's retries wrote
-                                          lambda rs: ids <= {e["event_id"] for e in values(rs)}, timeout_s=60)))
+        inputs = values(
+            run(
+                consume_until(
+                    settings,
+                    settings.topics.events,  # what the producer's retries wrote
+                    lambda rs: ids <= {e["event_id"] for e in values(rs)},
+                    timeout_s=60,
+                )
+            )
+        )
         same_process = worker.process.poll() is None
         worker.stop()  # while its broker still runs
     windows = {u: w.event_ids for u, w in read_windows(settings.worker.data_dir).items()}
     result = account_for(planned, outputs, windows, settings.worker.window_size)
-    print(f"\nbroker kill -9 after {killed_at - started:.1f}s, restarted {DOWN_S:.0f}s later on the same log: "
-          f"noticed after {noticed_s:.1f}s (streamrec_broker_up 0: {broker_up_metric}), broker ready "
-          f"{broker_ready_s:.1f}s and worker healthy {healthy_s:.1f}s after the restart; {result.events} events "
-          f"({N_EVENTS / RATE:.0f}s planned at {RATE:.0f}/s, produced in {produced_s:.1f}s; "
-          f"{len(inputs) - len(ids)} written twice by the producer's retries), {len(outputs)} records, "
-          f"{len(result.lost)} lost {result.lost[:5]}, {result.duplicates} duplicates (same trigger_event_id), "
-          f"{result.by_trigger} answered by their own record + {result.only_in_window} coalesced (in the window "
-          f"only), {len(result.unplanned)} unplanned triggers; {'drained' if drained else 'NOT drained'} "
-          f"{drained_s:.1f}s after the first event; same worker process throughout: {same_process}")
+    print(
+        f"\nbroker kill -9 after {killed_at - started:.1f}s, restarted {DOWN_S:.0f}s later on the same log: "
+        f"noticed after {noticed_s:.1f}s (streamrec_broker_up 0: {broker_up_metric}), broker ready "
+        f"{broker_ready_s:.1f}s and worker healthy {healthy_s:.1f}s after the restart; {result.events} events "
+        f"({N_EVENTS / RATE:.0f}s planned at {RATE:.0f}/s, produced in {produced_s:.1f}s; "
+        f"{len(inputs) - len(ids)} written twice by the producer's retries), {len(outputs)} records, "
+        f"{len(result.lost)} lost {result.lost[:5]}, {result.duplicates} duplicates (same trigger_event_id), "
+        f"{result.by_trigger} answered by their own record + {result.only_in_window} coalesced (in the window "
+        f"only), {len(result.unplanned)} unplanned triggers; {'drained' if drained else 'NOT drained'} "
+        f"{drained_s:.1f}s after the first event; same worker process throughout: {same_process}"
+    )
     assert broker_up_metric
     assert same_process, "the worker exited while the broker was down"
     assert result.lost == [], f"{len(result.lost)} planned events lost: {result.lost[:20]}"

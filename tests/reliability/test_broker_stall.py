@@ -9,8 +9,7 @@ import time
 import pytest
 
 from core.brokers import KafkaCluster
-from stream_app.demo import free_port
-from stream_app.demo import publish_catalog
+from stream_app.demo import free_port, publish_catalog
 from tests.integration.conftest import consume_until, event, ml100k_items, produce_paced, run
 from tests.reliability.conftest import scaled
 
@@ -48,11 +47,18 @@ def test_broker_stall_is_reported_and_survived(settings, start_worker, tmp_path)
         producer.join()
 
         wanted = {json.loads(v)["event_id"] for _, v in planned}
-        records = run(consume_until(settings, settings.topics.recommendations,
-                                    lambda rs: wanted <= {json.loads(r.value)["trigger_event_id"] for r in rs},
-                                    timeout_s=180))
+        records = run(
+            consume_until(
+                settings,
+                settings.topics.recommendations,
+                lambda rs: wanted <= {json.loads(r.value)["trigger_event_id"] for r in rs},
+                timeout_s=180,
+            )
+        )
         answered = {json.loads(r.value)["trigger_event_id"] for r in records}
         worker.stop()  # while its broker still runs
         assert wanted <= answered
-        print(f"\nbroker stall {STALL_S:.0f}s: noticed after {noticed_s:.1f}s, healthy {healthy_s:.1f}s after "
-              f"resume, {N_EVENTS} events, 0 lost, {len(records) - len(answered)} duplicates")
+        print(
+            f"\nbroker stall {STALL_S:.0f}s: noticed after {noticed_s:.1f}s, healthy {healthy_s:.1f}s after "
+            f"resume, {N_EVENTS} events, 0 lost, {len(records) - len(answered)} duplicates"
+        )

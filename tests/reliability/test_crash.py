@@ -29,15 +29,21 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import pytest
 
 from state.window import UserWindow, WindowEvent
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    consume_until, event, ml100k_items, produce_paced, read_windows, reference_windows, run,
+    consume_until,
+    event,
+    ml100k_items,
+    produce_paced,
+    read_windows,
+    reference_windows,
+    run,
 )
 from tests.reliability.conftest import scaled
 
@@ -61,8 +67,9 @@ class Accounting:
     unplanned: list[str] = field(default_factory=list)  # trigger ids no planned event of that user has
 
 
-def account_for(planned: Iterable[Mapping], outputs: Iterable[Mapping], windows: Mapping[str, Iterable[str]],
-                window_size: int) -> Accounting:
+def account_for(
+    planned: Iterable[Mapping], outputs: Iterable[Mapping], windows: Mapping[str, Iterable[str]], window_size: int
+) -> Accounting:
     """Each planned event (`event_id`, `user_id`) on its own: answered by an output record of its
     user whose `trigger_event_id` is its id, or held in its user's window (`windows`: user -> event
     ids). Exact only if no user has more planned events than `window_size` (otherwise a coalesced
@@ -74,8 +81,10 @@ def account_for(planned: Iterable[Mapping], outputs: Iterable[Mapping], windows:
         per_user.setdefault(e["user_id"], set()).add(e["event_id"])
     crowded = {u: len(ids) for u, ids in per_user.items() if len(ids) > window_size}
     if crowded:
-        raise ValueError(f"{len(crowded)} users have more planned events than the window holds ({window_size}), "
-                         f"e.g. {next(iter(crowded.items()))}: the accounting would not be exact")
+        raise ValueError(
+            f"{len(crowded)} users have more planned events than the window holds ({window_size}), "
+            f"e.g. {next(iter(crowded.items()))}: the accounting would not be exact"
+        )
     triggers: dict[tuple[str, str], int] = {}
     for r in outputs:
         key = (r["user_id"], r["trigger_event_id"])
@@ -107,9 +116,10 @@ def simulate_worker(events: list[dict], batch_size: int, window_size: int):
     outputs = []
     for start in range(0, len(events), batch_size):
         touched: dict[str, list[WindowEvent]] = {}
-        for e in events[start:start + batch_size]:
+        for e in events[start : start + batch_size]:
             touched.setdefault(e["user_id"], []).append(
-                WindowEvent(e["event_id"], e["item_id"], e["event_type"], e["ts"] / 1000))
+                WindowEvent(e["event_id"], e["item_id"], e["event_type"], e["ts"] / 1000)
+            )
         for user, new in touched.items():
             windows[user] = windows.get(user, UserWindow()).with_events(new, window_size, 365 * 86_400.0)
             outputs.append({"user_id": user, "trigger_event_id": new[-1].event_id})
@@ -119,8 +129,10 @@ def simulate_worker(events: list[dict], batch_size: int, window_size: int):
 def planned_events(n_events: int, events_per_user: int = EVENTS_PER_USER) -> list[tuple[bytes, bytes]]:
     """Users in turn (event n is user n mod U), each with `events_per_user` events."""
     n_users = math.ceil(n_events / events_per_user)
-    return [event(n, f"user{n % n_users}", str(1 + (n * 13) % 60), ("view", "click", "purchase")[n % 3])
-            for n in range(n_events)]
+    return [
+        event(n, f"user{n % n_users}", str(1 + (n * 13) % 60), ("view", "click", "purchase")[n % 3])
+        for n in range(n_events)
+    ]
 
 
 def values(records) -> list[dict]:
@@ -174,8 +186,11 @@ def test_account_for_refuses_a_plan_the_windows_cannot_hold():
     planned = values(planned_events(120, events_per_user=12))
     outputs, windows = simulate_worker(planned, 25, window_size=5)
     # why: with 5-event windows some coalesced events are neither a trigger nor in a window
-    neither = [e for e in planned if e["event_id"] not in {o["trigger_event_id"] for o in outputs}
-               and e["event_id"] not in windows[e["user_id"]]]
+    neither = [
+        e
+        for e in planned
+        if e["event_id"] not in {o["trigger_event_id"] for o in outputs} and e["event_id"] not in windows[e["user_id"]]
+    ]
     assert neither
     with pytest.raises(ValueError, match="would not be exact"):
         account_for(planned, outputs, windows, window_size=5)
@@ -193,7 +208,7 @@ def test_kill_9_mid_stream_loses_nothing(settings, start_worker, run_no):
     planned = values(planned_records)
     sent = planned_records
     if DROP_ONE:  # show the test sees a loss: one event (not a user's last) is never produced
-        sent = planned_records[:N_EVENTS // 2] + planned_records[N_EVENTS // 2 + 1:]
+        sent = planned_records[: N_EVENTS // 2] + planned_records[N_EVENTS // 2 + 1 :]
 
     producer = threading.Thread(target=produce_paced, args=(settings, settings.topics.events, sent, RATE))
     started = time.monotonic()
@@ -213,17 +228,21 @@ def test_kill_9_mid_stream_loses_nothing(settings, start_worker, run_no):
     restarted.stop()
     windows = {u: w.event_ids for u, w in read_windows(settings.worker.data_dir).items()}
     result = account_for(planned, outputs, windows, settings.worker.window_size)
-    expected = reference_windows(((e["user_id"], WindowEvent(e["event_id"], e["item_id"], e["event_type"],
-                                                             e["ts"] / 1000)) for e in planned), settings)
+    expected = reference_windows(
+        ((e["user_id"], WindowEvent(e["event_id"], e["item_id"], e["event_type"], e["ts"] / 1000)) for e in planned),
+        settings,
+    )
     same_windows = windows == {u: w.event_ids for u, w in expected.items()}
-    print(f"\ncrash (kill -9 after {crashed_at - started:.1f}s of a {N_EVENTS / RATE:.0f}s stream"
-          f"{', one event dropped on purpose' if DROP_ONE else ''}): {result.events} events planned "
-          f"({len(sent)} produced in {produced_s:.1f}s), {len(outputs)} records, {len(result.lost)} lost "
-          f"{result.lost[:5]}, {result.duplicates} duplicates (same trigger_event_id), {result.by_trigger} answered "
-          f"by their own record + {result.only_in_window} coalesced (in the window only), "
-          f"{len(result.unplanned)} unplanned triggers; worker healthy again {recovery_s:.1f}s after kill -9; "
-          f"{'drained' if drained else 'NOT drained'} {drained_s:.1f}s after the first event; "
-          f"{len(windows)} windows, {'equal to' if same_windows else 'DIFFERENT from'} the reference")
+    print(
+        f"\ncrash (kill -9 after {crashed_at - started:.1f}s of a {N_EVENTS / RATE:.0f}s stream"
+        f"{', one event dropped on purpose' if DROP_ONE else ''}): {result.events} events planned "
+        f"({len(sent)} produced in {produced_s:.1f}s), {len(outputs)} records, {len(result.lost)} lost "
+        f"{result.lost[:5]}, {result.duplicates} duplicates (same trigger_event_id), {result.by_trigger} answered "
+        f"by their own record + {result.only_in_window} coalesced (in the window only), "
+        f"{len(result.unplanned)} unplanned triggers; worker healthy again {recovery_s:.1f}s after kill -9; "
+        f"{'drained' if drained else 'NOT drained'} {drained_s:.1f}s after the first event; "
+        f"{len(windows)} windows, {'equal to' if same_windows else 'DIFFERENT from'} the reference"
+    )
     assert alive, "the restarted worker exited"
     assert result.lost == [], f"{len(result.lost)} planned events lost: {result.lost[:20]}"
     assert result.unplanned == []

@@ -29,7 +29,13 @@ from core.errors import RegistryError
 from export.registry import Registry, sha256_file
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import (
-    REPO, consume_until, event, ml100k_items, produce, run, settings_env,
+    REPO,
+    consume_until,
+    event,
+    ml100k_items,
+    produce,
+    run,
+    settings_env,
 )
 
 PAGE = 4096  # tmpfs accounts whole pages
@@ -73,9 +79,14 @@ def fake_version(path: Path, tag: str) -> Path:
     """A small version the registry accepts (it checks files and checksums, not ONNX contents);
     every file fits in one page."""
     path.mkdir(parents=True)
-    files = {"config.json": json.dumps({"kind": "baseline", "dim": 4}), "metrics.json": "{}",
-             "item.onnx": f"not really onnx {tag} " * 50, "tokenizer.json": "{}",
-             "catalog_vectors.npy": "x" * 200, "catalog_ids.json": "[]"}
+    files = {
+        "config.json": json.dumps({"kind": "baseline", "dim": 4}),
+        "metrics.json": "{}",
+        "item.onnx": f"not really onnx {tag} " * 50,
+        "tokenizer.json": "{}",
+        "catalog_vectors.npy": "x" * 200,
+        "catalog_ids.json": "[]",
+    }
     for name, text in files.items():
         (path / name).write_text(text)
     return path
@@ -126,14 +137,22 @@ def baseline_version_dir(baseline_registry: Path) -> Path:
 
 def run_cli(args: list[str], preexec=None, timeout_s: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "export.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout_s, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "export.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        preexec_fn=preexec,
+    )
 
 
 def limit_file_size(limit: int):
     def preexec():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return preexec
 
 
@@ -177,8 +196,10 @@ def test_export_to_a_read_only_registry_fails_fast_and_cleanly(tmp_path, baselin
     copy_version(baseline_version_dir(baseline_registry), writable / "v-old", link=True)
     Registry(writable).set_latest("v-old")
     with mounted(tmp_path / "ro", "--bind", str(writable)) as root:
-        read_only = root is not None and subprocess.run(
-            ["mount", "-o", "remount,bind,ro", str(root)], capture_output=True).returncode == 0
+        read_only = (
+            root is not None
+            and subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], capture_output=True).returncode == 0
+        )
         if not read_only:
             if os.geteuid() == 0:
                 pytest.skip("cannot mount read-only here, and root ignores file modes")
@@ -188,8 +209,9 @@ def test_export_to_a_read_only_registry_fails_fast_and_cleanly(tmp_path, baselin
             result = run_cli(["models", "bootstrap", "--registry", str(root), "--latest"], timeout_s=300)
         finally:
             os.chmod(writable, 0o755)
-        assert_failed_cleanly(result, root, "v-old", "is not writable",
-                              "Read-only file system" if read_only else "Permission denied")
+        assert_failed_cleanly(
+            result, root, "v-old", "is not writable", "Read-only file system" if read_only else "Permission denied"
+        )
 
 
 def tamper(path: Path) -> None:
@@ -213,8 +235,9 @@ def truncate_and_rehash(version: Path, name: str) -> None:
 
 
 @pytest.mark.integration
-def test_worker_refuses_a_corrupt_latest_and_serves_the_newest_good_version(settings, start_worker, tmp_path,
-                                                                           baseline_registry):
+def test_worker_refuses_a_corrupt_latest_and_serves_the_newest_good_version(
+    settings, start_worker, tmp_path, baseline_registry
+):
     source = baseline_version_dir(baseline_registry)
     root = tmp_path / "registry"
     root.mkdir()
@@ -240,8 +263,10 @@ def test_worker_refuses_a_corrupt_latest_and_serves_the_newest_good_version(sett
     run(produce(settings, settings.topics.events, [event(1, "alice", "1")]))
     records = run(consume_until(settings, settings.topics.recommendations, lambda rs: len(rs) >= 1))
     assert json.loads(records[0].value)["model_version"] == "v1-good"
-    print(f"\ncorrupt latest: served v1-good; /health refused_versions: v2-tampered: {reason.splitlines()[0]} "
-          f"{reason.splitlines()[1].strip() if len(reason.splitlines()) > 1 else ''}")
+    print(
+        f"\ncorrupt latest: served v1-good; /health refused_versions: v2-tampered: {reason.splitlines()[0]} "
+        f"{reason.splitlines()[1].strip() if len(reason.splitlines()) > 1 else ''}"
+    )
 
 
 @pytest.mark.integration
@@ -253,8 +278,14 @@ def test_worker_with_no_servable_version_exits_with_the_reason(settings, tmp_pat
     (root / "latest").write_text("v1-broken\n")
     settings = settings.replace(registry={"path": root})
 
-    result = subprocess.run([sys.executable, "-m", "stream_app.cli", "worker"], cwd=REPO, env=settings_env(settings),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "worker"],
+        cwd=REPO,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output, output[-3000:]

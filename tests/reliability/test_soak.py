@@ -61,8 +61,15 @@ CATALOG = ml100k_items(N_ITEMS)
 def event(n: int, now_ms: int) -> tuple[bytes, bytes]:
     user = f"user{n % N_USERS}"
     item = CATALOG[(n * 7919 + n // N_USERS) % N_ITEMS][0]
-    return user.encode(), dumps({"event_id": f"s{n}", "user_id": user, "item_id": item,
-                                 "event_type": ("view", "view", "click", "view", "purchase")[n % 5], "ts": now_ms})
+    return user.encode(), dumps(
+        {
+            "event_id": f"s{n}",
+            "user_id": user,
+            "item_id": item,
+            "event_type": ("view", "view", "click", "view", "purchase")[n % 5],
+            "ts": now_ms,
+        }
+    )
 
 
 class SteadyProducer(threading.Thread):
@@ -112,8 +119,10 @@ def rss_mb(pid: int) -> float:
 
 def histogram(text: str, name: str) -> dict[float, float]:
     """Cumulative bucket counts {upper bound: count} of a Prometheus histogram."""
-    return {float("inf") if le == "+Inf" else float(le): float(v)
-            for le, v in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.MULTILINE)}
+    return {
+        float("inf") if le == "+Inf" else float(le): float(v)
+        for le, v in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} (\S+)$', text, re.MULTILINE)
+    }
 
 
 def quantile(buckets: dict[float, float], q: float) -> float:
@@ -128,9 +137,14 @@ async def answered_through(settings, last_n: dict[str, int], timeout_s: float) -
     event answered (its number). Keeps one number per user, not the records."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(settings.topics.recommendations, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100,
-                                max_partition_fetch_bytes=8 << 20)
+    consumer = AIOKafkaConsumer(
+        settings.topics.recommendations,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=8 << 20,
+    )
     await consumer.start()
     through: dict[str, int] = {}
     missing = set(last_n)
@@ -167,13 +181,23 @@ def test_soak_steady_rate(settings, start_worker, broker):
         t = time.monotonic() - start
         _, body = worker.get("/metrics")
         text = body.decode()
-        samples.append((t, rss_mb(pid), sum(metric_values(text, "streamrec_consumer_lag")),
-                        sum(metric_values(text, "streamrec_events_in_total")), rss_mb(broker.children()[0].pid)))
+        samples.append(
+            (
+                t,
+                rss_mb(pid),
+                sum(metric_values(text, "streamrec_consumer_lag")),
+                sum(metric_values(text, "streamrec_events_in_total")),
+                rss_mb(broker.children()[0].pid),
+            )
+        )
         if not warm_metrics and t >= WARMUP_S:
             warm_metrics = text
         if len(samples) % max(1, int(60 / SAMPLE_S)) == 0:
-            print(f"  soak t={t:.0f}s RSS {samples[-1][1]:.0f} MB lag {samples[-1][2]:.0f} in {samples[-1][3]:.0f} "
-                  f"broker RSS {samples[-1][4]:.0f} MB", flush=True)
+            print(
+                f"  soak t={t:.0f}s RSS {samples[-1][1]:.0f} MB lag {samples[-1][2]:.0f} in {samples[-1][3]:.0f} "
+                f"broker RSS {samples[-1][4]:.0f} MB",
+                flush=True,
+            )
         time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - start - t)))
     producer.join()
     assert producer.error is None, f"producer failed: {producer.error!r}"
@@ -204,8 +228,8 @@ def test_soak_steady_rate(settings, start_worker, broker):
     growth = (rss_end - rss_warm) / rss_warm
     second_half = [s for s in samples if s[0] >= DURATION_S / 2]
     quarter = len(samples) // 4
-    q2 = [s[2] for s in samples[quarter:2 * quarter]]
-    q4 = [s[2] for s in samples[3 * quarter:]]
+    q2 = [s[2] for s in samples[quarter : 2 * quarter]]
+    q4 = [s[2] for s in samples[3 * quarter :]]
     max_lag = max(s[2] for s in second_half)
     mean_q2, mean_q4 = sum(q2) / len(q2), sum(q4) / len(q4)
     rates = [(b[3] - a[3]) / (b[0] - a[0]) for a, b in zip(after, after[1:]) if b[0] > a[0]]
@@ -214,18 +238,22 @@ def test_soak_steady_rate(settings, start_worker, broker):
     steady_latency = {b: end_latency[b] - warm_latency.get(b, 0.0) for b in end_latency}
     dlq = sum(metric_values(final, "streamrec_events_dlq_total"))
 
-    print(f"\nsoak {DURATION_S:.0f}s at {RATE:.0f}/s, linger {LINGER_MS} ms (offered {offered:.0f}/s, {producer.sent} events, {N_USERS} "
-          f"users): RSS {samples[0][1]:.0f} MB at start, {rss_warm:.0f} MB after {WARMUP_S:.0f}s warm-up, "
-          f"{rss_end:.0f} MB at the end ({growth:+.1%}), max {max(s[1] for s in samples):.0f} MB; "
-          f"lag max {max(s[2] for s in samples):.0f} overall, {max_lag:.0f} in the 2nd half, mean "
-          f"{mean_q2:.1f} in Q2 vs {mean_q4:.1f} in Q4; processed {min(rates):.0f}-{max(rates):.0f}/s per "
-          f"sample; latency p50 <= {quantile(steady_latency, 0.5) * 1000:.0f} ms, p99 <= "
-          f"{quantile(steady_latency, 0.99) * 1000:.0f} ms after warm-up; "
-          + (f"drained {drain_s:.1f}s after the last send" if drained else "NOT drained 60s after the last send")
-          + f"; {len(unanswered)} users unanswered, {len(errors)} error lines, {dlq:.0f} dead-lettered; broker RSS "
-          f"{samples[0][4]:.0f} -> {samples[-1][4]:.0f} MB")
-    print("samples (t s, RSS MB, lag, events in): "
-          + ", ".join(f"({t:.0f}, {r:.0f}, {lag:.0f}, {n:.0f})" for t, r, lag, n, _ in samples))
+    print(
+        f"\nsoak {DURATION_S:.0f}s at {RATE:.0f}/s, linger {LINGER_MS} ms (offered {offered:.0f}/s, {producer.sent} events, {N_USERS} "
+        f"users): RSS {samples[0][1]:.0f} MB at start, {rss_warm:.0f} MB after {WARMUP_S:.0f}s warm-up, "
+        f"{rss_end:.0f} MB at the end ({growth:+.1%}), max {max(s[1] for s in samples):.0f} MB; "
+        f"lag max {max(s[2] for s in samples):.0f} overall, {max_lag:.0f} in the 2nd half, mean "
+        f"{mean_q2:.1f} in Q2 vs {mean_q4:.1f} in Q4; processed {min(rates):.0f}-{max(rates):.0f}/s per "
+        f"sample; latency p50 <= {quantile(steady_latency, 0.5) * 1000:.0f} ms, p99 <= "
+        f"{quantile(steady_latency, 0.99) * 1000:.0f} ms after warm-up; "
+        + (f"drained {drain_s:.1f}s after the last send" if drained else "NOT drained 60s after the last send")
+        + f"; {len(unanswered)} users unanswered, {len(errors)} error lines, {dlq:.0f} dead-lettered; broker RSS "
+        f"{samples[0][4]:.0f} -> {samples[-1][4]:.0f} MB"
+    )
+    print(
+        "samples (t s, RSS MB, lag, events in): "
+        + ", ".join(f"({t:.0f}, {r:.0f}, {lag:.0f}, {n:.0f})" for t, r, lag, n, _ in samples)
+    )
 
     assert offered >= 0.9 * RATE, f"the producer offered only {offered:.0f}/s of {RATE:.0f}/s: machine too busy"
     assert alive, "the worker died or is unhealthy"

@@ -1,8 +1,7 @@
 """docker-compose.yml can't run here (no Docker engine); check it against the code."""
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import yaml
 
@@ -45,7 +44,7 @@ def test_environment_names_are_real_settings(monkeypatch):
 def test_worker_image_has_no_torch():
     worker = (REPO / "docker/worker.Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in worker and "[train]" not in worker
-    assert "torch" not in "\n".join(l for l in worker.splitlines() if not l.startswith("#"))
+    assert "torch" not in "\n".join(line for line in worker.splitlines() if not line.startswith("#"))
     assert "[train]" in (REPO / "docker/trainer.Dockerfile").read_text()
 
 

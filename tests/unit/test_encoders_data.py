@@ -17,10 +17,12 @@ def test_rating_rule():
 def test_recbole_atomic_files(tmp_path):
     (tmp_path / "x.item").write_text(
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-        "10\tToy Story\t1995\tAnimation Comedy\n20\tHeat\t1995\tunknown\n")
+        "10\tToy Story\t1995\tAnimation Comedy\n20\tHeat\t1995\tunknown\n"
+    )
     (tmp_path / "x.inter").write_text(
         "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        "a\t20\t5\t300\na\t10\t4\t100\na\t30\t1\t100\nb\t10\t3\t50\n")
+        "a\t20\t5\t300\na\t10\t4\t100\na\t30\t1\t100\nb\t10\t3\t50\n"
+    )
     d = load_interactions(tmp_path, SPEC)
     assert d.item_ids == ["10", "20", "30"]  # item file order, then event-only items
     assert d.item_texts == ["Toy Story (1995). Animation, Comedy", "Heat (1995)", "30"]
@@ -44,8 +46,9 @@ def test_jsonl_timestamps_ms_and_iso(tmp_path):
 
 
 def test_leave_one_out_split(tmp_path):
-    (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(
-        f"u\t{i}\t{i}\n" for i in range(5)) + "s\t9\t1\n")
+    (tmp_path / "x.inter").write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u\t{i}\t{i}\n" for i in range(5)) + "s\t9\t1\n"
+    )
     split = split_leave_one_out(load_interactions(tmp_path, SPEC))
     assert [s.tolist() for s in split.train.items] == [[0, 1, 2], [5]]  # short users train on everything
     assert split.valid_history.items[0].tolist() == [0, 1, 2] and split.valid_targets.tolist() == [3]

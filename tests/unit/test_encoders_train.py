@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from core.datasets import load_interactions, split_leave_one_out
+from core.features import FeatureSpec
 from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items
-from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
 from encoders.item_tower import ItemTowerConfig
+from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
 from encoders.train import TrainConfig, run, train
 from encoders.user_tower import UserTowerConfig
-from core.features import FeatureSpec
 from tests.support import ML100K
 
 GENRES = ["comedy", "drama", "horror", "action", "romance"]
 SPEC = FeatureSpec(max_len=8)
-MODEL = RecommenderConfig(item_tower=ItemTowerConfig(proj_dim=16),
-                          user_tower=UserTowerConfig(dim=16, max_len=8, dropout=0.1))
+MODEL = RecommenderConfig(
+    item_tower=ItemTowerConfig(proj_dim=16), user_tower=UserTowerConfig(dim=16, max_len=8, dropout=0.1)
+)
 FAST = TrainConfig(epochs=6, batch_size=16, lr=5e-3, patience=100, features=SPEC)
 
 
@@ -36,8 +37,15 @@ def fixture_dir(tmp_path_factory) -> Path:
     for u in range(40):
         start = int(rng.integers(30))
         for t in range(12):
-            events.append({"event_id": f"{u}-{t}", "user_id": f"u{u}", "item_id": f"i{(start + t) % 30}",
-                           "event_type": ["view", "click", "purchase"][t % 3], "ts": 1_700_000_000_000 + 60_000 * t})
+            events.append(
+                {
+                    "event_id": f"{u}-{t}",
+                    "user_id": f"u{u}",
+                    "item_id": f"i{(start + t) % 30}",
+                    "event_type": ["view", "click", "purchase"][t % 3],
+                    "ts": 1_700_000_000_000 + 60_000 * t,
+                }
+            )
     (root / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items))
     (root / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events))
     return root
@@ -68,11 +76,14 @@ def test_same_seed_same_model(split):
     torch.testing.assert_close(a.catalog_vectors(), b.catalog_vectors())
 
 
-@pytest.mark.parametrize("variant", [
-    {"use_text": False},  # ID-only baseline
-    {"id_residual": False},
-    {"item_tower": ItemTowerConfig(proj_dim=16, train_top_layers=1)},  # fine-tune the top LM layer
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"use_text": False},  # ID-only baseline
+        {"id_residual": False},
+        {"item_tower": ItemTowerConfig(proj_dim=16, train_top_layers=1)},  # fine-tune the top LM layer
+    ],
+)
 def test_variants_train(split, variant):
     model, metrics = train(configured(split, **variant), replace(FAST, epochs=2), split, progress=False)
     assert np.isfinite(metrics["curves"]["loss"]).all()
@@ -112,7 +123,13 @@ def test_residual_dropout_only_in_training(split):
 
 def test_checkpoint_round_trip(split, fixture_dir, tmp_path):
     out = run(fixture_dir, tmp_path / "ckpt", MODEL, replace(FAST, epochs=2))
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "items.json", "metrics.json", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "items.json",
+        "metrics.json",
+        "curves.png",
+    }
     model, item_ids, item_texts = load_checkpoint(out)
     assert item_ids[:2] == ["i0", "i1"] and item_texts[0] == "Film number 0. comedy"
     assert model.feature_spec == SPEC

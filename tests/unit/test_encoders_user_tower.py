@@ -71,15 +71,25 @@ def test_deterministic_with_seed():
     torch.testing.assert_close(m(*inputs()), a)  # dropout follows the seed too
 
 
-@pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning", "ignore:# The axis name:UserWarning")  # from torch.export
+@pytest.mark.filterwarnings(
+    "ignore:.*LeafSpec:FutureWarning", "ignore:# The axis name:UserWarning"
+)  # from torch.export
 def test_onnx_export_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     m, args = tower(), inputs()
     names = ["item_vectors", "event_types", "time_buckets", "attention_mask"]
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time", max=CONFIG.max_len)
     path = tmp_path / "user_tower.onnx"
-    torch.onnx.export(m, args, str(path), input_names=names, output_names=["user_vector"], opset_version=18,
-                      dynamic_shapes=tuple({0: batch, 1: time} for _ in names), dynamo=True)
+    torch.onnx.export(
+        m,
+        args,
+        str(path),
+        input_names=names,
+        output_names=["user_vector"],
+        opset_version=18,
+        dynamic_shapes=tuple({0: batch, 1: time} for _ in names),
+        dynamo=True,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for B, T in [(3, 8), (1, 5)]:
         x, e, b, mask = inputs(B=B, T=T, seed=B + T)

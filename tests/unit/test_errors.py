@@ -6,15 +6,32 @@ from __future__ import annotations
 import inspect
 
 import core.errors as errors
-from core.errors import (BrokerError, ConfigError, DataError, EventLogError, InvalidRecord, NotEnoughData,
-                         ParityError, RegistryError, StreamrecError)
+from core.errors import (
+    BrokerError,
+    ConfigError,
+    DataError,
+    EventLogError,
+    InvalidRecord,
+    NotEnoughData,
+    ParityError,
+    RegistryError,
+    StreamrecError,
+)
 
 
 def test_every_error_is_in_the_tree_with_a_docstring():
     classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == "core.errors"]
-    assert {c.__name__ for c in classes} == {"StreamrecError", "ConfigError", "DataError", "InvalidRecord",
-                                             "NotEnoughData", "RegistryError", "ParityError", "BrokerError",
-                                             "EventLogError"}
+    assert {c.__name__ for c in classes} == {
+        "StreamrecError",
+        "ConfigError",
+        "DataError",
+        "InvalidRecord",
+        "NotEnoughData",
+        "RegistryError",
+        "ParityError",
+        "BrokerError",
+        "EventLogError",
+    }
     for c in classes:
         assert issubclass(c, StreamrecError)
         assert c.__doc__ and len(c.__doc__.split()) >= 8, f"{c.__name__} needs a docstring saying what to do"
@@ -35,5 +52,9 @@ def test_moved_classes_are_importable_from_their_old_homes():
     from encoders.event_log import EventLogError as from_event_log
     from encoders.retrain import NotEnoughData as from_retrain
 
-    assert (from_contracts, from_datasets, from_event_log, from_retrain) == (InvalidRecord, DataError, EventLogError,
-                                                                            NotEnoughData)
+    assert (from_contracts, from_datasets, from_event_log, from_retrain) == (
+        InvalidRecord,
+        DataError,
+        EventLogError,
+        NotEnoughData,
+    )

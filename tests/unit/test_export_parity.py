@@ -14,11 +14,19 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 import export.baseline
-from export.baseline import SAMPLE_TEXTS, build_baseline_version, hf_tokenizer_of
 from core.errors import ParityError
 from core.features import FeatureSpec
-from export.onnx_export import (OPSET, export_item_tower, export_onnx, export_user_tower, item_onnx_config,
-                                save_tokenizer, user_example_inputs, user_onnx_config)
+from export.baseline import SAMPLE_TEXTS, build_baseline_version, hf_tokenizer_of
+from export.onnx_export import (
+    OPSET,
+    export_item_tower,
+    export_onnx,
+    export_user_tower,
+    item_onnx_config,
+    save_tokenizer,
+    user_example_inputs,
+    user_onnx_config,
+)
 from export.parity import raise_if_failed, validate_item_tower, validate_user_tower
 from export.registry import Registry
 from export.runtime import load_runtime
@@ -102,8 +110,16 @@ def test_item_export_signature(minilm):
 
 def test_item_parity_passes_on_real_text(minilm):
     tower, hf_tok, config, d = minilm
-    report = validate_item_tower(tower, hf_tok, d / "item.onnx", d / "tokenizer.json", config,
-                                 texts=catalog_texts(), max_tokens=32, grid=SMALL_ITEM_GRID)
+    report = validate_item_tower(
+        tower,
+        hf_tok,
+        d / "item.onnx",
+        d / "tokenizer.json",
+        config,
+        texts=catalog_texts(),
+        max_tokens=32,
+        grid=SMALL_ITEM_GRID,
+    )
     assert report.ok, report.failures
     assert 0 < report.max_abs_diff <= 1e-4
     assert len(report.cases) == 7  # 6 grid cases + the catalog text
@@ -114,8 +130,16 @@ def test_item_parity_passes_on_real_text(minilm):
 def test_item_parity_fails_when_onnx_weights_perturbed(minilm, tmp_path: Path):
     tower, hf_tok, config, d = minilm
     bad = perturb(d / "item.onnx", tmp_path / "item.onnx")
-    report = validate_item_tower(tower, hf_tok, bad, d / "tokenizer.json", config,
-                                 texts=SAMPLE_TEXTS, max_tokens=32, grid={"batch": (2,), "tokens": (5,)})
+    report = validate_item_tower(
+        tower,
+        hf_tok,
+        bad,
+        d / "tokenizer.json",
+        config,
+        texts=SAMPLE_TEXTS,
+        max_tokens=32,
+        grid={"batch": (2,), "tokens": (5,)},
+    )
     assert not report.ok
     assert report.max_abs_diff > 1e-4
     assert any("max |ort - torch|" in f for f in report.failures)
@@ -126,15 +150,31 @@ def test_item_parity_fails_when_onnx_weights_perturbed(minilm, tmp_path: Path):
 def test_item_parity_catches_a_wrong_tokenizer(minilm, tmp_path: Path):
     tower, hf_tok, config, d = minilm
     save_tokenizer(hf_tok, tmp_path / "tokenizer.json", 4)  # truncates differently from max_tokens=32
-    report = validate_item_tower(tower, hf_tok, d / "item.onnx", tmp_path / "tokenizer.json", config,
-                                 texts=SAMPLE_TEXTS, max_tokens=8, grid={"batch": (1,), "tokens": (2,)})
+    report = validate_item_tower(
+        tower,
+        hf_tok,
+        d / "item.onnx",
+        tmp_path / "tokenizer.json",
+        config,
+        texts=SAMPLE_TEXTS,
+        max_tokens=8,
+        grid={"batch": (1,), "tokens": (2,)},
+    )
     # load_tokenizer re-applies max_tokens=8, so ids agree; a *different vocabulary* must not:
     assert report.ok, report.failures
     spec = json.loads((d / "tokenizer.json").read_text())
     spec["normalizer"]["lowercase"] = False  # a cased tokenizer against an uncased model
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    report = validate_item_tower(tower, hf_tok, d / "item.onnx", tmp_path / "tokenizer.json", config,
-                                 texts=["THE GODFATHER (1972)"], max_tokens=32, grid={"batch": (1,), "tokens": (2,)})
+    report = validate_item_tower(
+        tower,
+        hf_tok,
+        d / "item.onnx",
+        tmp_path / "tokenizer.json",
+        config,
+        texts=["THE GODFATHER (1972)"],
+        max_tokens=32,
+        grid={"batch": (1,), "tokens": (2,)},
+    )
     assert any("tokenizer.json disagrees" in f for f in report.failures)
 
 
@@ -160,8 +200,9 @@ def test_user_export_and_parity(user_tower):
     model = onnx.load(str(path))
     assert [i.name for i in model.graph.input] == ["item_vectors", "event_types", "time_buckets", "attention_mask"]
     assert [o.name for o in model.graph.output] == ["user_vectors"]
-    report = validate_user_tower(tower, path, config, SPEC, catalog_torch=catalog,
-                                 windows=real_like_windows(len(catalog)), grid=SMALL_USER_GRID)
+    report = validate_user_tower(
+        tower, path, config, SPEC, catalog_torch=catalog, windows=real_like_windows(len(catalog)), grid=SMALL_USER_GRID
+    )
     assert report.ok, report.failures
     assert report.max_abs_diff <= 1e-4
     assert report.rankings[0]["queries"] == 200 and report.rankings[0]["agreement"] >= 0.999
@@ -170,8 +211,9 @@ def test_user_export_and_parity(user_tower):
 def test_user_parity_fails_when_onnx_weights_perturbed(user_tower, tmp_path: Path):
     tower, config, path, catalog = user_tower
     bad = perturb(path, tmp_path / "user.onnx", scale=0.5)
-    report = validate_user_tower(tower, bad, config, SPEC, catalog_torch=catalog,
-                                 windows=real_like_windows(len(catalog)), grid=SMALL_USER_GRID)
+    report = validate_user_tower(
+        tower, bad, config, SPEC, catalog_torch=catalog, windows=real_like_windows(len(catalog)), grid=SMALL_USER_GRID
+    )
     assert not report.ok
     assert any("max |ort - torch|" in f for f in report.failures)
     assert any("top-10 identical for only" in f for f in report.failures)
@@ -186,8 +228,9 @@ def test_user_parity_fails_on_wrong_output_name(user_tower, tmp_path: Path):
     object.__setattr__(wrong, "dynamic_axes", {**wrong.dynamic_axes, "user_embedding_out": {0: "batch"}})
     del wrong.dynamic_axes["user_vectors"]
     export_onnx(tower, user_example_inputs(SPEC, 16), tmp_path / "user.onnx", wrong)
-    report = validate_user_tower(tower, tmp_path / "user.onnx", config, SPEC, catalog_torch=catalog,
-                                 grid=SMALL_USER_GRID)
+    report = validate_user_tower(
+        tower, tmp_path / "user.onnx", config, SPEC, catalog_torch=catalog, grid=SMALL_USER_GRID
+    )
     assert report.failures == ["user.onnx: output names ['user_embedding_out'] != expected ['user_vectors']"]
 
 
@@ -195,20 +238,32 @@ def test_real_user_tower_exports_if_present(tmp_path: Path):
     """The project's UserTower (encoders/user_tower.py), small config."""
     mod = pytest.importorskip("encoders.user_tower")
     torch.manual_seed(1)
-    tower = mod.UserTower(mod.UserTowerConfig(dim=16, n_layers=1, max_len=SPEC.max_len, n_event_ids=SPEC.n_event_ids,
-                                              n_time_buckets=SPEC.n_time_buckets)).eval()
+    tower = mod.UserTower(
+        mod.UserTowerConfig(
+            dim=16, n_layers=1, max_len=SPEC.max_len, n_event_ids=SPEC.n_event_ids, n_time_buckets=SPEC.n_time_buckets
+        )
+    ).eval()
     config = user_onnx_config(SPEC)
     export_user_tower(tower, tmp_path / "user.onnx", config, SPEC, 16)
     catalog = np.random.default_rng(1).standard_normal((100, 16)).astype(np.float32)
-    report = validate_user_tower(tower, tmp_path / "user.onnx", config, SPEC, catalog_torch=catalog,
-                                 windows=real_like_windows(100), grid=SMALL_USER_GRID)
+    report = validate_user_tower(
+        tower,
+        tmp_path / "user.onnx",
+        config,
+        SPEC,
+        catalog_torch=catalog,
+        windows=real_like_windows(100),
+        grid=SMALL_USER_GRID,
+    )
     assert report.ok, report.failures
 
 
 def test_baseline_version_end_to_end(minilm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """build_baseline_version -> registry -> load_runtime; reuses the module's export to stay fast."""
     _, _, _, d = minilm
-    monkeypatch.setattr(export.baseline, "export_item_tower", lambda tower, path, config: shutil.copy(d / "item.onnx", path))
+    monkeypatch.setattr(
+        export.baseline, "export_item_tower", lambda tower, path, config: shutil.copy(d / "item.onnx", path)
+    )
     registry = Registry(tmp_path / "reg")
     ids_texts = [(f"i{i}", t) for i, t in enumerate(catalog_texts(12))]
     v = build_baseline_version(registry, ids_texts, parity_grid=SMALL_ITEM_GRID)

@@ -13,13 +13,12 @@ from typer.testing import CliRunner
 import export.pipeline
 from core.errors import ParityError
 from core.features import FeatureSpec
-
-SPEC = FeatureSpec(max_len=12)  # as in tests.support.small_two_tower_checkpoint
 from export.registry import Registry
 from export.runtime import load_runtime
-
 from tests.support import ML100K as DATA
 from tests.support import small_two_tower_checkpoint
+
+SPEC = FeatureSpec(max_len=12)  # as in tests.support.small_two_tower_checkpoint
 
 recommender = pytest.importorskip("encoders.recommender")
 
@@ -35,8 +34,16 @@ def test_export_and_register_two_tower(checkpoint: Path, tmp_path: Path):
     registry = Registry(tmp_path / "reg")
     assert registry.latest() == v.name and v.name.endswith("-tt")
     assert v.config["kind"] == "two_tower" and v.config["dim"] == 16 and v.config["max_tokens"] == 24
-    assert v.config["feature_spec"] == {"event_types": ["view", "click", "purchase"], "n_time_buckets": 16, "max_len": 12}
-    assert v.config["schema_version"] == 1 and v.model_config.user_tower["dim"] == 16 and v.model_config.id_residual is not None
+    assert v.config["feature_spec"] == {
+        "event_types": ["view", "click", "purchase"],
+        "n_time_buckets": 16,
+        "max_len": 12,
+    }
+    assert (
+        v.config["schema_version"] == 1
+        and v.model_config.user_tower["dim"] == 16
+        and v.model_config.id_residual is not None
+    )
     parity = v.metrics["parity"]
     assert parity["item"]["ok"] and parity["user"]["ok"]
     assert parity["item"]["max_abs_diff"] <= 1e-4 and parity["user"]["max_abs_diff"] <= 1e-4

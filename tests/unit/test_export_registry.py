@@ -45,8 +45,14 @@ def test_round_trip(registry: Registry):
     assert loaded.file("item.onnx").read_bytes() == b"item-onnx-placeholder"
     assert np.load(loaded.file("catalog_vectors.npy"), allow_pickle=False).shape == (3, 4)
     manifest = json.loads((loaded.path / MANIFEST).read_text())
-    assert set(manifest["files"]) == {"item.onnx", "tokenizer.json", "catalog_vectors.npy", "catalog_ids.json",
-                                      "config.json", "metrics.json"}
+    assert set(manifest["files"]) == {
+        "item.onnx",
+        "tokenizer.json",
+        "catalog_vectors.npy",
+        "catalog_ids.json",
+        "config.json",
+        "metrics.json",
+    }
     assert all(len(e["sha256"]) == 64 for e in manifest["files"].values())
     assert len(v.sha256) == 64
     assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]  # staging and temp files gone
@@ -115,8 +121,12 @@ def test_unknown_and_no_latest(registry: Registry):
 @pytest.mark.parametrize("name", ["../x", "..", "/etc", "/tmp/x", "a/b", "", ".hidden", "latest", "x\n", "a\\b"])
 def test_path_escape_refused(registry: Registry, name: str):
     registry.register(stage(registry), version="ok")
-    for call in (lambda: registry.load(name), lambda: registry.set_latest(name),
-                 lambda: registry.register(stage(registry), version=name), lambda: registry.version_path(name)):
+    for call in (
+        lambda: registry.load(name),
+        lambda: registry.set_latest(name),
+        lambda: registry.register(stage(registry), version=name),
+        lambda: registry.version_path(name),
+    ):
         with pytest.raises(RegistryError, match="invalid model version name"):
             call()
 

@@ -52,12 +52,18 @@ def tiny_item_onnx(path: Path, vocab: int = 30522, seed: int = 0) -> Path:
         helper.make_node("Div", ["total", "count"], ["item_vectors"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_item",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])],
+        nodes,
+        "tiny_item",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
         [helper.make_tensor_value_info("item_vectors", TensorProto.FLOAT, ["batch", D])],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-         numpy_helper.from_array(np.array([1], np.int64), "axis1")],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
     )
     return save(graph, path)
 
@@ -75,14 +81,19 @@ def tiny_user_onnx(path: Path) -> Path:
         helper.make_node("Add", ["total", "fsum"], ["user_vectors"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_user",
-        [helper.make_tensor_value_info("item_vectors", TensorProto.FLOAT, ["batch", "window", D]),
-         helper.make_tensor_value_info("event_types", TensorProto.INT64, ["batch", "window"]),
-         helper.make_tensor_value_info("time_buckets", TensorProto.INT64, ["batch", "window"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.BOOL, ["batch", "window"])],
+        nodes,
+        "tiny_user",
+        [
+            helper.make_tensor_value_info("item_vectors", TensorProto.FLOAT, ["batch", "window", D]),
+            helper.make_tensor_value_info("event_types", TensorProto.INT64, ["batch", "window"]),
+            helper.make_tensor_value_info("time_buckets", TensorProto.INT64, ["batch", "window"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.BOOL, ["batch", "window"]),
+        ],
         [helper.make_tensor_value_info("user_vectors", TensorProto.FLOAT, ["batch", D])],
-        [numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-         numpy_helper.from_array(np.array([1], np.int64), "axis1")],
+        [
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
     )
     return save(graph, path)
 
@@ -95,9 +106,16 @@ def register_tiny(registry: Registry, kind: str, n_items: int = 5) -> str:
     shutil.copy(minilm_tokenizer_json(), d / "tokenizer.json")
     np.save(d / "catalog_vectors.npy", np.arange(n_items * D, dtype=np.float32).reshape(n_items, D), allow_pickle=False)
     (d / "catalog_ids.json").write_text(json.dumps([f"m{i}" for i in range(n_items)]))
-    (d / "config.json").write_text(json.dumps({
-        "kind": kind, "dim": D, "max_tokens": 16,
-        "feature_spec": {"event_types": ["view", "click"], "n_time_buckets": 8, "max_len": 6}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "kind": kind,
+                "dim": D,
+                "max_tokens": 16,
+                "feature_spec": {"event_types": ["view", "click"], "n_time_buckets": 8, "max_len": 6},
+            }
+        )
+    )
     return registry.register(d).name
 
 

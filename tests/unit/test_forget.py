@@ -30,23 +30,26 @@ def test_forget_request_builds_what_parse_control_accepts():
     assert forget_request("196")["requested_at"] > 1_700_000_000_000  # now, in epoch milliseconds
 
 
-@pytest.mark.parametrize("value, key, reason", [
-    (None, b"u1", "empty value"),
-    (b"\xff", b"u1", "not UTF-8"),
-    (b"{nope", b"u1", "not JSON"),
-    (b"[]", b"u1", "expected a JSON object"),
-    ({**GOOD, "action": "delete_everything"}, b"u1", "unknown action 'delete_everything'"),
-    ({k: v for k, v in GOOD.items() if k != "action"}, b"u1", "action: Field required"),
-    ({k: v for k, v in GOOD.items() if k != "user_id"}, b"u1", "user_id: Field required"),
-    ({k: v for k, v in GOOD.items() if k != "requested_at"}, b"u1", "requested_at: Field required"),
-    ({**GOOD, "user_id": 1}, b"1", "user_id: Input should be a valid string"),
-    ({**GOOD, "user_id": ""}, b"", "user_id: String should have at least 1 character"),
-    ({**GOOD, "requested_at": "2026-01-01"}, b"u1", "requested_at: Input should be a valid integer"),
-    ({**GOOD, "requested_at": True}, b"u1", "requested_at: Input should be a valid integer"),
-    ({**GOOD, "requested_at": -1}, b"u1", "requested_at: Input should be greater than or equal to 0"),
-    (GOOD, b"u2", "key b'u2' is not the user_id 'u1'"),
-    (GOOD, None, "key None is not the user_id 'u1'"),
-])
+@pytest.mark.parametrize(
+    "value, key, reason",
+    [
+        (None, b"u1", "empty value"),
+        (b"\xff", b"u1", "not UTF-8"),
+        (b"{nope", b"u1", "not JSON"),
+        (b"[]", b"u1", "expected a JSON object"),
+        ({**GOOD, "action": "delete_everything"}, b"u1", "unknown action 'delete_everything'"),
+        ({k: v for k, v in GOOD.items() if k != "action"}, b"u1", "action: Field required"),
+        ({k: v for k, v in GOOD.items() if k != "user_id"}, b"u1", "user_id: Field required"),
+        ({k: v for k, v in GOOD.items() if k != "requested_at"}, b"u1", "requested_at: Field required"),
+        ({**GOOD, "user_id": 1}, b"1", "user_id: Input should be a valid string"),
+        ({**GOOD, "user_id": ""}, b"", "user_id: String should have at least 1 character"),
+        ({**GOOD, "requested_at": "2026-01-01"}, b"u1", "requested_at: Input should be a valid integer"),
+        ({**GOOD, "requested_at": True}, b"u1", "requested_at: Input should be a valid integer"),
+        ({**GOOD, "requested_at": -1}, b"u1", "requested_at: Input should be greater than or equal to 0"),
+        (GOOD, b"u2", "key b'u2' is not the user_id 'u1'"),
+        (GOOD, None, "key None is not the user_id 'u1'"),
+    ],
+)
 def test_rejects_what_the_worker_dead_letters(value, key, reason):
     with pytest.raises(InvalidRecord) as e:
         parse(value, key=key)
@@ -56,4 +59,3 @@ def test_rejects_what_the_worker_dead_letters(value, key, reason):
 def test_size_is_checked_before_parsing():
     with pytest.raises(InvalidRecord, match="exceeds the limit of 64"):
         parse({**GOOD, "padding": "x" * 100}, max_bytes=64)
-

@@ -15,8 +15,9 @@ def test_plaintext_by_default():
 
 
 def test_sasl_ssl_maps_to_both_client_families():
-    security = KafkaSecurity(protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
-                             sasl_password="s3cret")
+    security = KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc", sasl_password="s3cret"
+    )
     options = client_security(security)
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"

@@ -70,9 +70,15 @@ def test_schema_version_must_be_a_non_negative_integer(bad):
         ModelConfig.from_dict({**old_config("baseline"), "schema_version": bad})
 
 
-@pytest.mark.parametrize("change, problem", [({"dim": 0}, "dim"), ({"kind": "three_tower"}, "kind"),
-                                             ({"feature_spec": {"max_len": "long"}}, "max_len"),
-                                             ({"feature_spec": {"colour": 1}}, "unknown fields")])
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"dim": 0}, "dim"),
+        ({"kind": "three_tower"}, "kind"),
+        ({"feature_spec": {"max_len": "long"}}, "max_len"),
+        ({"feature_spec": {"colour": 1}}, "unknown fields"),
+    ],
+)
 def test_invalid_configs_name_the_field(change, problem):
     with pytest.raises(ConfigError, match=problem):
         ModelConfig.from_dict({**old_config("two_tower"), **change})
@@ -115,8 +121,11 @@ def test_registry_refuses_a_version_from_a_newer_streamrec(tmp_path):
     manifest = json.loads((registry.root / "v1" / "manifest.json").read_text())
     manifest["files"]["config.json"] = {"sha256": sha256_file(config), "bytes": config.stat().st_size}
     (registry.root / "v1" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RegistryError, match=r"'v1' .* cannot be served here: config.json has schema_version 2, "
-                                            r"newer than this streamrec reads"):
+    with pytest.raises(
+        RegistryError,
+        match=r"'v1' .* cannot be served here: config.json has schema_version 2, "
+        r"newer than this streamrec reads",
+    ):
         registry.load("v1")
 
 

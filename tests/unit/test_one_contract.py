@@ -29,30 +29,61 @@ SPEC = FeatureSpec()
 # (raw event, what every path must read: user, item, type, ts in epoch seconds). Millisecond
 # precision throughout: the retrain job keeps events as epoch milliseconds.
 EVENTS = [
-    ({"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1704067200000},
-     ("u1", "i1", "view", 1704067200.0)),
-    ({"event_id": "e2", "user_id": "u1", "item_id": "i2", "event_type": "click", "ts": 1704067260500.0},
-     ("u1", "i2", "click", 1704067260.5)),
-    ({"event_id": "e3", "user_id": "u2", "item_id": "i1", "event_type": "purchase", "ts": "2024-01-01T00:02:00Z"},
-     ("u2", "i1", "purchase", 1704067320.0)),
-    ({"event_id": "e4", "user_id": "u2", "item_id": "i2", "event_type": "view", "ts": "2024-01-01T02:03:00+02:00"},
-     ("u2", "i2", "view", 1704067380.0)),
-    ({"event_id": "e5", "user_id": "u2", "item_id": "i3", "event_type": "click", "ts": "2024-01-01T00:04:00"},
-     ("u2", "i3", "click", 1704067440.0)),  # naive: UTC
-    ({"event_id": "e6", "user_id": "ユーザー", "item_id": "café ☕", "event_type": "view",
-      "ts": "2024-07-01T12:00:00.250"},  # naive, in New York's summer time
-     ("ユーザー", "café ☕", "view", 1719835200.25)),
-    ({"event_id": "e7", "user_id": "ユーザー", "item_id": "i1", "event_type": "purchase", "ts": 1719835260000,
-      "context": {"page": "home", "position": 3}, "session": "s-1"},  # extra fields are ignored
-     ("ユーザー", "i1", "purchase", 1719835260.0)),
+    (
+        {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view", "ts": 1704067200000},
+        ("u1", "i1", "view", 1704067200.0),
+    ),
+    (
+        {"event_id": "e2", "user_id": "u1", "item_id": "i2", "event_type": "click", "ts": 1704067260500.0},
+        ("u1", "i2", "click", 1704067260.5),
+    ),
+    (
+        {"event_id": "e3", "user_id": "u2", "item_id": "i1", "event_type": "purchase", "ts": "2024-01-01T00:02:00Z"},
+        ("u2", "i1", "purchase", 1704067320.0),
+    ),
+    (
+        {"event_id": "e4", "user_id": "u2", "item_id": "i2", "event_type": "view", "ts": "2024-01-01T02:03:00+02:00"},
+        ("u2", "i2", "view", 1704067380.0),
+    ),
+    (
+        {"event_id": "e5", "user_id": "u2", "item_id": "i3", "event_type": "click", "ts": "2024-01-01T00:04:00"},
+        ("u2", "i3", "click", 1704067440.0),
+    ),  # naive: UTC
+    (
+        {
+            "event_id": "e6",
+            "user_id": "ユーザー",
+            "item_id": "café ☕",
+            "event_type": "view",
+            "ts": "2024-07-01T12:00:00.250",
+        },  # naive, in New York's summer time
+        ("ユーザー", "café ☕", "view", 1719835200.25),
+    ),
+    (
+        {
+            "event_id": "e7",
+            "user_id": "ユーザー",
+            "item_id": "i1",
+            "event_type": "purchase",
+            "ts": 1719835260000,
+            "context": {"page": "home", "position": 3},
+            "session": "s-1",
+        },  # extra fields are ignored
+        ("ユーザー", "i1", "purchase", 1719835260.0),
+    ),
 ]
 RAW = [raw for raw, _ in EVENTS]
 EXPECTED = sorted(expected for _, expected in EVENTS)
 
 ITEMS = [
     {"item_id": "i1", "title": "Toy Story (1995)", "categories": ["Animation", "Comedy"]},
-    {"item_id": "café ☕", "title": "Crème brûlée", "description": "Un dessert.", "categories": ["Dessert"],
-     "vendor": {"id": 7}},  # extra field
+    {
+        "item_id": "café ☕",
+        "title": "Crème brûlée",
+        "description": "Un dessert.",
+        "categories": ["Dessert"],
+        "vendor": {"id": 7},
+    },  # extra field
     {"item_id": "i2", "title": "Heat (1995)", "description": None, "available": True},
     {"item_id": "i3", "title": "  Padded title  ", "categories": []},
 ]
@@ -79,17 +110,23 @@ def as_bytes(record: dict) -> bytes:
 
 
 def worker(record: dict):
-    e = parse_event(as_bytes(record), max_bytes=SETTINGS.worker.max_record_bytes,
-                    event_types=set(SETTINGS.worker.event_weights), max_future_skew_s=SETTINGS.worker.max_future_skew_s)
+    e = parse_event(
+        as_bytes(record),
+        max_bytes=SETTINGS.worker.max_record_bytes,
+        event_types=set(SETTINGS.worker.event_weights),
+        max_future_skew_s=SETTINGS.worker.max_future_skew_s,
+    )
     return e.user_id, e.item_id, e.event_type, e.ts
 
 
 def dataset_dir(root: Path, events: list[dict], items: list[dict]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "events.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events),
-                                       encoding="utf-8")
-    (root / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items),
-                                      encoding="utf-8")
+    (root / "events.jsonl").write_text(
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8"
+    )
+    (root / "items.jsonl").write_text(
+        "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8"
+    )
     return root
 
 
@@ -101,9 +138,11 @@ def from_read_records(root: Path):
 def from_training(root: Path):
     """What `load_interactions` hands to training (per-user sequences), back as tuples."""
     data = load_interactions(root, SPEC)
-    return sorted((data.user_ids[u], data.item_ids[i], SPEC.event_types[t - 1], float(ts))
-                  for u in range(len(data.user_ids))
-                  for i, t, ts in zip(data.items[u], data.events[u], data.times[u]))
+    return sorted(
+        (data.user_ids[u], data.item_ids[i], SPEC.event_types[t - 1], float(ts))
+        for u in range(len(data.user_ids))
+        for i, t, ts in zip(data.items[u], data.events[u], data.times[u])
+    )
 
 
 def test_the_worker_reads_the_expected_values():
@@ -146,7 +185,7 @@ def test_items_read_the_same_on_every_path(tmp_path):
     assert [(i.item_id, item_text(i.title, i.description, i.categories)) for i in worker_items] == EXPECTED_ITEMS
 
     data = load_interactions(root, SPEC)  # training: catalog order = item file order
-    assert list(zip(data.item_ids, data.item_texts))[:len(ITEMS)] == EXPECTED_ITEMS
+    assert list(zip(data.item_ids, data.item_texts))[: len(ITEMS)] == EXPECTED_ITEMS
 
     for catalog in (root, root / "items.jsonl"):  # `predict --catalog DIR` and `--catalog FILE`
         predicted = _catalog_items(None, catalog)
@@ -157,5 +196,6 @@ def test_items_read_the_same_on_every_path(tmp_path):
     assert [(i.item_id, item_text(i.title, i.description, i.categories)) for i in parsed] == EXPECTED_ITEMS
 
     catalog = catalog_state([(it["item_id"].encode(), as_bytes(it)) for it in ITEMS], SETTINGS)  # retrain
-    assert [(i, item_text(it["title"], it.get("description"), it.get("categories")))
-            for i, it in catalog.live.items()] == EXPECTED_ITEMS
+    assert [
+        (i, item_text(it["title"], it.get("description"), it.get("categories"))) for i, it in catalog.live.items()
+    ] == EXPECTED_ITEMS

@@ -9,11 +9,29 @@ import numpy as np
 import pytest
 
 from core.datasets import Interactions
-from encoders.event_log import (EventLog, EventLogError, catalog_state, merge_dataset, parse_duration, read_offsets,
-                                valid_events, write_offsets)
-from encoders.retrain import (EXIT_CODES, FAILED, RetrainConfig, decide, gate_split, holdout_cutoff, parse_holdout,
-                              render_markdown, run_once, split_holdout)
 from core.settings import Settings
+from encoders.event_log import (
+    EventLog,
+    EventLogError,
+    catalog_state,
+    merge_dataset,
+    parse_duration,
+    read_offsets,
+    valid_events,
+    write_offsets,
+)
+from encoders.retrain import (
+    EXIT_CODES,
+    FAILED,
+    RetrainConfig,
+    decide,
+    gate_split,
+    holdout_cutoff,
+    parse_holdout,
+    render_markdown,
+    run_once,
+    split_holdout,
+)
 
 SETTINGS = Settings()
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 881250949000}
@@ -26,8 +44,19 @@ def raw(value) -> bytes:
 # --- durations and the held-out slice ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, seconds", [("7d", 604_800), ("12h", 43_200), ("90m", 5_400), ("45s", 45),
-                                           ("2w", 1_209_600), ("1h30m", 5_400), ("0.5h", 1_800), (" 1D ", 86_400)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("7d", 604_800),
+        ("12h", 43_200),
+        ("90m", 5_400),
+        ("45s", 45),
+        ("2w", 1_209_600),
+        ("1h30m", 5_400),
+        ("0.5h", 1_800),
+        (" 1D ", 86_400),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -38,8 +67,15 @@ def test_parse_duration_rejects_with_an_example(text):
         parse_duration(text)
 
 
-@pytest.mark.parametrize("text, parsed", [("10%", ("fraction", 0.1)), ("0.25", ("fraction", 0.25)),
-                                          ("1d", ("duration", 86_400.0)), ("12.5%", ("fraction", 0.125))])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("10%", ("fraction", 0.1)),
+        ("0.25", ("fraction", 0.25)),
+        ("1d", ("duration", 86_400.0)),
+        ("12.5%", ("fraction", 0.125)),
+    ],
+)
 def test_parse_holdout(text, parsed):
     kind, amount = parse_holdout(text)
     assert kind == parsed[0] and amount == pytest.approx(parsed[1])
@@ -62,19 +98,25 @@ def test_holdout_cutoff_by_share_and_by_duration():
 
 def interactions(sequences: dict[str, list[tuple[int, float]]], n_items: int = 10) -> Interactions:
     users = list(sequences)
-    return Interactions([f"i{i}" for i in range(n_items)], [f"item {i}" for i in range(n_items)], users,
-                        [np.array([i for i, _ in sequences[u]], dtype=np.int64) for u in users],
-                        [np.ones(len(sequences[u]), dtype=np.int64) for u in users],
-                        [np.array([t for _, t in sequences[u]], dtype=np.float64) for u in users])
+    return Interactions(
+        [f"i{i}" for i in range(n_items)],
+        [f"item {i}" for i in range(n_items)],
+        users,
+        [np.array([i for i, _ in sequences[u]], dtype=np.int64) for u in users],
+        [np.ones(len(sequences[u]), dtype=np.int64) for u in users],
+        [np.array([t for _, t in sequences[u]], dtype=np.float64) for u in users],
+    )
 
 
 def test_split_holdout_cases_are_held_out_events_with_the_preceding_window():
-    data = interactions({
-        "a": [(1, 1.0), (2, 2.0), (3, 3.0), (4, 10.0), (5, 11.0)],  # two held-out events
-        "b": [(6, 12.0)],  # only a held-out event: no history, not a case
-        "c": [(7, 1.0), (8, 2.0), (7, 10.0)],  # held-out repeat of a window item: not a case
-        "d": [(1, 1.0), (2, 2.0)],  # nothing held out
-    })
+    data = interactions(
+        {
+            "a": [(1, 1.0), (2, 2.0), (3, 3.0), (4, 10.0), (5, 11.0)],  # two held-out events
+            "b": [(6, 12.0)],  # only a held-out event: no history, not a case
+            "c": [(7, 1.0), (8, 2.0), (7, 10.0)],  # held-out repeat of a window item: not a case
+            "d": [(1, 1.0), (2, 2.0)],  # nothing held out
+        }
+    )
     h = split_holdout(data, cutoff=10.0, window=3)
     assert h.train.user_ids == ["a", "c", "d"]
     assert [s.tolist() for s in h.train.items] == [[1, 2, 3], [7, 8], [1, 2]]
@@ -97,17 +139,20 @@ def test_an_item_outside_the_window_is_a_case_again():
 # --- the gate ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("candidate, production, tolerance, promote", [
-    (0.30, 0.20, 0.005, True),  # better
-    (0.20, 0.20, 0.005, True),  # equal
-    (0.196, 0.20, 0.005, True),  # worse, within tolerance
-    (0.195, 0.20, 0.005, True),  # exactly at the bar
-    (0.194, 0.20, 0.005, False),  # worse than the tolerance allows
-    (0.21, 0.20, -0.005, True),  # a negative tolerance demands an improvement
-    (0.204, 0.20, -0.005, False),
-    (float("nan"), 0.20, 0.005, False),
-    (0.30, float("nan"), 0.005, False),
-])
+@pytest.mark.parametrize(
+    "candidate, production, tolerance, promote",
+    [
+        (0.30, 0.20, 0.005, True),  # better
+        (0.20, 0.20, 0.005, True),  # equal
+        (0.196, 0.20, 0.005, True),  # worse, within tolerance
+        (0.195, 0.20, 0.005, True),  # exactly at the bar
+        (0.194, 0.20, 0.005, False),  # worse than the tolerance allows
+        (0.21, 0.20, -0.005, True),  # a negative tolerance demands an improvement
+        (0.204, 0.20, -0.005, False),
+        (float("nan"), 0.20, 0.005, False),
+        (0.30, float("nan"), 0.005, False),
+    ],
+)
 def test_gate(candidate, production, tolerance, promote):
     decision = decide(candidate, production, tolerance)
     assert decision.promote is promote
@@ -126,7 +171,10 @@ def test_valid_events_skips_and_counts_what_the_worker_dead_letters():
         raw(GOOD),
         raw({**GOOD, "event_id": "e2", "ts": "1997-12-04T15:55:49Z"}),
         raw(GOOD),  # redelivered: kept once
-        b"{not json", b"\xff", None, raw([1]),
+        b"{not json",
+        b"\xff",
+        None,
+        raw([1]),
         raw({**GOOD, "event_id": "e3", "user_id": 7}),  # ids are strings
         raw({**GOOD, "event_id": "e4", "event_type": "teleport"}),
         raw({**GOOD, "event_id": "e5", "ts": 4102444800000 * 10}),  # far future
@@ -135,21 +183,27 @@ def test_valid_events_skips_and_counts_what_the_worker_dead_letters():
     events, invalid = valid_events(values, SETTINGS)
     assert invalid == 7
     assert [e["event_id"] for e in events] == ["e1", "e2", "e6"]
-    assert events[1] == {"event_id": "e2", "user_id": "u1", "item_id": "i1", "event_type": "click",
-                         "ts": 881250949000}
+    assert events[1] == {"event_id": "e2", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 881250949000}
     assert set(events[2]) == {"event_id", "user_id", "item_id", "event_type", "ts"}
 
 
 def test_catalog_state_keeps_the_last_record_per_item():
     item = lambda i, **kw: (i.encode(), raw({"item_id": i, "title": f"Film {i}", **kw}))  # noqa: E731
-    catalog = catalog_state([
-        item("1"), item("2"), item("3"), item("4"),
-        item("1", title="Film one, renamed"),
-        ("2".encode(), None),  # tombstone: removed by key
-        item("3", available=False),
-        ("5".encode(), b"{broken"),  # invalid: counted
-        item("4", available=False), item("4"),  # back again
-    ], SETTINGS)
+    catalog = catalog_state(
+        [
+            item("1"),
+            item("2"),
+            item("3"),
+            item("4"),
+            item("1", title="Film one, renamed"),
+            ("2".encode(), None),  # tombstone: removed by key
+            item("3", available=False),
+            ("5".encode(), b"{broken"),  # invalid: counted
+            item("4", available=False),
+            item("4"),  # back again
+        ],
+        SETTINGS,
+    )
     assert sorted(catalog.live) == ["1", "4"]
     assert catalog.live["1"]["title"] == "Film one, renamed"
     assert sorted(catalog.removed) == ["2", "3"]
@@ -158,18 +212,34 @@ def test_catalog_state_keeps_the_last_record_per_item():
 
 
 def test_merge_dataset_base_first_topic_wins_removed_items_keep_their_text():
-    topic_events = [{"event_id": "t1", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 2_000},
-                    {"event_id": "t2", "user_id": "u1", "item_id": "i3", "event_type": "view", "ts": 3_000}]
-    catalog = catalog_state([(b"i1", raw({"item_id": "i1", "title": "New title"})),
-                             (b"i3", raw({"item_id": "i3", "title": "Three"})), (b"i3", None),
-                             (b"i4", raw({"item_id": "i4", "title": "Four"})), (b"i4", None)], SETTINGS)
+    topic_events = [
+        {"event_id": "t1", "user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 2_000},
+        {"event_id": "t2", "user_id": "u1", "item_id": "i3", "event_type": "view", "ts": 3_000},
+    ]
+    catalog = catalog_state(
+        [
+            (b"i1", raw({"item_id": "i1", "title": "New title"})),
+            (b"i3", raw({"item_id": "i3", "title": "Three"})),
+            (b"i3", None),
+            (b"i4", raw({"item_id": "i4", "title": "Four"})),
+            (b"i4", None),
+        ],
+        SETTINGS,
+    )
     log = EventLog(topic_events, catalog, 0, {0: 0}, {0: 2})
-    base = ([{"user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 2.0},  # also on the topic
-             {"user_id": "u2", "item_id": "i2", "event_type": "view", "ts": 1.0}],
-            [{"item_id": "i1", "title": "Old title"}, {"item_id": "i2", "title": "Two"}])
+    base = (
+        [
+            {"user_id": "u1", "item_id": "i1", "event_type": "click", "ts": 2.0},  # also on the topic
+            {"user_id": "u2", "item_id": "i2", "event_type": "view", "ts": 1.0},
+        ],
+        [{"item_id": "i1", "title": "Old title"}, {"item_id": "i2", "title": "Two"}],
+    )
     events, items = merge_dataset(log, base)
-    assert [(e["user_id"], e["item_id"], e["ts"]) for e in events] == [("u1", "i1", 2000), ("u2", "i2", 1000),
-                                                                      ("u1", "i3", 3000)]
+    assert [(e["user_id"], e["item_id"], e["ts"]) for e in events] == [
+        ("u1", "i1", 2000),
+        ("u2", "i2", 1000),
+        ("u1", "i3", 3000),
+    ]
     by_id = {it["item_id"]: it for it in items}
     assert by_id["i1"]["title"] == "New title" and by_id["i2"]["title"] == "Two"
     assert by_id["i3"] == {"item_id": "i3", "title": "Three", "available": False}  # removed but in a history
@@ -181,7 +251,7 @@ def test_stored_position_round_trip_and_errors(tmp_path):
     write_offsets(path, {1: 20, 0: 7})
     assert json.loads(path.read_text()) == {"0": 7, "1": 20}
     assert read_offsets(path) == {0: 7, 1: 20}
-    for bad in ("[1, 2]", "{\"0\": \"x\"}", "{\"0\": -1}", "not json"):
+    for bad in ("[1, 2]", '{"0": "x"}', '{"0": -1}', "not json"):
         path.write_text(bad)
         with pytest.raises(EventLogError, match="partition"):
             read_offsets(path)

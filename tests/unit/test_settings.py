@@ -22,14 +22,17 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
-@pytest.mark.parametrize("old, new", [
-    ("STREAMREC_BROKER", "STREAMREC_KAFKA__BROKER"),
-    ("STREAMREC_REGISTRY", "STREAMREC_REGISTRY__PATH"),  # would otherwise fail as the `registry` section's JSON
-    ("STREAMREC_DATA_DIR", "STREAMREC_WORKER__DATA_DIR"),
-    ("STREAMREC_ROCKSDB_BLOCK_CACHE_MB", "STREAMREC_ROCKSDB__BLOCK_CACHE_MB"),
-    ("STREAMREC_SECURITY__SASL_PASSWORD", "STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"),
-    ("streamrec_partitions", "STREAMREC_KAFKA__PARTITIONS"),  # env names are case-insensitive
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("STREAMREC_BROKER", "STREAMREC_KAFKA__BROKER"),
+        ("STREAMREC_REGISTRY", "STREAMREC_REGISTRY__PATH"),  # would otherwise fail as the `registry` section's JSON
+        ("STREAMREC_DATA_DIR", "STREAMREC_WORKER__DATA_DIR"),
+        ("STREAMREC_ROCKSDB_BLOCK_CACHE_MB", "STREAMREC_ROCKSDB__BLOCK_CACHE_MB"),
+        ("STREAMREC_SECURITY__SASL_PASSWORD", "STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"),
+        ("streamrec_partitions", "STREAMREC_KAFKA__PARTITIONS"),  # env names are case-insensitive
+    ],
+)
 def test_an_old_flat_name_is_refused_naming_the_new_one(monkeypatch, old, new):
     monkeypatch.setenv(old, "kafka://elsewhere:9092")
     message = f"{old} was renamed {new} (docs/ARCHITECTURE.md, Settings)"
@@ -79,9 +82,14 @@ def test_flags_override_the_env_field_by_field(monkeypatch):
     assert s.registry.path == default_of("registry.path")
 
 
-@pytest.mark.parametrize("name, value", [("STREAMREC_WORKER__DATADIR", "/x"),  # a typo is not ignored
-                                         ("STREAMREC_WORKER__WEB_PORT", "http"),
-                                         ("STREAMREC_KAFKA__BROKER_ENGINE", "redpanda")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("STREAMREC_WORKER__DATADIR", "/x"),  # a typo is not ignored
+        ("STREAMREC_WORKER__WEB_PORT", "http"),
+        ("STREAMREC_KAFKA__BROKER_ENGINE", "redpanda"),
+    ],
+)
 def test_a_bad_setting_is_a_config_error(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match="invalid settings"):
@@ -89,11 +97,18 @@ def test_a_bad_setting_is_a_config_error(monkeypatch, name, value):
 
 
 def test_a_child_process_gets_the_same_settings(monkeypatch):
-    settings = Settings(kafka={"broker": "kafka://b:1", "partitions": 3,
-                               "security": KafkaSecurity(protocol="SASL_SSL", sasl_username="svc",
-                                                         sasl_password="pw", ssl_check_hostname=False)},
-                        worker={"data_dir": "/state", "ann_min_items": None, "event_weights": {"view": 2.0}},
-                        topics={"events": "e2"}, trainer={"checkpoint_dir": "/ckpt"})
+    settings = Settings(
+        kafka={
+            "broker": "kafka://b:1",
+            "partitions": 3,
+            "security": KafkaSecurity(
+                protocol="SASL_SSL", sasl_username="svc", sasl_password="pw", ssl_check_hostname=False
+            ),
+        },
+        worker={"data_dir": "/state", "ann_min_items": None, "event_weights": {"view": 2.0}},
+        topics={"events": "e2"},
+        trainer={"checkpoint_dir": "/ckpt"},
+    )
     env = settings.process_env({"PATH": "/bin", "STREAMREC_WORKER__TOP_K": "99", "STREAMREC_BROKER": "old"})
     assert env["PATH"] == "/bin" and "STREAMREC_BROKER" not in env  # the parent's STREAMREC_* are replaced
     assert env["STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"] == "pw"  # the secret travels, unmasked
@@ -115,8 +130,9 @@ def test_replace_validates_and_does_not_read_the_env(monkeypatch):
 
 
 def test_options_name_their_env_var_and_default():
-    from stream_app.cli import app
     import typer
+
+    from stream_app.cli import app
 
     assert env_name("kafka.security.sasl_password") == "STREAMREC_KAFKA__SECURITY__SASL_PASSWORD"
     command = typer.main.get_command(app).commands["worker"]
@@ -134,8 +150,11 @@ def test_train_and_retrain_options_default_to_the_configs():
     train = {p.name: p.default for p in typer.main.get_command(train_app).commands["train"].params}
     assert (train["epochs"], train["lr"], train["threads"]) == (TrainConfig.epochs, TrainConfig.lr, TrainConfig.threads)
     retrain = {p.name: p.default for p in typer.main.get_command(retrain_app).params}
-    assert (retrain["epochs"], retrain["lr"], retrain["holdout"]) == (RetrainConfig.epochs, RetrainConfig.lr,
-                                                                      RetrainConfig.holdout)
+    assert (retrain["epochs"], retrain["lr"], retrain["holdout"]) == (
+        RetrainConfig.epochs,
+        RetrainConfig.lr,
+        RetrainConfig.holdout,
+    )
     assert retrain["work_dir"] is None  # the setting: STREAMREC_TRAINER__RETRAIN_DIR, else its default
 
 
@@ -149,7 +168,10 @@ def test_no_module_writes_os_environ_to_pass_a_value():
                 if isinstance(target, ast.Subscript) and ast.unparse(target.value) == "os.environ":
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}")
                 if isinstance(node, ast.Call) and ast.unparse(node.func) in (
-                        "os.environ.update", "os.environ.setdefault", "os.putenv"):
+                    "os.environ.update",
+                    "os.environ.setdefault",
+                    "os.putenv",
+                ):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert found == []
 

@@ -4,16 +4,27 @@ import json
 
 from core.contracts import Item, RecommendedItem
 from state.window import UserWindow, WindowEvent
-from stream_app.steps import (UserEvents, advance_windows, announced_version, build_records, catalog_changes,
-                              dlq_headers, group_valid_events, item_change, next_offsets, remember_shown)
+from stream_app.steps import (
+    UserEvents,
+    advance_windows,
+    announced_version,
+    build_records,
+    catalog_changes,
+    dlq_headers,
+    group_valid_events,
+    item_change,
+    next_offsets,
+    remember_shown,
+)
 
 LIMITS = {"max_bytes": 4096, "event_types": {"view", "click", "purchase"}, "max_future_skew_s": 86_400}
 TS = 881250949000  # epoch ms
 
 
 def event(event_id, user, item, event_type="click", ts=TS):
-    return json.dumps({"event_id": event_id, "user_id": user, "item_id": item, "event_type": event_type,
-                       "ts": ts}).encode()
+    return json.dumps(
+        {"event_id": event_id, "user_id": user, "item_id": item, "event_type": event_type, "ts": ts}
+    ).encode()
 
 
 def item(item_id, available=True):
@@ -25,6 +36,7 @@ def window_event(event_id, item, event_type="click", ts=TS / 1000):
 
 
 # -- grouping ---------------------------------------------------------------------------------
+
 
 def test_groups_valid_events_by_user_and_coalesces_each_users_events():
     values = [event("e1", "u1", "i1"), event("e2", "u2", "i2", "view"), event("e3", "u1", "i3", ts=TS + 1000)]
@@ -51,10 +63,13 @@ def test_a_batch_of_only_invalid_events_touches_nobody():
 
 # -- windows and records --------------------------------------------------------------------
 
+
 def test_advance_windows_adds_the_batch_and_reports_hits_against_the_last_list_shown():
     shown_before = UserWindow().with_events([window_event("e0", "i0")], 50, 1e9).derive(recommended=["i1", "i9"])
-    touched = {"u1": UserEvents([window_event("e1", "i1"), window_event("e2", "i2")], 1),
-               "u2": UserEvents([window_event("e3", "i1")], 2)}
+    touched = {
+        "u1": UserEvents([window_event("e1", "i1"), window_event("e2", "i2")], 1),
+        "u2": UserEvents([window_event("e3", "i1")], 2),
+    }
     updated, hits = advance_windows(touched, {"u1": shown_before, "u2": UserWindow()}, 50, 1e9)
     assert updated["u1"].item_ids == ["i0", "i1", "i2"] and updated["u1"].recommended == ["i1", "i9"]
     assert updated["u2"].item_ids == ["i1"]
@@ -63,8 +78,11 @@ def test_advance_windows_adds_the_batch_and_reports_hits_against_the_last_list_s
 
 def test_advance_windows_deduplicates_and_trims():
     stored = UserWindow().with_events([window_event("e1", "i1", ts=1.0), window_event("e2", "i2", ts=2.0)], 3, 1e9)
-    touched = {"u": UserEvents([window_event("e2", "i2", ts=2.0), window_event("e3", "i3", ts=3.0),
-                                window_event("e4", "i4", ts=4.0)], 0)}
+    touched = {
+        "u": UserEvents(
+            [window_event("e2", "i2", ts=2.0), window_event("e3", "i3", ts=3.0), window_event("e4", "i4", ts=4.0)], 0
+        )
+    }
     updated, _ = advance_windows(touched, {"u": stored}, 3, 1e9)
     assert updated["u"].event_ids == ["e2", "e3", "e4"]  # e2 once (a re-delivery), the oldest dropped
     updated, _ = advance_windows(touched, {"u": stored}, 10, 1.5)
@@ -72,14 +90,20 @@ def test_advance_windows_deduplicates_and_trims():
 
 
 def test_records_are_triggered_by_each_users_last_event_and_carry_the_model_version():
-    touched = {"u1": UserEvents([window_event("e1", "i1"), window_event("e3", "i3")], 2),
-               "u2": UserEvents([window_event("e2", "i2")], 1)}
+    touched = {
+        "u1": UserEvents([window_event("e1", "i1"), window_event("e3", "i3")], 2),
+        "u2": UserEvents([window_event("e2", "i2")], 1),
+    }
     lists = {"u1": [RecommendedItem(item_id="i7", score=0.9, because="i1")], "u2": []}
     records = build_records(touched, lists, "v0002", now=1700000000.1234)
     assert [key for key, _ in records] == [b"u1", b"u2"]
     first = records[0][1]
-    assert (first.user_id, first.trigger_event_id, first.model_version, first.generated_at) == \
-        ("u1", "e3", "v0002", 1700000000123)
+    assert (first.user_id, first.trigger_event_id, first.model_version, first.generated_at) == (
+        "u1",
+        "e3",
+        "v0002",
+        1700000000123,
+    )
     assert [i.item_id for i in first.items] == ["i7"] and records[1][1].items == []
 
 
@@ -95,9 +119,18 @@ def test_next_offsets_is_the_offset_after_each_partitions_last_record():
 
 # -- catalog ----------------------------------------------------------------------------------
 
+
 def test_catalog_changes_tombstones_unavailable_and_invalid_records():
-    records = [(b"a", item("a")), (b"b", item("b")), (b"a", None), (b"c", item("c", available=False)),
-               (b"d", b"{not json"), (b"b", item("b")), (b"e", b""), (b"x", json.dumps({"item_id": "x"}).encode())]
+    records = [
+        (b"a", item("a")),
+        (b"b", item("b")),
+        (b"a", None),
+        (b"c", item("c", available=False)),
+        (b"d", b"{not json"),
+        (b"b", item("b")),
+        (b"e", b""),
+        (b"x", json.dumps({"item_id": "x"}).encode()),
+    ]
     changes = catalog_changes(records, max_bytes=4096)
     assert list(changes.upserts) == ["b"] and isinstance(changes.upserts["b"], Item)
     assert changes.removals == ["a", "c", "e"]  # a tombstone (by key), `available: false`, an empty value
@@ -118,10 +151,14 @@ def test_item_change_names_the_item_of_a_tombstone_by_its_key():
 
 # -- dead letters, model updates ----------------------------------------------------------------
 
+
 def test_dlq_headers_say_where_and_why():
     assert dlq_headers("events", 2, 41, "not JSON: é") == [
-        ("dlq.reason", "not JSON: é".encode()), ("dlq.topic", b"events"), ("dlq.partition", b"2"),
-        ("dlq.offset", b"41")]
+        ("dlq.reason", "not JSON: é".encode()),
+        ("dlq.topic", b"events"),
+        ("dlq.partition", b"2"),
+        ("dlq.offset", b"41"),
+    ]
 
 
 def test_announced_version_falls_back_to_the_offset():
