@@ -35,16 +35,22 @@ def timed_start(broker) -> tuple[float, list[float]]:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="streamrec-broker-start-"))
-    print(f"| broker | first start s | restart on the same log s | RSS per process MB |\n| --- | ---: | ---: | --- |")
+    print("| broker | first start s | restart on the same log s | RSS per process MB |\n| --- | ---: | ---: | --- |")
     for nodes in (1, 3):
-        cluster = KafkaCluster(work / f"kafka-{nodes}", nodes, ports=[free_port() for _ in range(nodes)],
-                               controller_ports=[free_port() for _ in range(nodes)])
+        cluster = KafkaCluster(
+            work / f"kafka-{nodes}",
+            nodes,
+            ports=[free_port() for _ in range(nodes)],
+            controller_ports=[free_port() for _ in range(nodes)],
+        )
         first, rss = timed_start(cluster)
         cluster.stop()
         again, _ = timed_start(cluster)
         cluster.stop()
-        print(f"| Apache Kafka, {nodes} node(s), {KAFKA_HEAP_MB} MB heap each | {first:.1f} | {again:.1f} | "
-              f"{', '.join(f'{r:.0f}' for r in rss)} |")
+        print(
+            f"| Apache Kafka, {nodes} node(s), {KAFKA_HEAP_MB} MB heap each | {first:.1f} | {again:.1f} | "
+            f"{', '.join(f'{r:.0f}' for r in rss)} |"
+        )
     tansu = TansuBroker(port=free_port())
     first, rss = timed_start(tansu)
     tansu.stop()
