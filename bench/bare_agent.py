@@ -23,7 +23,7 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.contracts import epoch_seconds  # noqa: E402
-from core.kafka import ensure_topics  # noqa: E402
+from core.kafka import ensure_topics, with_engine  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from state.window import WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
@@ -32,6 +32,7 @@ OUTPUT_TOPIC = "bare-out"
 
 
 def build_bare_app(settings: Settings, partitions: int) -> faust.App:
+    settings = with_engine(settings)  # as the worker does: Tansu gets no idempotent producer
     app = faust_app(settings.replace(worker={"app_id": f"{settings.worker.app_id}-bare"}), partitions)
     events = app.topic(settings.topics.events, key_serializer="raw", value_serializer="raw")
     output = app.topic(OUTPUT_TOPIC, key_serializer="raw", value_serializer="raw")
