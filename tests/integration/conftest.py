@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from core.brokers import KafkaCluster, TansuBroker, stop_process
+from core.kafka import client_security
 from core.settings import Settings, Topics
 from stream_app.demo import free_port
 from tests.support import ML100K
@@ -227,6 +228,7 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
         group_id=None,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=100,
+        **client_security(settings.kafka.security),
     )
     await consumer.start()
     records: list = []
@@ -240,6 +242,20 @@ async def consume_until(settings: Settings, topic: str, done, timeout_s: float =
         return records
     finally:
         await consumer.stop()
+
+
+def topic_configs(settings: Settings, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Every config of each topic, as the broker reports it."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics], config_filter="all"
+        )
+    finally:
+        admin.close()
+    return {name: {k: v["value"] for k, v in configs.items()} for name, configs in found["topic"].items()}
 
 
 def latest_by_user(records) -> dict[str, dict]:

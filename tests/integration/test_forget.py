@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from aiokafka.partitioner import murmur2
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from stream_app.demo import publish_catalog
 from stream_app.forget import request_forget
@@ -23,6 +22,7 @@ from tests.integration.conftest import (
     read_windows,
     run,
     settings_env,
+    topic_configs,
 )
 
 pytestmark = pytest.mark.integration
@@ -72,17 +72,6 @@ def forget_through_cli(settings, user: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
-
-
-def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        found = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics], config_filter="all"
-        )
-    finally:
-        admin.close()
-    return {name: {k: v["value"] for k, v in configs.items()} for name, configs in found["topic"].items()}
 
 
 def test_a_forgotten_user_stays_forgotten_after_a_rebuild_from_the_changelog(settings, start_worker, tmp_path):

@@ -15,11 +15,9 @@ from tests.integration.conftest import REPO, consume_until, event, ml100k_items,
 pytestmark = pytest.mark.integration
 
 
-def test_an_empty_registry_ends_with_a_serving_worker(settings, start_worker, tmp_path):
-    settings = settings.replace(registry={"path": tmp_path / "empty-registry"})
-    command = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["model-init"]["command"]
-    assert command[0] == "streamrec"
-    init = subprocess.run(
+def model_init(command: list[str], settings) -> subprocess.CompletedProcess:
+    """The compose model-init service's command, run here with these settings."""
+    return subprocess.run(
         [sys.executable, "-m", "streamrec.cli", *command[1:]],
         cwd=REPO,
         env=settings_env(settings),
@@ -27,6 +25,13 @@ def test_an_empty_registry_ends_with_a_serving_worker(settings, start_worker, tm
         text=True,
         timeout=300,
     )
+
+
+def test_an_empty_registry_ends_with_a_serving_worker(settings, start_worker, tmp_path):
+    settings = settings.replace(registry={"path": tmp_path / "empty-registry"})
+    command = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["model-init"]["command"]
+    assert command[0] == "streamrec"
+    init = model_init(command, settings)
     assert init.returncode == 0, f"{shlex.join(command)} failed:\n{init.stdout}{init.stderr}"
 
     worker = start_worker(settings)
@@ -36,12 +41,5 @@ def test_an_empty_registry_ends_with_a_serving_worker(settings, start_worker, tm
     records = run(consume_until(settings, settings.topics.recommendations, lambda rs: len(rs) >= 1))
     assert len(json.loads(records[-1].value)["items"]) == settings.worker.top_k
 
-    again = subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", *command[1:]],
-        cwd=REPO,
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = model_init(command, settings)
     assert again.returncode == 0 and "latest model:" in again.stdout  # a second `up` keeps the model

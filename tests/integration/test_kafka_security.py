@@ -22,7 +22,16 @@ from core.kafka import check_connection, client_security
 from core.settings import KafkaSecurity, Settings
 from encoders.event_log import read_event_log
 from stream_app.demo import free_port, publish_catalog
-from tests.integration.conftest import REPO, event, fresh_settings, ml100k_items, produce, run, settings_env
+from tests.integration.conftest import (
+    REPO,
+    consume_until,
+    event,
+    fresh_settings,
+    ml100k_items,
+    produce,
+    run,
+    settings_env,
+)
 from tests.support import ML100K
 
 pytestmark = pytest.mark.integration
@@ -179,32 +188,6 @@ def with_security(settings: Settings, security: KafkaSecurity, broker: str | Non
 
 
 # --- clients ---------------------------------------------------------------------------------
-
-
-async def consume_until(settings: Settings, topic: str, done, timeout_s: float = 60.0) -> list:
-    """conftest's consume_until, with the settings' security."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-        **client_security(settings.kafka.security),
-    )
-    await consumer.start()
-    records: list = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not done(records):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: condition not met after {timeout_s}s with {len(records)} records")
-            for messages in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(messages)
-        return records
-    finally:
-        await consumer.stop()
 
 
 def streamrec(settings: Settings, *args: str, timeout_s: float = 180.0) -> tuple[int, str, float]:

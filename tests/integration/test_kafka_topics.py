@@ -9,22 +9,11 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from core.kafka import ensure_topics
 from stream_app.demo import publish_catalog
-from tests.integration.conftest import consume_until, event, ml100k_items, produce, run
+from tests.integration.conftest import consume_until, event, ml100k_items, produce, run, topic_configs
 
 pytestmark = pytest.mark.integration
 
 COMPACTION_TIMEOUT_S = 90  # the log cleaner looks for work every 15 s (Kafka's log.cleaner.backoff.ms)
-
-
-def topic_configs(settings, topics: list[str]) -> dict[str, dict[str, str]]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        found = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics], config_filter="all"
-        )
-    finally:
-        admin.close()
-    return {name: {k: v["value"] for k, v in configs.items()} for name, configs in found["topic"].items()}
 
 
 def alter_topic(settings, topic: str, configs: dict[str, str]) -> None:
