@@ -118,6 +118,11 @@ class WorkerSettings(_Section):
     ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS  # catalogs this big use FAISS IVF; None = always exact
     trending_half_life_s: float = 3_600.0
     inference_threads: int = 1  # onnxruntime, FAISS and BLAS threads each (docs/ARCHITECTURE.md)
+    # Failover: warm copies of other workers' table partitions (Faust standby replicas), so a
+    # partition that moves here answers without replaying its whole changelog.
+    standby_replicas: int = 1  # Faust's default
+    # /health turns 503 "stalled" when events wait and no micro-batch has completed for this long.
+    stall_timeout_s: float = 30.0
 
 
 class RocksDBSettings(_Section):

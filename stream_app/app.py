@@ -46,6 +46,7 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
         producer_linger=settings.kafka.producer_linger_ms / 1000.0,
         producer_acks=-1,
         topic_replication_factor=settings.kafka.replication_factor,
+        table_standby_replicas=settings.worker.standby_replicas,
         web_port=settings.worker.web_port,
         web_bind=settings.worker.web_host,
         web_host=settings.worker.web_host,

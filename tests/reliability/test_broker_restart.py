@@ -21,8 +21,8 @@ import pytest
 from core.brokers import KafkaCluster
 from stream_app.demo import free_port, publish_catalog
 from tests.integration.conftest import consume_until, ml100k_items, produce_paced, read_windows, run
+from tests.reliability.accounting import account_for, consume_drained, planned_events, values
 from tests.reliability.conftest import scaled
-from tests.reliability.test_crash import account_for, consume_drained, planned_events, values
 
 pytestmark = pytest.mark.integration
 
