@@ -16,6 +16,7 @@ from core.features import FeatureSpec
 from core.options import command_settings, setting_option
 from core.settings import Settings
 from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+from encoders.ease import L2_GRID  # numpy only
 
 app = typer.Typer(help="Train and evaluate the two-tower recommender.", no_args_is_help=True)
 
@@ -118,27 +119,43 @@ def train_and_register(
 @app.command()
 def evaluate(
     data: Path = typer.Option(..., exists=True, file_okay=False, help="The data the checkpoints were trained on."),
-    checkpoint: list[Path] = typer.Option(
-        ..., exists=True, file_okay=False, help="Checkpoint dir; repeat for several (e.g. seeds)."
+    checkpoint: Optional[list[Path]] = typer.Option(
+        None,
+        exists=True,
+        file_okay=False,
+        help="Checkpoint dir; repeat for several (e.g. seeds). None: baselines only.",
     ),
     out: Path = typer.Option(Path("eval/report.md"), help="Markdown report; a PNG is written next to it."),
     title: str = typer.Option("ml-100k leave-one-out, full ranking", help="Report title."),
     cold_items: float = typer.Option(T.cold_items, help="The --cold-items the checkpoints were trained with."),
+    ease_lambda: list[float] = typer.Option(
+        list(L2_GRID), help="EASE L2 weights to try; the best on validation NDCG@10 (product) is tested. Repeat."
+    ),
     threads: int = typer.Option(T.threads, help="torch CPU threads."),
 ) -> None:
-    """Leave-one-out test metrics of checkpoints and the popularity baseline (rows = model variants)."""
+    """Leave-one-out test metrics of checkpoints and the baselines, popularity and EASE (rows = model variants)."""
     import json
 
     import torch
 
     from core.datasets import load_interactions, split_leave_one_out
-    from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items, write_report
+    from encoders.evaluate import evaluate_ease, evaluate_model, evaluate_popularity, withhold_items, write_report
     from encoders.recommender import load_checkpoint
 
+    def split_of(data_set):
+        split = split_leave_one_out(data_set)
+        return withhold_items(split, cold_items) if cold_items > 0 else split
+
     torch.set_num_threads(threads)
-    results: dict = {}
-    split = None
-    for ckpt in checkpoint:
+    # Users, items and targets do not depend on the event-type vocabulary: the baselines read the data
+    # with the default FeatureSpec, each checkpoint with its own.
+    split = split_of(load_interactions(data, FeatureSpec()))
+    ease_run = evaluate_ease(split, ease_lambda)
+    results: dict = {
+        "popularity": [evaluate_popularity(split)],
+        f"EASE, λ = {ease_run.l2:g} (chosen on validation)": [ease_run.test],
+    }
+    for ckpt in checkpoint or []:
         model, item_ids, _ = load_checkpoint(ckpt)
         data_set = load_interactions(data, model.feature_spec)
         if data_set.item_ids != item_ids:
@@ -146,12 +163,8 @@ def evaluate(
         trained_with = json.loads((ckpt / "metrics.json").read_text())["train_config"].get("cold_items", 0.0)
         if trained_with != cold_items:
             raise typer.BadParameter(f"{ckpt} was trained with --cold-items {trained_with}, not {cold_items}")
-        split = split_leave_one_out(data_set)
-        if cold_items > 0:
-            split = withhold_items(split, cold_items)
-        results.setdefault(_variant_name(model), []).append(evaluate_model(model, split, "test"))
-    results = {"popularity": [evaluate_popularity(split)], **results}
-    typer.echo(write_report(results, title, out).read_text())
+        results.setdefault(_variant_name(model), []).append(evaluate_model(model, split_of(data_set), "test"))
+    typer.echo(write_report(results, title, out, ease_run.validation_table()).read_text())
 
 
 def _variant_name(model) -> str:

@@ -11,12 +11,13 @@ Every catalog item is ranked. Two settings are reported:
 Cold cases are those whose target never occurs in training; HR@10 and NDCG@10 are
 reported there. LOO leaves almost no cold targets, so `withhold_items` removes a random
 share of the catalog from training to measure cold-item recall of the text tower.
-Baselines run in the same harness: popularity (training-interaction counts) and any
-checkpoint, e.g. the ID-only model.
+Baselines run in the same harness: popularity (training-interaction counts), EASE (closed-form
+item-item model, encoders/ease.py, λ chosen on validation) and any checkpoint, e.g. the ID-only model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from core.datasets import Interactions, Split, make_windows
+from encoders import ease
 from encoders.metrics import METRICS, hit_rate, ndcg, ranking_metrics, target_ranks
 from encoders.recommender import Recommender
 
@@ -114,10 +116,16 @@ def withhold_items(split: Split, fraction: float, seed: int = 0) -> Split:
     return replace(split, train=train)
 
 
+def cases(split: Split, stage: str) -> tuple[Interactions, np.ndarray]:
+    """stage "valid" or "test" -> (the users' histories, their [U] targets)."""
+    if stage == "valid":
+        return split.valid_history, split.valid_targets
+    return split.test_history, split.test_targets
+
+
 def evaluate_model(model: Recommender, split: Split, stage: str) -> Evaluation:
     """stage: "valid" or "test"."""
-    history = split.valid_history if stage == "valid" else split.test_history
-    targets = split.valid_targets if stage == "valid" else split.test_targets
+    history, targets = cases(split, stage)
     return evaluate_scores(model_scores(model, history), history, targets, warm_items(split.train))
 
 
@@ -126,14 +134,56 @@ def evaluate_popularity(split: Split) -> Evaluation:
     return evaluate_scores(scores, split.test_history, split.test_targets, warm_items(split.train))
 
 
+@dataclass
+class EaseEvaluation:
+    l2: float  # the chosen λ: best validation NDCG@10, product setting
+    valid: dict[float, Evaluation]  # λ -> validation metrics: the curve the choice was made on
+    test: Evaluation  # with the chosen λ, read once
+
+    def validation_table(self) -> list[str]:
+        """The validation curve as markdown lines (for `write_report`'s notes)."""
+        lines = [
+            f"EASE on validation by λ (chosen: the best NDCG@10 product, λ = {self.l2:g}):",
+            "",
+            "| λ | NDCG@10 product | HR@10 product | NDCG@10 | HR@10 | cold HR@10 |",
+            "|" + " --- |" * 6,
+        ]
+        for l2, e in self.valid.items():
+            cold = "n/a" if e.cold_hr10 is None else f"{e.cold_hr10:.4f}"
+            lines.append(
+                f"| {l2:g} | {e.product['NDCG@10']:.4f} | {e.product['HR@10']:.4f} "
+                f"| {e.recbole['NDCG@10']:.4f} | {e.recbole['HR@10']:.4f} | {cold} |"
+            )
+        return lines
+
+
+def evaluate_ease(split: Split, lambdas: Sequence[float]) -> EaseEvaluation:
+    """EASE fitted on the training interactions for each λ, scored on the validation cases; the λ
+    with the best validation NDCG@10 in the product setting (history excluded) is evaluated on test.
+    Product, because EASE has no way to demote items already seen (nothing like the model's repeat
+    term): with history shown, its top 10 fills with history, and selecting on that would reward the λ
+    that ranks history lowest rather than the one that ranks the next item best."""
+    X = ease.user_item_matrix(split.train)  # [U_train, N]
+    warm = warm_items(split.train)
+
+    def evaluate_l2(l2: float, stage: str) -> Evaluation:
+        history, targets = cases(split, stage)
+        return evaluate_scores(ease.scores(ease.fit(X, l2), history), history, targets, warm)
+
+    valid = {l2: evaluate_l2(l2, "valid") for l2 in lambdas}
+    best = max(lambdas, key=lambda l2: valid[l2].product["NDCG@10"])  # the first of equals
+    return EaseEvaluation(best, valid, evaluate_l2(best, "test"))
+
+
 def _mean_spread(values: list[float | None]) -> str:
     """'mean ± std' over runs (population std); 'n/a' when no run has a value."""
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "n/a"
 
 
-def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path) -> Path:
-    """Markdown table (mean ± spread over runs per row) + a bar chart PNG next to it."""
+def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path, notes: Sequence[str] = ()) -> Path:
+    """Markdown table (mean ± spread over runs per row), `notes` (markdown lines) under it, and a bar
+    chart PNG next to it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,7 +205,9 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path)
         cells += [_mean_spread([r.cold_hr10 for r in runs]), _mean_spread([r.cold_ndcg10 for r in runs])]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     first = next(iter(results.values()))[0]
-    lines += ["", f"{first.n_cases} test cases, {first.n_cold} with a cold target item.", ""]
+    lines += ["", f"{first.n_cases} test cases, {first.n_cold} with a cold target item.", "", *notes]
+    if notes:
+        lines.append("")
     png = out_md.with_suffix(".png")
     lines.append(f"![metrics]({png.name})")
     out_md.parent.mkdir(parents=True, exist_ok=True)
