@@ -341,6 +341,33 @@ class KafkaCluster(_Broker):
         process.kill()
         process.wait()
 
+    def pid(self, node_id: int) -> int:
+        """The process id of a running node's JVM."""
+        return self.processes[node_id].pid
+
+    def partitions(self, topics: list[str] | None = None, timeout_ms: int = 5_000) -> dict[str, dict[int, dict]]:
+        """Each partition of `topics` (None: every topic) as the cluster reports it:
+        {topic: {partition: {"leader": node id (-1: none), "replicas": [...], "isr": [...]}}}. A topic
+        the cluster does not know (yet) is left out. A dead leader is reported until the controller
+        has fenced its node (broker.session.timeout.ms)."""
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers, request_timeout_ms=timeout_ms, **self.client_options
+        )
+        try:
+            described = admin.describe_topics(topics)
+        finally:
+            admin.close()
+        return {
+            t["name"]: {
+                p["partition_index"]: {"leader": p["leader_id"], "replicas": p["replica_nodes"], "isr": p["isr_nodes"]}
+                for p in t["partitions"]
+            }
+            for t in described
+            if t["error_code"] == 0
+        }
+
     def children(self) -> list[subprocess.Popen]:
         return list(self.processes.values())
 

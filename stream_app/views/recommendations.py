@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
-from state.window import UserWindow
+from functools import wraps
+
+import aiohttp
+from faust.web.exceptions import ServiceUnavailable
+
 from stream_app.context import WorkerContext
 
 
 def register(ctx: WorkerContext) -> None:
+    # Routed by the events topic, not the windows table (`table_route`): a window lives in the
+    # partition its user's events arrive on (the raw user id hashed), while a table route hashes the
+    # table's JSON key ('"u1"'), another partition for most users: it asked a worker without the window.
     @ctx.app.page("/recommendations/{user_id}")
-    @ctx.app.table_route(table=ctx.windows, match_info="user_id")
+    @owner_unreachable_is_503
+    @ctx.app.topic_route(topic=ctx.topics.events, match_info="user_id")
     async def recommendations_of(web, request, user_id: str):
         """The user's current top-k: their window scored by the serving model (what the next
         record would say); served only once tables are recovered."""
-        if not ctx.can_serve():
+        # During a rebalance too: Faust routes a newly assigned partition here before it marks its
+        # recovery started (and `can_serve` reads the recovery done), so the empty partition answered
+        # "unknown user" for a few ms; `rebalancing` lasts from the revoke to the recovered tables.
+        if not ctx.can_serve() or ctx.app.rebalancing:
             return web.json({"error": "starting"}, status=503)
         recommender = ctx.serving.recommender
-        window = ctx.windows.get(user_id)
-        (items,) = recommender.recommend([window or UserWindow()])
+        window = ctx.windows.get(user_id)  # the table's default, an empty window, for an unknown user
+        (items,) = recommender.recommend([window])
         return web.json(
             {
                 "user_id": user_id,
                 "items": [i.asdict() for i in items],
                 "model_version": recommender.model_version,
-                "known_user": window is not None,
+                "known_user": len(window) > 0,
             }
         )
+
+
+def owner_unreachable_is_503(handler):
+    """A request forwarded to the owner the group last named, when that worker is gone (killed,
+    until the group notices and rebalances), is a 503 the client retries, not a 500."""
+
+    @wraps(handler)
+    async def forward_or_503(view, request, *args, **kwargs):
+        try:
+            return await handler(view, request, *args, **kwargs)
+        except aiohttp.ClientError as e:
+            raise ServiceUnavailable("owner unreachable") from e
+
+    return forward_or_503

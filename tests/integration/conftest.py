@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -97,17 +98,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """`streamrec worker` as a child process; stopped by its PID only."""
+    """`streamrec worker` as a child process (or `command`, e.g. a launcher that injects a fault and
+    then runs it); stopped by its PID only."""
 
-    def __init__(self, settings: Settings, log_path: Path):
+    def __init__(self, settings: Settings, log_path: Path, command: list[str] | None = None):
         self.settings = settings
         self.log_path = log_path
+        self.command = command or [sys.executable, "-m", "stream_app.cli", "worker"]
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> "WorkerProcess":
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream_app.cli", "worker"],
+                self.command,
                 cwd=REPO,
                 env=settings_env(self.settings),
                 stdout=log,
@@ -164,8 +167,8 @@ class WorkerProcess:
 def start_worker(tmp_path):
     workers: list[WorkerProcess] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log")
+    def start(settings: Settings, command: list[str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log", command)
         workers.append(worker)  # before start(): a worker that never gets healthy is stopped too
         return worker.start()
 
@@ -266,22 +269,35 @@ def latest_by_user(records) -> dict[str, dict]:
     return latest
 
 
-def read_windows(data_dir: Path) -> dict[str, "UserWindow"]:
-    """The windows table straight from the worker's RocksDB files (worker stopped)."""
+def read_windows_by_partition(data_dir: Path) -> dict[int, dict[str, "UserWindow"]]:
+    """The windows table straight from the worker's RocksDB files (worker stopped), per table
+    partition (one store per partition: `windows-<p>.db`)."""
     from rocksdict import AccessType, Options, Rdict
 
     from state.window import UserWindow
 
-    windows = {}
+    found: dict[int, dict[str, UserWindow]] = {}
     for path in sorted(Path(data_dir).glob("v*/tables/windows-*.db")):
         db = Rdict(str(path), access_type=AccessType.read_only(), options=Options(raw_mode=True))
         try:
-            for key, value in db.items():
-                if not key.startswith(b"__faust"):  # Faust keeps its changelog offset beside the data
-                    windows[json.loads(key)] = UserWindow.loads(value, serializer="json")
+            found[int(path.stem.rsplit("-", 1)[1])] = {
+                json.loads(key): UserWindow.loads(value, serializer="json")
+                for key, value in db.items()
+                if not key.startswith(b"__faust")  # Faust keeps its changelog offset beside the data
+            }
         finally:
             db.close()
-    return windows
+    return found
+
+
+def read_windows(data_dir: Path, partitions: Collection[int] | None = None) -> dict[str, "UserWindow"]:
+    """The windows of every partition's store in `data_dir`, or only of `partitions` (worker stopped)."""
+    return {
+        user: window
+        for partition, windows in read_windows_by_partition(data_dir).items()
+        if partitions is None or partition in partitions
+        for user, window in windows.items()
+    }
 
 
 def metric_values(text: str, name: str) -> list[float]:
