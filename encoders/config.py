@@ -10,13 +10,16 @@ from pathlib import Path
 
 from core.features import FeatureSpec
 
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"  # the item tower's text model unless told otherwise
+
 
 @dataclass
 class ItemTowerConfig:
-    text_model_dir: str = ""  # any local Hugging Face encoder directory; "" = bundled MiniLM
+    text_model_dir: str = ""  # a name in encoders.item_tower.TEXT_MODELS or any local HF encoder dir; "" = default
     proj_dim: int | None = 64  # output width; None = raw normalised sentence embedding
     max_tokens: int = 32  # item titles are short; longer text is truncated
     train_top_layers: int = 0  # 0 = frozen LM; n = fine-tune the top n transformer layers
+    pooling: str = ""  # "mean" or "cls" (first token); "" = what the model dir's sentence-transformers config says
 
 
 @dataclass

@@ -12,7 +12,8 @@ Cold cases are those whose target never occurs in training; HR@10 and NDCG@10 ar
 reported there. LOO leaves almost no cold targets, so `withhold_items` removes a random
 share of the catalog from training to measure cold-item recall of the text tower.
 Baselines run in the same harness: popularity (training-interaction counts), EASE (closed-form
-item-item model, encoders/ease.py, λ chosen on validation) and any checkpoint, e.g. the ID-only model.
+item-item model, encoders/ease.py, λ chosen on validation), the pure-text nearest-neighbour peer
+(`text_knn_scores`: no training at all) and any checkpoint, e.g. the ID-only model.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 
 from core.datasets import Interactions, Split, make_windows
+from core.features import FeatureSpec
 from encoders import ease
+from encoders.config import ItemTowerConfig
 from encoders.metrics import METRICS, hit_rate, ndcg, ranking_metrics, target_ranks
 from encoders.recommender import Recommender
 
@@ -75,6 +78,8 @@ class Evaluation:
     cold_ndcg10: float | None  # NDCG@10 (recbole setting) on the same cases
     n_cases: int
     n_cold: int
+    cold_product_hr10: float | None = None  # HR@10 on the same cases, history excluded
+    cold_product_ndcg10: float | None = None  # NDCG@10 on the same cases, history excluded
 
 
 def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarray, warm: np.ndarray) -> Evaluation:
@@ -83,14 +88,17 @@ def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarr
     seen = scores.copy()
     for u, items in enumerate(history.items):
         seen[u, items] = -np.inf
+    product_ranks = target_ranks(seen, targets)
     cold = ~warm[targets]
     return Evaluation(
         recbole=ranking_metrics(ranks),
-        product=ranking_metrics(target_ranks(seen, targets)),
+        product=ranking_metrics(product_ranks),
         cold_hr10=hit_rate(ranks[cold], 10) if cold.any() else None,
         cold_ndcg10=ndcg(ranks[cold], 10) if cold.any() else None,
         n_cases=len(targets),
         n_cold=int(cold.sum()),
+        cold_product_hr10=hit_rate(product_ranks[cold], 10) if cold.any() else None,
+        cold_product_ndcg10=ndcg(product_ranks[cold], 10) if cold.any() else None,
     )
 
 
@@ -175,6 +183,32 @@ def evaluate_ease(split: Split, lambdas: Sequence[float]) -> EaseEvaluation:
     return EaseEvaluation(best, valid, evaluate_l2(best, "test"))
 
 
+@torch.no_grad()
+def pretrained_item_vectors(item_texts: list[str], text_model: str = "") -> np.ndarray:
+    """The text model's own sentence embeddings of the item texts (its pooling, before any projection), as
+    the zero-training baseline version serves them, L2-normalised: -> [N, H] float32."""
+    from encoders.item_tower import ItemTower  # loads transformers
+
+    tower = ItemTower(ItemTowerConfig(text_model_dir=text_model, proj_dim=None)).eval()
+    return torch.nn.functional.normalize(tower.encode_texts(item_texts), dim=-1).numpy()
+
+
+def text_knn_scores(item_vectors: np.ndarray, history: Interactions, window: int = FeatureSpec.max_len) -> np.ndarray:
+    """The pure-text nearest-neighbour peer: a user is the mean of the L2-normalised pretrained
+    embeddings of the items of their window (the newest `window` events, as the model's input), scored
+    by cosine against every item. item_vectors [N, H] -> [U, N]. Nothing is trained."""
+    unit = item_vectors / np.linalg.norm(item_vectors, axis=1, keepdims=True).clip(min=1e-12)
+    users = np.stack([unit[items[-window:]].sum(0) for items in history.items])  # [U, H], the mean's direction
+    users /= np.linalg.norm(users, axis=1, keepdims=True).clip(min=1e-12)  # an empty window scores all 0
+    return users @ unit.T
+
+
+def evaluate_text_knn(split: Split, item_vectors: np.ndarray, stage: str) -> Evaluation:
+    """The text kNN peer on the validation or test cases; item_vectors [N, H] in catalog order."""
+    history, targets = cases(split, stage)
+    return evaluate_scores(text_knn_scores(item_vectors, history), history, targets, warm_items(split.train))
+
+
 def _mean_spread(values: list[float | None]) -> str:
     """'mean ± std' over runs (population std); 'n/a' when no run has a value."""
     values = [v for v in values if v is not None]
@@ -189,7 +223,7 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10", "cold NDCG@10"]
+    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10", "cold NDCG@10", "cold HR@10 product"]
     lines = [
         f"# {title}",
         "",
@@ -203,6 +237,7 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path,
         cells = [_mean_spread([r.recbole[m] for r in runs]) for m in METRICS]
         cells += [_mean_spread([r.product[m] for r in runs]) for m in ("HR@10", "NDCG@10")]
         cells += [_mean_spread([r.cold_hr10 for r in runs]), _mean_spread([r.cold_ndcg10 for r in runs])]
+        cells += [_mean_spread([r.cold_product_hr10 for r in runs])]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     first = next(iter(results.values()))[0]
     lines += ["", f"{first.n_cases} test cases, {first.n_cold} with a cold target item.", "", *notes]

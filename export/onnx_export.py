@@ -90,12 +90,17 @@ def _dynamic_shapes(config: OnnxConfig) -> dict[str, dict[int, torch.export.Dim]
 
 
 def export_onnx(
-    module: torch.nn.Module, example_inputs: dict[str, torch.Tensor], path: str | Path, config: OnnxConfig
+    module: torch.nn.Module,
+    example_inputs: dict[str, torch.Tensor],
+    path: str | Path,
+    config: OnnxConfig,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write `module` as a single-file ONNX model with the config's names, axes and opset.
 
     `example_inputs` (keyed and ordered as config.inputs) only drive tracing; use sizes
-    >= 2 on dynamic axes so the exporter does not specialise them to 1.
+    >= 2 on dynamic axes so the exporter does not specialise them to 1. `metadata`: extra
+    metadata_props, beside the tower name, opset and torch version.
     """
     path = Path(path)
     if list(example_inputs) != list(config.inputs):
@@ -129,6 +134,7 @@ def export_onnx(
     model = program.model_proto
     model.doc_string = f"streamrec {config.name} tower"
     meta = {"streamrec.tower": config.name, "streamrec.opset": str(config.opset), "torch": torch.__version__}
+    meta |= metadata or {}
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
     onnx.save_model(model, str(path))
@@ -158,8 +164,9 @@ def user_example_inputs(
 
 
 def export_item_tower(tower: torch.nn.Module, path: str | Path, config: OnnxConfig) -> Path:
-    """ItemTower (text -> vector, no ID residual) -> item.onnx."""
-    return export_onnx(tower, item_example_inputs(), path, config)
+    """ItemTower (text -> vector, no ID residual) -> item.onnx. The pooling is part of the graph; it is also
+    recorded as the model's metadata `streamrec.pooling`."""
+    return export_onnx(tower, item_example_inputs(), path, config, {"streamrec.pooling": tower.config.pooling})
 
 
 def export_user_tower(
