@@ -37,6 +37,10 @@ NONE_IN_ENV = "null"
 # the 5 ms budget (docs/benchmarks.md, "Retrieval"). Below this size exact is within budget,
 # needs no build or second copy of the vectors, and its recall is 1.
 DEFAULT_ANN_MIN_ITEMS = 100_000
+# Trending answers the top k (10) of the decayed counts: 1,000 candidates leave room for rising items
+# (a prune drops only the lowest-scoring quarter), take ~150 KB, and rank in < 1 ms per
+# micro-batch (the ranking is rebuilt after each batch's events, so its cost grows with this bound).
+DEFAULT_MAX_TRENDING_ITEMS = 1_000
 
 
 class _Section(BaseModel):
@@ -117,6 +121,12 @@ class WorkerSettings(_Section):
     top_k: int = 10
     ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS  # catalogs this big use FAISS IVF; None = always exact
     trending_half_life_s: float = 3_600.0
+    # Bounds on what a worker keeps per item id (tests/reliability/test_bounded_memory.py). Trending counts
+    # only catalog items and keeps at most this many (the lowest-scoring quarter is dropped beyond it).
+    max_trending_items: int = Field(DEFAULT_MAX_TRENDING_ITEMS, ge=1)
+    # New items beyond this many are dead-lettered ("catalog full"), not loaded: each costs 3-5 x dim x 4 bytes
+    # of vectors (index rows with growth room, IVF copies; state/item_index.py) plus its record (<= max_record_bytes).
+    max_catalog_items: int = Field(1_000_000, ge=1)
     inference_threads: int = 1  # onnxruntime, FAISS and BLAS threads each (docs/ARCHITECTURE.md)
     # Failover: warm copies of other workers' table partitions (Faust standby replicas), so a
     # partition that moves here answers without replaying its whole changelog.

@@ -4,6 +4,11 @@ catalogs below `ann_min_items`, by a FAISS IVF index (state/ann.py) from there o
 Rows are appended as items arrive and reused after removals, so exact scoring of a batch
 of users is a single [B, D] x [D, N] matrix product over the whole catalog. Its cost grows
 with N (tens of ms per user at 1M items, docs/benchmarks.md); the IVF scans a few lists.
+
+Memory per item: its vector, with up to as much again of growth room (capacity doubles), a
+copy in the IVF (two more, briefly, while the IVF rebuilds), and its id. The number of items
+is bounded where they come in (`STREAMREC_WORKER__MAX_CATALOG_ITEMS`, stream_app/tasks/catalog.py);
+the index holds vectors only (the item records are ServingState's).
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ class ItemIndex:
         self.live = np.zeros(capacity, dtype=bool)  # rows that are candidates
         self.row_of: dict[str, int] = {}
         self.ids: list[str | None] = [None] * capacity
-        self.titles: dict[str, str] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._ann = LiveAnn(ann_min_items, ann) if ann_min_items is not None else None
         self._last_search_ann = False
@@ -39,7 +43,7 @@ class ItemIndex:
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.row_of
 
-    def upsert(self, item_id: str, vector: np.ndarray, title: str = "") -> None:
+    def upsert(self, item_id: str, vector: np.ndarray) -> None:
         row = self.row_of.get(item_id)
         if row is None:
             if not self._free:
@@ -49,7 +53,6 @@ class ItemIndex:
             self.ids[row] = item_id
         self.vectors[row] = vector
         self.live[row] = True
-        self.titles[item_id] = title
         if self._ann is not None:
             self._ann.touch(row, self.vectors, self.live, len(self))
 
@@ -60,7 +63,6 @@ class ItemIndex:
         self.live[row] = False
         self.vectors[row] = 0.0
         self.ids[row] = None
-        self.titles.pop(item_id, None)
         self._free.append(row)
         if self._ann is not None:
             self._ann.touch(row, self.vectors, self.live, len(self))

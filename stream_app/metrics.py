@@ -36,8 +36,31 @@ class WorkerMetrics:
         self.model = Info("streamrec_model", "The model version being served", registry=r)
         self.model_refusals = Counter("streamrec_model_refusals", "Announced model versions refused", registry=r)
         self.windows = Gauge("streamrec_windows", "User windows held by this worker", registry=r)
+        self.trending_items = Gauge(
+            "streamrec_trending_items",
+            "Items the trending counter keeps (<= STREAMREC_WORKER__MAX_TRENDING_ITEMS)",
+            registry=r,
+        )
         self.lag = Gauge("streamrec_consumer_lag", "Events not yet read, per partition", ["partition"], registry=r)
         self.broker_up = Gauge("streamrec_broker_up", "1 while the broker answers, else 0", registry=r)
+        # Progress (/health "stalled"): alert on both, e.g. events_waiting > 0 and seconds_since_last_batch > 30.
+        self.seconds_since_last_batch = Gauge(
+            "streamrec_seconds_since_last_batch",
+            "Seconds since the events agent last completed a micro-batch (or since the worker started)",
+            registry=r,
+        )  # computed per scrape (WorkerContext)
+        self.events_waiting = Gauge(
+            "streamrec_events_waiting",
+            "Events in this worker's events partitions not processed yet (broker end offsets, every 2 s)",
+            registry=r,
+        )
+        self.recommendation_failures = Counter(
+            "streamrec_recommendation_failures",
+            "Users whose record a micro-batch could not produce (their events were dead-lettered), by stage: "
+            "scoring, send (too large, or refused) or table (window read or write)",
+            ["stage"],
+            registry=r,
+        )
         self.hits = Counter("streamrec_online_hits", "Events whose item was in the user's last top-k", registry=r)
         self.hit_rate = Gauge(
             "streamrec_online_hr_at_k",

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.contracts import Item, RecommendedItem
 from core.features import item_text, left_pad, recency_buckets
-from core.settings import DEFAULT_ANN_MIN_ITEMS
+from core.settings import DEFAULT_ANN_MIN_ITEMS, DEFAULT_MAX_TRENDING_ITEMS
 from export.runtime import ModelRuntime
 from state.item_index import ItemIndex
 from state.popularity import TrendingCounter
@@ -42,10 +42,12 @@ class Recommender:
         k: int,
         trending_half_life_s: float,
         ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
+        max_trending_items: int = DEFAULT_MAX_TRENDING_ITEMS,
     ):
         index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
-        return cls(runtime, event_weights, k, index, TrendingCounter(trending_half_life_s), catalog_row)
+        trending = TrendingCounter(trending_half_life_s, max_trending_items)
+        return cls(runtime, event_weights, k, index, trending, catalog_row)
 
     @property
     def model_version(self) -> str:
@@ -68,11 +70,14 @@ class Recommender:
 
     def add_items(self, items: Sequence[Item], vectors: np.ndarray) -> None:
         for item, vector in zip(items, vectors):
-            self.index.upsert(item.item_id, vector, item.title)
+            self.index.upsert(item.item_id, vector)
 
     # -- users ---------------------------------------------------------------------
     def observe(self, item_id: str, event_type: str, ts: float) -> None:
-        self.trending.add(item_id, self.event_weights.get(event_type, 1.0), ts)
+        """Count the event for trending if its item is in the catalog: only those can be recommended,
+        and ids nobody publishes (a hostile stream's) must neither take memory nor crowd real items out."""
+        if item_id in self.index:
+            self.trending.add(item_id, self.event_weights.get(event_type, 1.0), ts)
 
     def recommend(self, windows: Sequence[UserWindow]) -> list[list[RecommendedItem]]:
         spec = self.runtime.feature_spec
@@ -81,7 +86,8 @@ class Recommender:
         has_history = np.array([k.any() for k in known], dtype=bool)
         users = self._user_vectors(windows, vectors, known, has_history)  # [B, D]
         exclude = [set(w.item_ids) for w in windows]
-        ranked = self.index.top_k(users, self.k, exclude)
+        warm = np.flatnonzero(has_history).tolist()  # only they need the catalog scan; cold users get trending
+        ranked = dict(zip(warm, self.index.top_k(users[warm], self.k, [exclude[b] for b in warm])))
         results = []
         for b in range(len(windows)):
             if has_history[b]:

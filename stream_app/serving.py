@@ -30,7 +30,9 @@ def load_recommender(
     runtime = load_runtime(Registry(settings.registry.path).load(version), intra_op_threads=w.inference_threads)
     worst = check_canary(runtime)
     log.info("model %s passed its canary batch (max diff %.2e)", runtime.version.name, worst)
-    recommender = Recommender.create(runtime, w.event_weights, w.top_k, w.trending_half_life_s, w.ann_min_items)
+    recommender = Recommender.create(
+        runtime, w.event_weights, w.top_k, w.trending_half_life_s, w.ann_min_items, w.max_trending_items
+    )
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model
     return recommender

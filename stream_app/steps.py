@@ -7,7 +7,7 @@ tests/unit/test_worker_steps.py tests them without a broker.
 from __future__ import annotations
 
 import json
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from core.contracts import InvalidRecord, Item, Recommendation, RecommendedItem, item_change, parse_event
 from state.window import UserWindow, WindowEvent
@@ -20,7 +20,12 @@ Reject = tuple[int, str]  # (index of the record in its batch, reason for the de
 
 class UserEvents(NamedTuple):
     events: list[WindowEvent]  # the user's valid events in the batch, in arrival order
-    last: int  # index in the batch of the user's last event: its partition holds the user's window
+    indices: list[int]  # their indices in the batch (what a dead letter sends)
+
+    @property
+    def last(self) -> int:
+        """Index in the batch of the user's last event: its partition holds the user's window."""
+        return self.indices[-1]
 
 
 def group_valid_events(
@@ -38,9 +43,9 @@ def group_valid_events(
         except InvalidRecord as e:
             rejects.append((index, e.reason))
             continue
-        events = touched[event.user_id].events if event.user_id in touched else []
-        events.append(WindowEvent(event.event_id, event.item_id, event.event_type, event.ts))
-        touched[event.user_id] = UserEvents(events, index)
+        user = touched.setdefault(event.user_id, UserEvents([], []))
+        user.events.append(WindowEvent(event.event_id, event.item_id, event.event_type, event.ts))
+        user.indices.append(index)
     return touched, rejects
 
 
@@ -62,32 +67,82 @@ def advance_windows(
 def remember_shown(
     updated: Mapping[str, UserWindow], lists: Mapping[str, Sequence[RecommendedItem]]
 ) -> dict[str, UserWindow]:
-    """The windows to store: each remembers the list it is about to be shown (for the next hits)."""
-    return {user: window.derive(recommended=[i.item_id for i in lists[user]]) for user, window in updated.items()}
+    """The windows to store, of the users with a list: each remembers the list it is about to be shown
+    (for the next hits)."""
+    return {user: updated[user].derive(recommended=[i.item_id for i in items]) for user, items in lists.items()}
 
 
 def build_records(
     touched: Mapping[str, UserEvents], lists: Mapping[str, Sequence[RecommendedItem]], model_version: str, now: float
 ) -> list[tuple[bytes, Recommendation]]:
-    """One (key, record) per touched user, in `touched` order, triggered by the user's last event in the batch."""
+    """One (key, record) per user with a list, in `lists` order, triggered by the user's last event in the batch."""
     return [
         (
             user.encode(),
             Recommendation(
                 user_id=user,
-                items=lists[user],
+                items=items,
                 model_version=model_version,
                 generated_at=int(now * 1000),
-                trigger_event_id=events[-1].event_id,
+                trigger_event_id=touched[user].events[-1].event_id,
             ),
         )
-        for user, (events, _) in touched.items()
+        for user, items in lists.items()
     ]
 
 
 def next_offsets(positions: Iterable[tuple[int, int]]) -> dict[int, int]:
     """(partition, offset) of processed records -> partition: the offset after the last one."""
     return {partition: offset + 1 for partition, offset in positions}
+
+
+# -- failures after parsing, progress ----------------------------------------------------------------
+
+# What a record alone in a Kafka record batch (format v2) takes beyond its key and value: the batch
+# header (61 bytes) and the record's framing (attributes, varint deltas and lengths, no headers), at most.
+RECORD_OVERHEAD_BYTES = 80
+
+
+def score_one_by_one(
+    recommend: Callable[[list[UserWindow]], list[list[RecommendedItem]]], windows: Mapping[str, UserWindow]
+) -> tuple[dict[str, list[RecommendedItem]], dict[str, str]]:
+    """Score each user's window on its own (after scoring them together raised), so that a window the
+    model cannot score costs only its user's list. -> (lists, failed: user -> reason)."""
+    lists: dict[str, list[RecommendedItem]] = {}
+    failed: dict[str, str] = {}
+    for user, window in windows.items():
+        try:
+            (lists[user],) = recommend([window])
+        except Exception as e:
+            failed[user] = f"scoring failed: {e!r}"
+    return lists, failed
+
+
+def oversized(records: Iterable[tuple[bytes, Recommendation]], limit: int, topic: str) -> dict[str, str]:
+    """The users whose record is over `limit` bytes (in its record batch) -> reason. Such a record is not
+    sent: the broker would refuse the whole producer batch it is in."""
+    failed: dict[str, str] = {}
+    for key, record in records:
+        size = len(key) + len(record.dumps()) + RECORD_OVERHEAD_BYTES
+        if size > limit:
+            failed[record.user_id] = f"record too large: {size} bytes, {topic} takes at most {limit}"
+    return failed
+
+
+def events_waiting(first: Mapping[int, int], end: Mapping[int, int], processed: Mapping[int, int]) -> int:
+    """Events not processed yet in the partitions of `end` (partition -> end offset): from the offset after
+    the last processed one, or the first still in the log, to the end."""
+    return sum(max(0, offset - max(first.get(p, 0), processed.get(p, 0))) for p, offset in end.items())
+
+
+def stalled_for(now: float, last_batch_at: float, waiting_since: float | None, timeout_s: float) -> float | None:
+    """Seconds that events have waited with no micro-batch completed, once that is `timeout_s` or more; else
+    None. Counted from the later of the last batch and the moment events started waiting: an idle worker is
+    not stalled when an event arrives."""
+    if waiting_since is None:
+        return None
+    stalled = now - max(last_batch_at, waiting_since)
+    return stalled if stalled >= timeout_s else None
 
 
 # -- catalog -------------------------------------------------------------------------------
@@ -97,6 +152,7 @@ class CatalogChanges(NamedTuple):
     upserts: dict[str, Item]  # items whose last record in the batch adds them (apply after the removals)
     removals: list[str]  # item ids removed, in record order (one added again later is in `upserts` too)
     rejects: list[Reject]
+    upsert_records: dict[str, int]  # item id in `upserts` -> index of the record that adds it (for a dead letter)
 
 
 def catalog_changes(records: Iterable[tuple[bytes | None, bytes | None]], *, max_bytes: int) -> CatalogChanges:
@@ -104,6 +160,7 @@ def catalog_changes(records: Iterable[tuple[bytes | None, bytes | None]], *, max
     upserts: dict[str, Item] = {}
     removals: list[str] = []
     rejects: list[Reject] = []
+    upsert_records: dict[str, int] = {}
     for index, (key, value) in enumerate(records):
         try:
             change = item_change(key, value, max_bytes=max_bytes)
@@ -112,10 +169,11 @@ def catalog_changes(records: Iterable[tuple[bytes | None, bytes | None]], *, max
             continue
         if change.live:
             upserts[change.item_id] = change.item
+            upsert_records[change.item_id] = index
         else:
             upserts.pop(change.item_id, None)
             removals.append(change.item_id)
-    return CatalogChanges(upserts, removals, rejects)
+    return CatalogChanges(upserts, removals, rejects, upsert_records)
 
 
 # -- dead letters, model updates -------------------------------------------------------------

@@ -16,10 +16,12 @@ def register(ctx: WorkerContext) -> None:
 
 
 async def refresh_gauges(ctx: WorkerContext) -> None:
-    """Model version, windows held, and consumer lag of each events partition this worker owns."""
+    """Model version, windows held, trending items kept, and consumer lag of each events partition this
+    worker owns."""
     metrics, consumer = ctx.metrics, ctx.app.consumer
     metrics.model.info({"version": ctx.serving.recommender.model_version})
     metrics.windows.set(len(ctx.windows))
+    metrics.trending_items.set(len(ctx.serving.recommender.trending))
     for partition in ctx.owned_event_partitions():
         tp = TP(ctx.settings.topics.events, partition)
         metrics.lag.labels(str(partition)).set(max(0, consumer.highwater(tp) - await consumer.position(tp)))

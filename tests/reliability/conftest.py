@@ -13,3 +13,12 @@ FULL = os.environ.get("STREAMREC_RELIABILITY") == "full"
 
 def scaled(short: float, full: float) -> float:
     return full if FULL else short
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS), MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")

@@ -1,7 +1,6 @@
 import numpy as np
 
 from state.item_index import ItemIndex
-from state.popularity import TrendingCounter
 
 
 def unit(*xs):
@@ -31,13 +30,3 @@ def test_removed_row_is_reused_and_vectors_of_marks_unknown():
     vectors, known = index.vectors_of(["b", "zzz"])
     assert known.tolist() == [True, False]
     assert np.allclose(vectors[0], unit(0, 1)) and not vectors[1].any()
-
-
-def test_trending_prefers_recent_events_and_survives_rebase():
-    counter = TrendingCounter(half_life_s=60)
-    counter.add("old", 3.0, ts=0)  # three half-lives older than "new": worth 3/8
-    counter.add("new", 1.0, ts=180)
-    assert [i for i, _ in counter.top(2, allowed={"old", "new"}, exclude=set())] == ["new", "old"]
-    counter.add("later", 1.0, ts=180 + 60 * 400)  # far beyond the rebase threshold
-    top = counter.top(3, allowed={"old", "new", "later"}, exclude={"new"})
-    assert top[0][0] == "later" and np.isfinite(top[0][1])
