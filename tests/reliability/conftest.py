@@ -4,7 +4,9 @@ STREAMREC_RELIABILITY=full runs the long versions (`make test-reliability`); `ma
 runs the short ones.
 """
 
+import asyncio
 import os
+import threading
 
 from tests.integration.conftest import baseline_registry, broker, settings, start_worker  # noqa: F401 (fixtures)
 
@@ -22,3 +24,21 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
+
+
+class AsyncThread(threading.Thread):
+    """A background thread running the coroutine `main()` (a producer beside the test); an exception
+    ends up in `error` for the test to report, instead of in the thread's stderr."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.main())
+        except BaseException as e:
+            self.error = e
+
+    async def main(self) -> None:
+        raise NotImplementedError

@@ -68,7 +68,7 @@ from tests.integration.conftest import (
     topic_configs,
 )
 from tests.reliability.accounting import account_for, planned_events, values
-from tests.reliability.conftest import FULL, scaled
+from tests.reliability.conftest import FULL, AsyncThread, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ PARTITIONS = 4
 # --- the stream ------------------------------------------------------------------------------------
 
 
-class PacedStream(threading.Thread):
+class PacedStream(AsyncThread):
     """Sends `records` at `rate` per second from one acks=all producer until `stop` is set.
 
     One lane per partition: each lane sends what is queued for it in order, waits for the acks, and
@@ -103,22 +103,15 @@ class PacedStream(threading.Thread):
     sent (its planned time: the latency a user sees includes a wait for a new leader)."""
 
     def __init__(self, settings, records: list[tuple[bytes, bytes]], rate: float, partitions: int):
-        super().__init__(daemon=True)
+        super().__init__()
         self.settings, self.records, self.rate, self.partitions = settings, records, rate, partitions
         self.stop = threading.Event()
         self.queued = 0
         self.due: dict[str, float] = {}
         self.retries = 0  # sends that raised and were repeated (the event may be written twice)
         self.slowest_s = 0.0  # the longest from due to acknowledged
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            asyncio.run(self._send())
-        except BaseException as e:  # reported by the test
-            self.error = e
-
-    async def _send(self) -> None:
+    async def main(self) -> None:
         everywhere = list(range(self.partitions))
         async with producer(self.settings) as p:
             lanes = [asyncio.Queue() for _ in everywhere]

@@ -30,14 +30,13 @@ import asyncio
 import json
 import os
 import re
-import threading
 import time
 
 import pytest
 
 from stream_app.demo import publish_catalog
 from tests.integration.conftest import dumps, metric_values, ml100k_items, run
-from tests.reliability.conftest import rss_mb, scaled
+from tests.reliability.conftest import AsyncThread, rss_mb, scaled
 
 pytestmark = pytest.mark.integration
 
@@ -74,23 +73,16 @@ def event(n: int, now_ms: int) -> tuple[bytes, bytes]:
     )
 
 
-class SteadyProducer(threading.Thread):
+class SteadyProducer(AsyncThread):
     """`rate` events/s for `duration_s` from one aiokafka producer (sends not awaited one by one)."""
 
     def __init__(self, settings, rate: float, duration_s: float):
-        super().__init__(daemon=True)
+        super().__init__()
         self.settings, self.rate, self.duration_s = settings, rate, duration_s
         self.sent = 0
         self.elapsed_s = 0.0
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            asyncio.run(self._send())
-        except BaseException as e:  # reported by the test
-            self.error = e
-
-    async def _send(self) -> None:
+    async def main(self) -> None:
         from stream_app.replay import producer
 
         async with producer(self.settings) as p:
