@@ -35,6 +35,14 @@ class Accounting:
     only_in_window: int = 0  # coalesced: no record of their own, in the window
     unplanned: list[str] = field(default_factory=list)  # trigger ids no planned event of that user has
 
+    def summary(self) -> str:
+        """The figures every failure test prints."""
+        return (
+            f"{len(self.lost)} lost {self.lost[:5]}, {self.duplicates} duplicates (same trigger_event_id), "
+            f"{self.by_trigger} answered by their own record + {self.only_in_window} coalesced (in the window only), "
+            f"{len(self.unplanned)} unplanned triggers"
+        )
+
 
 def account_for(
     planned: Iterable[Mapping], outputs: Iterable[Mapping], windows: Mapping[str, Iterable[str]], window_size: int

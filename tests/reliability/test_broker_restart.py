@@ -86,9 +86,7 @@ def test_broker_kill_9_and_restart_loses_nothing(settings, start_worker, tmp_pat
         f"{broker_ready_s:.1f}s and worker healthy {healthy_s:.1f}s after the restart; {result.events} events "
         f"({N_EVENTS / RATE:.0f}s planned at {RATE:.0f}/s, produced in {produced_s:.1f}s; "
         f"{len(inputs) - len(ids)} written twice by the producer's retries), {len(outputs)} records, "
-        f"{len(result.lost)} lost {result.lost[:5]}, {result.duplicates} duplicates (same trigger_event_id), "
-        f"{result.by_trigger} answered by their own record + {result.only_in_window} coalesced (in the window "
-        f"only), {len(result.unplanned)} unplanned triggers; {'drained' if drained else 'NOT drained'} "
+        f"{result.summary()}; {'drained' if drained else 'NOT drained'} "
         f"{drained_s:.1f}s after the first event; same worker process throughout: {same_process}"
     )
     assert broker_up_metric

@@ -113,10 +113,8 @@ def test_kill_9_mid_stream_loses_nothing(settings, start_worker, run_no):
     print(
         f"\ncrash (kill -9 after {crashed_at - started:.1f}s of a {N_EVENTS / RATE:.0f}s stream"
         f"{', one event dropped on purpose' if DROP_ONE else ''}): {result.events} events planned "
-        f"({len(sent)} produced in {produced_s:.1f}s), {len(outputs)} records, {len(result.lost)} lost "
-        f"{result.lost[:5]}, {result.duplicates} duplicates (same trigger_event_id), {result.by_trigger} answered "
-        f"by their own record + {result.only_in_window} coalesced (in the window only), "
-        f"{len(result.unplanned)} unplanned triggers; worker healthy again {recovery_s:.1f}s after kill -9; "
+        f"({len(sent)} produced in {produced_s:.1f}s), {len(outputs)} records, "
+        f"{result.summary()}; worker healthy again {recovery_s:.1f}s after kill -9; "
         f"{'drained' if drained else 'NOT drained'} {drained_s:.1f}s after the first event; "
         f"{len(windows)} windows, {'equal to' if same_windows else 'DIFFERENT from'} the reference"
     )

@@ -511,9 +511,7 @@ def test_leader_kill_9_on_three_nodes_loses_nothing(scenario, baseline_registry,
         ),
         f"whole failure (first kill -> every node back in every ISR): {figures(failure_start, failure_end)}",
         f"after: {figures(failure_end, stream_ended)}",
-        f"{len(out_records)} records: {len(result.lost)} lost {result.lost[:5]}, {result.duplicates} duplicates "
-        f"(same trigger_event_id), {result.by_trigger} answered by their own record + {result.only_in_window} "
-        f"coalesced, {len(result.unplanned)} unplanned triggers; {'drained' if drained else 'NOT drained'} "
+        f"{len(out_records)} records: {result.summary()}; {'drained' if drained else 'NOT drained'} "
         f"{drained_s:.1f}s after the stream stopped",
         f"windows: {len(windows)} from the final owners {dict(sorted(owner.items()))}, {len(different)} different "
         f"from the reference {different[:5]}; {other_copies} copies of a partition on its non-owner, "

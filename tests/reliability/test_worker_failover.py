@@ -360,9 +360,7 @@ def test_failover_and_rebalance_lose_nothing_and_answer_everywhere(settings, sta
     print(
         f"  final owners {owners}; copies left behind (worker partition: windows differing from the reference / "
         f"held): {stale}\n"
-        f"  {result.events} events, {len(outputs)} records, {len(result.lost)} lost {result.lost[:5]}, "
-        f"{result.duplicates} duplicates (same trigger_event_id), {result.by_trigger} answered by their own record "
-        f"+ {result.only_in_window} coalesced, {len(result.unplanned)} unplanned triggers; "
+        f"  {result.events} events, {len(outputs)} records, {result.summary()}; "
         f"{'drained' if drained else 'NOT drained'}; {len(windows)} windows from the final owners, "
         f"{'equal to' if windows == expected else 'DIFFERENT from'} the reference; after the stream "
         f"{len(final) - len(wrong_after)}/{len(final)} HTTP answers right (200, the items of the user's last record)"
