@@ -16,7 +16,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 import kafka
 from core.errors import BrokerError
@@ -199,6 +199,22 @@ def _detected_engine(bootstrap_servers: str, security: KafkaSecurity) -> str:
     finally:
         admin.close()
     return "tansu" if cluster_id == TANSU_CLUSTER_ID else "kafka"
+
+
+def max_message_bytes(settings: Settings, topic: str) -> int:
+    """A topic's max.message.bytes as the broker applies it (its own, or the broker's default). Blocking:
+    kafka-python, as `tansu_end_offsets` (an extra aiokafka client during table recovery got the
+    recovery cancelled)."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **client_security(settings.kafka.security)
+    )
+    try:
+        found = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})], config_filter="all"
+        )
+    finally:
+        admin.close()
+    return int(found["topic"][topic]["max.message.bytes"]["value"])
 
 
 def with_engine(settings: Settings) -> Settings:

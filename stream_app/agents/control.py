@@ -10,7 +10,7 @@ from faust.types import TP
 
 from core.contracts import InvalidRecord, parse_control
 from stream_app.context import WorkerContext
-from stream_app.faust_private import committed_offset, event_context
+from stream_app.faust_private import event_context
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ async def events_caught_up(ctx: WorkerContext, partition: int) -> bool:
     tp = TP(ctx.settings.topics.events, partition)
     end = (await app.consumer.highwaters(tp)).get(tp) or 0
     deadline = time.monotonic() + FORGET_CATCH_UP_TIMEOUT_S
-    while max(ctx.events_done.get(partition, 0), committed_offset(app, tp)) < end:
+    while ctx.processed_offset(partition) < end:
         if app.rebalancing or time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)

@@ -19,11 +19,9 @@ import logging
 import time
 
 import faust
-from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from core.contracts import Recommendation
-from core.kafka import client_security
-from core.settings import Settings
+from core.kafka import max_message_bytes
 from state.window import UserWindow
 from stream_app.context import WorkerContext
 from stream_app.faust_private import event_context
@@ -187,19 +185,3 @@ async def largest_record(ctx: WorkerContext) -> int:
             conf.producer_max_batch_size,
         )
     return largest
-
-
-def max_message_bytes(settings: Settings, topic: str) -> int:
-    """A topic's max.message.bytes as the broker applies it (its own, or the broker's default). Blocking:
-    kafka-python, as `core.kafka.tansu_end_offsets` (an extra aiokafka client during table recovery got the
-    recovery cancelled)."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, **client_security(settings.kafka.security)
-    )
-    try:
-        found = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})], config_filter="all"
-        )
-    finally:
-        admin.close()
-    return int(found["topic"][topic]["max.message.bytes"]["value"])
