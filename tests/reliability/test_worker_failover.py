@@ -147,14 +147,14 @@ def on_own_dir(settings: Settings, data_dir: Path) -> Settings:
     return settings.replace(worker={"data_dir": data_dir, "web_port": free_port()})
 
 
-def wait_until_split(workers: list[WorkerProcess], timeout_s: float = 90.0) -> None:
-    """Until every worker is healthy and owns some partitions, and together they own each once."""
+def wait_until_split(workers: list[WorkerProcess], timeout_s: float = 90.0) -> list[dict]:
+    """Until every worker is healthy and owns some partitions, and together they own each once; their /health."""
     deadline = time.monotonic() + timeout_s
     while True:
         healths = [w.health() or {} for w in workers]
         owned = sorted(p for h in healths for p in h.get("partitions") or [])
         if all(h.get("status") == "ok" and h.get("partitions") for h in healths) and owned == PARTITIONS:
-            return
+            return healths
         if time.monotonic() > deadline:
             raise AssertionError(f"the group never split the partitions: {healths}")
         time.sleep(0.2)
@@ -283,8 +283,11 @@ def test_failover_and_rebalance_lose_nothing_and_answer_everywhere(settings, sta
     outputs, drained = consume_drained(settings, planned, timeout_s=scaled(60, 120))
     prober.stopped.set()
     prober_thread.join()
+    # A loaded machine can make a member miss its heartbeats and the group rebalance again after it
+    # settled (seen once in CI): read the final owners and answers once the group is split again.
+    final_healths = wait_until_split([first, third])
     final = {(name, u): ask(worker, u) for name, worker in (("first", first), ("third", third)) for u in users}
-    owners = {p: name for name, worker in (("first", first), ("third", third)) for p in worker.health()["partitions"]}
+    owners = {p: name for name, health in zip(("first", "third"), final_healths) for p in health["partitions"]}
     alive = first.process.poll() is None and third.process.poll() is None
     for worker in (first, third):
         worker.process.terminate()  # together: neither takes the other's partitions over on the way out
