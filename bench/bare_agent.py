@@ -1,12 +1,20 @@
-"""The ceiling for bench/e2e.py: a bare Faust agent on streamrec's engine, store and broker tuning.
+"""The ceilings for bench/e2e.py: bare Faust agents on streamrec's engine, store and broker tuning.
 
 Same Faust app settings as the worker (`stream_app.app.faust_app`: RocksDB store, fetch wait,
-linger, session timeout), the same `windows` table of `UserWindow` updated per event with the
-same `with_events` call, and one output record per event ({"trigger_event_id", "user_id"} as
-JSON) — but no validation, no micro-batches, no model. Per-event iteration, the bare idiom.
+linger, session timeout), the same `windows` table of `UserWindow` updated with the same
+`with_events` call, an output topic created exactly like `recommendations` — but no validation,
+no model. Two idioms:
+
+- per event (default): read and write the user's window and send one record per event, the bare
+  Faust idiom;
+- `--per-batch`: what streamrec does without the model: micro-batches from `take_events` (the
+  worker's batch size and window), one record per user touched by a batch (triggered by the user's
+  last event in it), sent and acknowledged before each user's window is written once.
+
+Each record is {"trigger_event_id", "user_id"} as JSON.
 
     STREAMREC_KAFKA__BROKER=kafka://127.0.0.1:9092 STREAMREC_WORKER__DATA_DIR=/tmp/bare \\
-        STREAMREC_WORKER__WEB_PORT=6067 .venv/bin/python bench/bare_agent.py
+        STREAMREC_WORKER__WEB_PORT=6067 .venv/bin/python bench/bare_agent.py [--per-batch]
 
 Settings come from STREAMREC_* like the worker's; the consumer group and changelog are
 `<app_id>-bare`, the output topic is OUTPUT_TOPIC.
@@ -25,13 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.contracts import epoch_seconds  # noqa: E402
 from core.kafka import ensure_topics, with_engine  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
-from state.window import WindowEvent  # noqa: E402
+from state.window import UserWindow, WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
+from stream_app.faust_private import event_context  # noqa: E402
 
 OUTPUT_TOPIC = "bare-out"
 
 
-def build_bare_app(settings: Settings, partitions: int) -> faust.App:
+def build_bare_app(settings: Settings, partitions: int, per_batch: bool = False) -> faust.App:
     settings = with_engine(settings)  # as the worker does: Tansu gets no idempotent producer
     app = faust_app(settings.replace(worker={"app_id": f"{settings.worker.app_id}-bare"}), partitions)
     events = app.topic(settings.topics.events, key_serializer="raw", value_serializer="raw")
@@ -39,23 +48,56 @@ def build_bare_app(settings: Settings, partitions: int) -> faust.App:
     windows = windows_table(app, settings, partitions)
     max_age_s = settings.worker.window_max_age_days * 86_400.0
 
-    @app.agent(events)
-    async def forward(stream):
-        async for value in stream:
-            e = json.loads(value)
-            new = [WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"]))]
-            windows[e["user_id"]] = windows[e["user_id"]].with_events(new, settings.worker.window_size, max_age_s)
-            answer = {"trigger_event_id": e["event_id"], "user_id": e["user_id"]}
-            await output.send(key=e["user_id"].encode(), value=json.dumps(answer).encode())
+    def window_with(user: str, values: list[dict]) -> UserWindow:
+        new = [WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"])) for e in values]
+        return windows[user].with_events(new, settings.worker.window_size, max_age_s)
+
+    def answer(user: str, trigger: dict) -> dict:
+        return {
+            "key": user.encode(),
+            "value": json.dumps({"trigger_event_id": trigger["event_id"], "user_id": user}).encode(),
+        }
+
+    if not per_batch:
+
+        @app.agent(events)
+        async def forward(stream):
+            async for value in stream:
+                e = json.loads(value)
+                windows[e["user_id"]] = window_with(e["user_id"], [e])
+                await output.send(**answer(e["user_id"], e))
+
+    else:
+
+        @app.agent(events)
+        async def forward_batches(stream):
+            async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
+                by_user: dict[str, list[tuple[dict, faust.EventT]]] = {}
+                for event in batch:
+                    e = json.loads(event.value)
+                    by_user.setdefault(e["user_id"], []).append((e, event))
+                updated = {}
+                for user, pairs in by_user.items():
+                    with event_context(stream, pairs[-1][1]):
+                        updated[user] = window_with(user, [e for e, _ in pairs])
+                sent = [await output.send(**answer(user, pairs[-1][0])) for user, pairs in by_user.items()]
+                await asyncio.gather(*sent)
+                for user, pairs in by_user.items():
+                    with event_context(stream, pairs[-1][1]):
+                        windows[user] = updated[user]
 
     return app
 
 
 def main() -> None:
+    per_batch = "--per-batch" in sys.argv[1:]
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--per-batch"]  # the rest is Faust's command line
     settings = load_settings()
-    partitions = asyncio.run(ensure_topics(settings))
+    # The output topic is created as `recommendations` is (partitions, replication, configs), not by
+    # the broker's auto-create defaults.
+    partitions = asyncio.run(ensure_topics(settings.replace(topics={"recommendations": OUTPUT_TOPIC})))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
-    app = build_bare_app(settings, partitions)
+    app = build_bare_app(settings, partitions, per_batch)
     freeze_heap()  # as the worker does before its first event (it has no catalog to wait for)
     faust.Worker(app, loglevel="info").execute_from_commandline()
 

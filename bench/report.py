@@ -20,6 +20,12 @@ def cpu() -> str:
     return f"{name}, {os.cpu_count()} logical CPUs (shared with other processes)"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def write_section(doc: Path, heading: str, section: str) -> None:
     """Replace the `heading` section (e.g. '## Retrieval', up to the next '## ') of `doc` with
     `section`, or append it; other sections are left as they are."""
