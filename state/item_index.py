@@ -116,11 +116,14 @@ class ItemIndex:
             scores[b, rows] = -np.inf
         k_eff = min(k, scores.shape[1])
         top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]  # [B, k] unordered
-        results = []
-        for b in range(len(queries)):
-            rows = top[b][np.argsort(-scores[b, top[b]])]
-            results.append([(self.ids[r], float(scores[b, r])) for r in rows if np.isfinite(scores[b, r])])
-        return results
+        best = np.take_along_axis(scores, top, axis=1)  # [B, k]
+        order = np.argsort(-best, axis=1)
+        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
+        finite = np.isfinite(best)  # fewer than k live, non-excluded items: the rest are -inf
+        return [
+            [(self.ids[r], s) for r, s, f in zip(rows.tolist(), row_scores.tolist(), ok.tolist()) if f]
+            for rows, row_scores, ok in zip(top, best, finite)
+        ]
 
     def _grow(self) -> None:
         old = len(self.live)

@@ -12,10 +12,11 @@ import faust
 
 from core.kafka import faust_credentials, topic_configs
 from core.settings import Settings
+from state.window import CODEC as WINDOW_CODEC
 from state.window import UserWindow
 from stream_app.agents import control, events
 from stream_app.context import WorkerContext, WorkerTopics
-from stream_app.faust_private import StreamrecApp, tuned_transport
+from stream_app.faust_private import StreamrecApp, tuned_transport, with_value_codec
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState
 from stream_app.tasks import broker_watch, catalog, model_updates
@@ -61,15 +62,15 @@ def windows_table(app: faust.App, settings: Settings, partitions: int) -> faust.
         "write_buffer_size": settings.rocksdb.write_buffer_mb << 20,
         "block_cache_size": settings.rocksdb.block_cache_mb << 20,
     }
-    return app.Table(
+    table = app.Table(
         "windows",
         key_type=str,
-        value_type=UserWindow,
         default=UserWindow,
         partitions=partitions,
         options=rocksdb,
         extra_topic_configs=topic_configs(settings),
     )
+    return with_value_codec(table, WINDOW_CODEC)  # state/window.py: a UserWindow as its JSON
 
 
 def build_app(

@@ -13,7 +13,6 @@ import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from core.contracts import Recommendation
 from core.settings import Settings
 from stream_app.faust_private import committed_offset
 from stream_app.metrics import WorkerMetrics
@@ -26,8 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerTopics:
     events: faust.TopicT
-    recommendations: faust.TopicT  # Recommendation records
-    recommendation_tombstones: faust.TopicT  # the same topic, raw: None is a tombstone, not the JSON `null`
+    recommendations: faust.TopicT  # encoded Recommendation records (raw: None is a tombstone, not the JSON `null`)
     dlq: faust.TopicT
     control: faust.TopicT
 
@@ -37,8 +35,7 @@ class WorkerTopics:
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         return cls(
             events=app.topic(topics.events, **raw),
-            recommendations=app.topic(topics.recommendations, key_serializer="raw", value_type=Recommendation),
-            recommendation_tombstones=app.topic(topics.recommendations, **raw),
+            recommendations=app.topic(topics.recommendations, **raw),
             dlq=app.topic(topics.dlq, **raw),
             control=app.topic(topics.control, **raw),
         )

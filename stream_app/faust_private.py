@@ -15,6 +15,8 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
 - `App.flow_control` and `FlowControlEvent._suspend/_resume` (`KeepQueuedOnResume`): Faust empties
   the stream queues when it resumes after a rebalance, after its seek: a worker restarted after
   kill -9 lost the records fetched in between (tests/reliability/test_crash.py).
+- `Collection.value_serializer` (`with_value_codec`): a table's codec comes only from its value type's
+  Faust record options; the windows table's values are plain `UserWindow`s with their own codec.
 - `ConsumerThread.seek_to_committed`, `_ensure_consumer` (`_TunedConsumerThread`): aiokafka leaves a
   partition with no committed offset where it is, so Faust's seek back to re-read dropped records
   did nothing for a worker killed before its first commit.
@@ -148,3 +150,10 @@ def event_context(stream: faust.StreamT, event: faust.EventT):
 def committed_offset(app: faust.App, tp: TP) -> int:
     """The offset Faust has committed (or is committing) for `tp`; 0 if none yet."""
     return app.consumer._committed_offset.get(tp) or 0
+
+
+def with_value_codec(table: faust.Table, codec: str) -> faust.Table:
+    """`table` (just built, value_type None) encoding its values with `codec`: read by its store and
+    changelog topic, both created on first use."""
+    table.value_serializer = codec
+    return table

@@ -105,7 +105,7 @@ class Recommender:
                 break
             if item_id not in chosen:
                 picks.append((item_id, 0.0))
-        return [RecommendedItem(item_id=i, score=s) for i, s in picks]
+        return [RecommendedItem(i, s) for i, s in picks]
 
     def _user_vectors(self, windows, vectors, known, has_history) -> np.ndarray:
         users = np.zeros((len(windows), self.index.dim), dtype=np.float32)
@@ -151,10 +151,7 @@ class Recommender:
         hist = vectors[known]
         hist_ids = [h for h, k in zip(history, known) if k]
         recs, _ = self.index.vectors_of([i for i, _ in ranked])
-        sims = _normalise(recs) @ _normalise(hist).T  # [k, T']
-        best = sims.argmax(axis=1)
-        return [RecommendedItem(item_id=i, score=s, because=hist_ids[j]) for (i, s), j in zip(ranked, best)]
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        # The cosine's argmax over the history for one recommended item does not depend on that
+        # item's own norm: only the history is normalised.
+        best = (recs @ (hist / np.maximum(np.linalg.norm(hist, axis=1, keepdims=True), 1e-12)).T).argmax(axis=1)
+        return [RecommendedItem(i, s, hist_ids[j]) for (i, s), j in zip(ranked, best.tolist())]

@@ -72,20 +72,22 @@ def remember_shown(
     return {user: updated[user].derive(recommended=[i.item_id for i in items]) for user, items in lists.items()}
 
 
+class OutgoingRecord(NamedTuple):
+    user_id: str
+    key: bytes
+    value: bytes  # the encoded Recommendation: what is sent, and what counts against the topic's limit
+
+
 def build_records(
     touched: Mapping[str, UserEvents], lists: Mapping[str, Sequence[RecommendedItem]], model_version: str, now: float
-) -> list[tuple[bytes, Recommendation]]:
-    """One (key, record) per user with a list, in `lists` order, triggered by the user's last event in the batch."""
+) -> list[OutgoingRecord]:
+    """One record per user with a list, in `lists` order, triggered by the user's last event in the batch."""
+    generated_at = int(now * 1000)
     return [
-        (
+        OutgoingRecord(
+            user,
             user.encode(),
-            Recommendation(
-                user_id=user,
-                items=items,
-                model_version=model_version,
-                generated_at=int(now * 1000),
-                trigger_event_id=touched[user].events[-1].event_id,
-            ),
+            Recommendation(user, items, model_version, generated_at, touched[user].events[-1].event_id).encode(),
         )
         for user, items in lists.items()
     ]
@@ -118,12 +120,12 @@ def score_one_by_one(
     return lists, failed
 
 
-def oversized(records: Iterable[tuple[bytes, Recommendation]], limit: int, topic: str) -> dict[str, str]:
+def oversized(records: Iterable[OutgoingRecord], limit: int, topic: str) -> dict[str, str]:
     """The users whose record is over `limit` bytes (in its record batch) -> reason. Such a record is not
     sent: the broker would refuse the whole producer batch it is in."""
     failed: dict[str, str] = {}
-    for key, record in records:
-        size = len(key) + len(record.dumps()) + RECORD_OVERHEAD_BYTES
+    for record in records:
+        size = len(record.key) + len(record.value) + RECORD_OVERHEAD_BYTES
         if size > limit:
             failed[record.user_id] = f"record too large: {size} bytes, {topic} takes at most {limit}"
     return failed

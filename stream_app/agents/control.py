@@ -47,7 +47,7 @@ async def forget(ctx: WorkerContext, stream, event) -> None:
             del ctx.windows[user]
         except KeyError:
             pass
-    await ctx.topics.recommendation_tombstones.send(key=user.encode(), value=None)
+    await ctx.topics.recommendations.send(key=user.encode(), value=None)
     ctx.metrics.users_forgotten.inc()
     log.info("forgot user %r (requested at %d)", user, request.requested_at)
 

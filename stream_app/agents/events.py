@@ -20,13 +20,13 @@ import time
 
 import faust
 
-from core.contracts import Recommendation
 from core.kafka import max_message_bytes
 from state.window import UserWindow
 from stream_app.context import WorkerContext
 from stream_app.faust_private import event_context
 from stream_app.recommender import Recommender
 from stream_app.steps import (
+    OutgoingRecord,
     UserEvents,
     advance_windows,
     build_records,
@@ -141,9 +141,7 @@ def score(recommender: Recommender, windows: dict, failed: Failed) -> dict:
     return lists
 
 
-async def deliver(
-    ctx: WorkerContext, records: list[tuple[bytes, Recommendation]], largest: int, failed: Failed
-) -> list[str]:
+async def deliver(ctx: WorkerContext, records: list[OutgoingRecord], largest: int, failed: Failed) -> list[str]:
     """Send the records and wait for the broker's acknowledgements (the producer retries retriable errors
     meanwhile) -> the users whose record was delivered; the others go in `failed`."""
     # A record too large is not sent: the broker would refuse the whole producer batch it lands in, and
@@ -151,11 +149,11 @@ async def deliver(
     too_large = oversized(records, largest, ctx.settings.topics.recommendations)
     failed.update((user, ("send", reason)) for user, reason in too_large.items())
     deliveries = {}
-    for key, record in records:
+    for record in records:
         if record.user_id in failed:
             continue
         try:
-            deliveries[record.user_id] = await ctx.topics.recommendations.send(key=key, value=record)
+            deliveries[record.user_id] = await ctx.topics.recommendations.send(key=record.key, value=record.value)
         except Exception as e:
             failed[record.user_id] = ("send", f"record not sent: {e!r}")
     results = await asyncio.gather(*deliveries.values(), return_exceptions=True)

@@ -281,7 +281,7 @@ def read_windows_by_partition(data_dir: Path) -> dict[int, dict[str, "UserWindow
         db = Rdict(str(path), access_type=AccessType.read_only(), options=Options(raw_mode=True))
         try:
             found[int(path.stem.rsplit("-", 1)[1])] = {
-                json.loads(key): UserWindow.loads(value, serializer="json")
+                json.loads(key): UserWindow.decode(value)
                 for key, value in db.items()
                 if not key.startswith(b"__faust")  # Faust keeps its changelog offset beside the data
             }

@@ -103,15 +103,16 @@ def test_records_are_triggered_by_each_users_last_event_and_carry_the_model_vers
     }
     lists = {"u1": [RecommendedItem(item_id="i7", score=0.9, because="i1")], "u2": []}
     records = build_records(touched, lists, "v0002", now=1700000000.1234)
-    assert [key for key, _ in records] == [b"u1", b"u2"]
-    first = records[0][1]
-    assert (first.user_id, first.trigger_event_id, first.model_version, first.generated_at) == (
-        "u1",
-        "e3",
-        "v0002",
-        1700000000123,
-    )
-    assert [i.item_id for i in first.items] == ["i7"] and records[1][1].items == []
+    assert [(r.user_id, r.key) for r in records] == [("u1", b"u1"), ("u2", b"u2")]
+    first, second = (json.loads(r.value) for r in records)
+    assert first == {
+        "user_id": "u1",
+        "items": [{"item_id": "i7", "score": 0.9, "because": "i1"}],
+        "model_version": "v0002",
+        "generated_at": 1700000000123,
+        "trigger_event_id": "e3",
+    }
+    assert second["items"] == []
 
 
 def test_stored_windows_remember_the_list_shown():
@@ -131,7 +132,7 @@ def test_records_and_shown_windows_are_only_for_the_users_with_a_list():
     touched = {"u1": UserEvents([window_event("e1", "i1")], [0]), "u2": UserEvents([window_event("e2", "i2")], [1])}
     updated = {u: UserWindow().with_events(e.events, 50, 1e9) for u, e in touched.items()}
     lists = {"u2": [RecommendedItem(item_id="i7", score=0.9)]}  # u1 failed
-    assert [key for key, _ in build_records(touched, lists, "v1", now=1.0)] == [b"u2"]
+    assert [r.key for r in build_records(touched, lists, "v1", now=1.0)] == [b"u2"]
     assert list(remember_shown(updated, lists)) == ["u2"]
 
 
@@ -157,7 +158,7 @@ def test_oversized_names_the_users_whose_record_the_topic_would_refuse():
         "big": [RecommendedItem(item_id="x" * 900, score=0.5)],
     }
     records = build_records(touched, lists, "v1", now=1.0)
-    size = {key: len(key) + len(record.dumps()) + RECORD_OVERHEAD_BYTES for key, record in records}
+    size = {r.key: len(r.key) + len(r.value) + RECORD_OVERHEAD_BYTES for r in records}
     assert size[b"small"] < 1000 < size[b"big"]
     assert oversized(records, 1000, "recs") == {
         "big": f"record too large: {size[b'big']} bytes, recs takes at most 1000"
