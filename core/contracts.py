@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, List, Mapping, NamedTuple, Optional
 
 import faust
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 
 from core.errors import InvalidRecord  # defined in core.errors; importable from here as before
 from core.io import atomic_write_text
@@ -259,6 +267,56 @@ def parse_control(key: bytes | None, raw: bytes | None, *, max_bytes: int) -> Co
     return record
 
 
+MAX_INTEREST_CHARS = 500  # the item tower reads only its first max_tokens (32) tokens of it anyway
+
+
+class Profile(BaseModel):
+    """A `profiles` value (key: the user_id; compacted; a null value removes the profile): what a user
+    says they like, in words. The worker embeds it with the item tower and recommends from it until
+    the user's own events take over (docs/topics.md). Extra fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, title="Profile")
+
+    user_id: str = _ID
+    interest: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_INTEREST_CHARS),
+        Field(description="free text, e.g. 'I love horror movies'; leading and trailing whitespace is stripped first"),
+    ]
+
+
+class ProfileChange(NamedTuple):
+    user_id: str
+    interest: str | None  # None: the profile is removed (a tombstone)
+
+
+def interest_query(user_id: str, interest: str) -> str:
+    """`interest` as the contract takes it (stripped), or InvalidRecord with the reason: the same rule for
+    an ad-hoc `?interest=` as for a `profiles` record."""
+    return _validate(Profile, {"user_id": user_id, "interest": interest}).interest
+
+
+@_never_raises_anything_else
+def profile_change(key: bytes | None, raw: bytes | None, *, max_bytes: int) -> ProfileChange:
+    """What one `profiles` record does: a tombstone (no value; the key names the user) removes the user's
+    profile, a valid record sets it. Its key must be the user id (it picks the partition, and so the
+    worker and the store holding the user's window), as on `streamrec-control`."""
+    if raw is None:
+        if not key:
+            raise InvalidRecord("a tombstone without a key: the key must be the user id")
+        try:
+            return ProfileChange(key.decode("utf-8"), None)
+        except UnicodeDecodeError as e:
+            raise InvalidRecord(f"tombstone key not UTF-8: {e}") from None
+    record: Profile = _validate(Profile, _decode(raw, max_bytes))
+    if key != record.user_id.encode("utf-8"):
+        raise InvalidRecord(
+            f"key {_abbreviated(key)} is not the user_id {_abbreviated(record.user_id)}: "
+            f"the key must be the user id (it picks the user's partition)"
+        )
+    return ProfileChange(record.user_id, record.interest)
+
+
 class RecommendedItem(NamedTuple):
     """One item of a list, best first. A plain tuple, not a Faust record: the worker builds `top_k` of
     them per user per micro-batch, and a Faust record costs ~10 µs each to build."""
@@ -355,6 +413,7 @@ TOPIC_SCHEMAS: dict[str, type[BaseModel]] = {
     "recommendations": RecommendationSchema,
     "model-updates": ModelUpdateSchema,
     "streamrec-control": Control,
+    "profiles": Profile,
     "events-dlq.headers": DeadLetterHeaders,
 }
 SCHEMA_COMMAND = "python -m core.contracts --write-schemas docs/schemas"

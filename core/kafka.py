@@ -259,7 +259,8 @@ async def ensure_topics(settings: Settings) -> int:
                     pass  # another worker won the race
         (events,) = await admin.describe_topics([t.events])
         partitions = len(events["partitions"])
-        await _ensure_copartitioned(admin, NewTopic(t.control, partitions, replicas, topic_configs=plain), existing)
+        for name, configs in ((t.control, plain), (t.profiles, compacted)):  # keyed by user, like events
+            await _ensure_copartitioned(admin, NewTopic(name, partitions, replicas, topic_configs=configs), existing)
         return partitions
     finally:
         await admin.close()
@@ -267,7 +268,7 @@ async def ensure_topics(settings: Settings) -> int:
 
 async def _ensure_copartitioned(admin: AIOKafkaAdminClient, topic: NewTopic, existing: set[str]) -> None:
     """Create `topic` (keyed by user, like `events`) with as many partitions as `events`: a user's forget
-    request must reach the worker, store and changelog partition that hold the user's window."""
+    request or profile must reach the worker, store and changelog partition that hold the user's window."""
     if topic.name not in existing:
         try:
             await admin.create_topics([topic])

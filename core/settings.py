@@ -7,7 +7,8 @@
     ├── worker    WorkerSettings     state dir, HTTP, app id, windows, record limits, batching, scoring
     ├── rocksdb   RocksDBSettings    memory per table
     ├── registry  RegistrySettings   where model versions live
-    └── trainer   TrainerSettings    where `train` and `retrain` write
+    ├── trainer   TrainerSettings    where `train` and `retrain` write
+    └── console   ConsoleSettings    `streamrec console`: where it listens, which workers it watches
 
 Env vars: STREAMREC_<SECTION>__<FIELD>, one `__` per level (STREAMREC_KAFKA__BROKER,
 STREAMREC_KAFKA__SECURITY__SASL_PASSWORD, STREAMREC_TOPICS__EVENTS, STREAMREC_WORKER__DATA_DIR); `null`
@@ -41,6 +42,9 @@ DEFAULT_ANN_MIN_ITEMS = 100_000
 # (a prune drops only the lowest-scoring quarter), take ~150 KB, and rank in < 1 ms per
 # micro-batch (the ranking is rebuilt after each batch's events, so its cost grows with this bound).
 DEFAULT_MAX_TRENDING_ITEMS = 1_000
+# A stated interest is half the query after this many events, a quarter after three times as many: on ml-100k
+# k = 1 was the best of 0.5-20 for both the trained model and the baseline (docs/model.md, "Free-text interest").
+DEFAULT_INTEREST_HANDOVER_EVENTS = 1.0
 
 
 class _Section(BaseModel):
@@ -97,6 +101,7 @@ class Topics(_Section):
     dlq: str = "events-dlq"
     model_updates: str = "model-updates"
     control: str = "streamrec-control"  # forget requests; co-partitioned with events (docs/topics.md)
+    profiles: str = "profiles"  # users' free-text interests; compacted, co-partitioned with events
 
 
 class WorkerSettings(_Section):
@@ -133,6 +138,9 @@ class WorkerSettings(_Section):
     standby_replicas: int = 1  # Faust's default
     # /health turns 503 "stalled" when events wait and no micro-batch has completed for this long.
     stall_timeout_s: float = 30.0
+    # A stated interest (`profiles`) hands over to behaviour as events arrive: with n known events in the
+    # window the behaviour vector weighs n / (n + this), the interest the rest (docs/topics.md, `profiles`).
+    interest_handover_events: float = Field(DEFAULT_INTEREST_HANDOVER_EVENTS, gt=0)
 
 
 class RocksDBSettings(_Section):
@@ -156,6 +164,21 @@ class TrainerSettings(_Section):
 
     def checkpoints(self, registry: RegistrySettings) -> Path:
         return self.checkpoint_dir or registry.path.parent / "checkpoints"
+
+
+class ConsoleSettings(_Section):
+    """`streamrec console`, the read-only operator's web console (docs/operations.md, "Console")."""
+
+    host: str = "127.0.0.1"  # a non-loopback address needs `token`
+    port: int = 8090
+    # The workers' HTTP addresses (http://host:port); empty: the local worker, http://127.0.0.1:<worker.web_port>.
+    workers: list[str] = Field(default_factory=list)
+    token: SecretStr | None = None  # required on every /api/ request when set (header X-Streamrec-Token or ?token=)
+    poll_interval_s: float = Field(1.0, gt=0)  # workers' /health and /metrics, the group's lag
+    history_s: int = Field(900, ge=60)  # the charts' span: one point per poll
+    dead_letters: int = Field(200, ge=1)  # the newest dead-lettered records kept
+    recent_recommendations: int = Field(20_000, ge=1)  # records kept for the user page's "last emitted"
+    experiments_topic: str = "experiments"  # read only if it exists (issue #18)
 
 
 # The flat names of the settings before they had sections: an upgrade that still sets one would
@@ -228,6 +251,7 @@ class Settings(BaseSettings):
     rocksdb: RocksDBSettings = RocksDBSettings()
     registry: RegistrySettings = RegistrySettings()
     trainer: TrainerSettings = TrainerSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     def __init__(self, **values: Any) -> None:
         refuse_renamed(os.environ)  # before the env is parsed: STREAMREC_REGISTRY would fail as bad JSON

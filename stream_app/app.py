@@ -14,20 +14,31 @@ from core.kafka import faust_credentials, topic_configs
 from core.settings import Settings
 from state.window import CODEC as WINDOW_CODEC
 from state.window import UserWindow
-from stream_app.agents import control, events
+from stream_app.agents import control, events, profiles
 from stream_app.context import WorkerContext, WorkerTopics
 from stream_app.faust_private import StreamrecApp, tuned_transport, with_value_codec
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState
 from stream_app.tasks import broker_watch, catalog, model_updates
 from stream_app.tasks.catalog import freeze_heap
-from stream_app.views import health, recommendations
+from stream_app.views import health, recommendations, windows
 from stream_app.views import metrics as metrics_view
 
 __all__ = ["StreamrecApp", "build_app", "faust_app", "freeze_heap", "windows_table"]
 
 # In this order: the events agent before the forget agent, the catalog task first among the tasks.
-MODULES = (events, control, catalog, model_updates, broker_watch, health, metrics_view, recommendations)
+MODULES = (
+    events,
+    control,
+    profiles,
+    catalog,
+    model_updates,
+    broker_watch,
+    health,
+    metrics_view,
+    recommendations,
+    windows,
+)
 
 
 def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
@@ -58,19 +69,36 @@ def faust_app(settings: Settings, partitions: int) -> StreamrecApp:
 
 def windows_table(app: faust.App, settings: Settings, partitions: int) -> faust.Table:
     """The per-user `UserWindow` table (RocksDB, changelog-backed), with bounded RocksDB memory."""
-    rocksdb = {
-        "write_buffer_size": settings.rocksdb.write_buffer_mb << 20,
-        "block_cache_size": settings.rocksdb.block_cache_mb << 20,
-    }
     table = app.Table(
         "windows",
         key_type=str,
         default=UserWindow,
         partitions=partitions,
-        options=rocksdb,
+        options=rocksdb_options(settings),
         extra_topic_configs=topic_configs(settings),
     )
     return with_value_codec(table, WINDOW_CODEC)  # state/window.py: a UserWindow as its JSON
+
+
+def profiles_table(app: faust.App, settings: Settings, partitions: int) -> faust.Table:
+    """User id -> the interest the user stated (`profiles` topic), like `windows_table`; no default: a
+    user without a profile has none."""
+    return app.Table(
+        "profiles",
+        key_type=str,
+        value_type=str,
+        partitions=partitions,
+        options=rocksdb_options(settings),
+        extra_topic_configs=topic_configs(settings),
+    )
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """Bounded RocksDB memory per table (Faust's defaults grow to GBs: core/settings.py, RocksDBSettings)."""
+    return {
+        "write_buffer_size": settings.rocksdb.write_buffer_mb << 20,
+        "block_cache_size": settings.rocksdb.block_cache_mb << 20,
+    }
 
 
 def build_app(
@@ -85,6 +113,7 @@ def build_app(
         metrics=metrics or WorkerMetrics(),
         topics=WorkerTopics.create(app, settings),
         windows=windows_table(app, settings, partitions),
+        profiles=profiles_table(app, settings, partitions),
     )
     for module in MODULES:
         module.register(ctx)

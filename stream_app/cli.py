@@ -1,5 +1,5 @@
 """The worker side's commands of `streamrec` (broker, worker, replay, recommendations, predict,
-demo, rollback, forget). `streamrec.cli` adds the trainer's; `python -m stream_app.cli` runs
+demo, console, rollback, forget). `streamrec.cli` adds the trainer's; `python -m stream_app.cli` runs
 these alone, never importing the trainer."""
 
 from __future__ import annotations
@@ -145,16 +145,54 @@ def predict(
 def demo(
     data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
     rate: float = 300.0,
-    events: int = 6000,
+    events: Optional[int] = typer.Option(None, help="events to replay [default: 6000; while a model trains: all]"),
     users: int = 4,
     port: int = 0,
+    train_minutes: float = typer.Option(
+        3.0, help="budget of the model trained in the background while the baseline serves (docs/operations.md)"
+    ),
+    train: bool = typer.Option(True, help="--no-train: serve a baseline `latest` without training one"),
     registry: Optional[Path] = RegistryOption,
 ):
-    """Embedded broker + worker + replay, with a live table of a few users' top-10."""
+    """Embedded broker + worker + replay, with a live table of a few users' top-10; a baseline serves while a
+    model trains in the background, then the worker swaps to it."""
     settings = command_settings({"registry.path": registry})
     from stream_app.demo import run_demo
 
-    sys.exit(run_demo(settings, data, rate=rate, n_events=events, n_users=users, port=port))
+    run = run_demo(settings, data, rate, events, users, port, train_minutes=train_minutes, train=train)
+    sys.exit(run.exit_code)
+
+
+@app.command()
+def console(
+    host: Optional[str] = setting_option("console.host", "--host", help="address to listen on"),
+    port: Optional[int] = setting_option("console.port", "--port", help="HTTP port"),
+    workers: Optional[str] = setting_option(
+        "console.workers", "--workers", help="the workers' HTTP addresses, comma-separated; none: the local worker's"
+    ),
+    broker: Optional[str] = BrokerOption,
+    registry: Optional[Path] = RegistryOption,
+):
+    """A read-only web console: live figures, models, dead letters, a user's view (docs/operations.md).
+
+    Its access token is STREAMREC_CONSOLE__TOKEN, not an option (it would show in `ps`); it is required
+    to listen on anything but a loopback address."""
+    settings = command_settings(
+        {
+            "console.host": host,
+            "console.port": port,
+            "console.workers": workers.split(",") if workers else None,
+            "kafka.broker": broker,
+            "registry.path": registry,
+        }
+    )
+    from console.server import run_console
+    from core.errors import ConfigError
+
+    try:
+        run_console(settings)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
 
 
 @app.command()

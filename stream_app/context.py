@@ -28,6 +28,7 @@ class WorkerTopics:
     recommendations: faust.TopicT  # encoded Recommendation records (raw: None is a tombstone, not the JSON `null`)
     dlq: faust.TopicT
     control: faust.TopicT
+    profiles: faust.TopicT  # raw, like control; None sent is a tombstone
 
     @classmethod
     def create(cls, app: faust.App, settings: Settings) -> "WorkerTopics":
@@ -38,6 +39,7 @@ class WorkerTopics:
             recommendations=app.topic(topics.recommendations, **raw),
             dlq=app.topic(topics.dlq, **raw),
             control=app.topic(topics.control, **raw),
+            profiles=app.topic(topics.profiles, **raw),
         )
 
 
@@ -75,6 +77,7 @@ class WorkerContext:
     metrics: WorkerMetrics
     topics: WorkerTopics
     windows: faust.Table  # user id -> UserWindow
+    profiles: faust.Table  # user id -> the interest they stated (str), co-partitioned with windows
     catalog_ready: asyncio.Event = field(default_factory=asyncio.Event)  # the catalog present at start is loaded
     broker_up: asyncio.Event = field(default_factory=asyncio.Event)  # the last probe was answered
     events_done: dict[int, int] = field(default_factory=dict)  # events partition -> offset after the last processed

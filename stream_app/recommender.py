@@ -2,13 +2,15 @@
 
 The one scoring path shared by the worker and `streamrec predict`. NumPy and
 onnxruntime only: the user tower (or, for the zero-training baseline, a
-recency- and event-weighted mean of the window's item vectors), then top-k over
-the live item index (exact, or FAISS IVF from `ann_min_items` items on), minus what
+recency- and event-weighted mean of the window's item vectors), blended with the
+user's stated interest if they have one (`blend_interest`), then top-k over the
+live item index (exact, or FAISS IVF from `ann_min_items` items on), minus what
 each user already touched.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -16,13 +18,14 @@ import numpy as np
 
 from core.contracts import Item, RecommendedItem
 from core.features import item_text, left_pad, recency_buckets
-from core.settings import DEFAULT_ANN_MIN_ITEMS, DEFAULT_MAX_TRENDING_ITEMS
+from core.settings import DEFAULT_ANN_MIN_ITEMS, DEFAULT_INTEREST_HANDOVER_EVENTS, DEFAULT_MAX_TRENDING_ITEMS
 from export.runtime import ModelRuntime
 from state.item_index import ItemIndex
 from state.popularity import TrendingCounter
 from state.window import UserWindow
 
 BASELINE_RECENCY_DECAY = 0.9  # each older event counts 10% less in the baseline user vector
+INTEREST_CACHE_SIZE = 10_000  # embedded interests kept per model version (dim floats each; ~7 ms to embed one)
 
 
 @dataclass
@@ -33,6 +36,10 @@ class Recommender:
     index: ItemIndex
     trending: TrendingCounter
     catalog_row: dict[str, int]  # item id -> row of the model's own catalog vectors
+    interest_handover_events: float = DEFAULT_INTEREST_HANDOVER_EVENTS
+
+    def __post_init__(self) -> None:
+        self.interest_vector = functools.lru_cache(INTEREST_CACHE_SIZE)(self._embed_interest)
 
     @classmethod
     def create(
@@ -43,11 +50,12 @@ class Recommender:
         trending_half_life_s: float,
         ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
         max_trending_items: int = DEFAULT_MAX_TRENDING_ITEMS,
+        interest_handover_events: float = DEFAULT_INTEREST_HANDOVER_EVENTS,
     ):
         index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
         trending = TrendingCounter(trending_half_life_s, max_trending_items)
-        return cls(runtime, event_weights, k, index, trending, catalog_row)
+        return cls(runtime, event_weights, k, index, trending, catalog_row, interest_handover_events)
 
     @property
     def model_version(self) -> str:
@@ -79,22 +87,39 @@ class Recommender:
         if item_id in self.index:
             self.trending.add(item_id, self.event_weights.get(event_type, 1.0), ts)
 
-    def recommend(self, windows: Sequence[UserWindow]) -> list[list[RecommendedItem]]:
+    def recommend(
+        self, windows: Sequence[UserWindow], interests: Sequence[str | None] | None = None
+    ) -> list[list[RecommendedItem]]:
+        """Each window's top k; `interests` (one per window, None: no profile) are blended in (`blend_interest`)."""
         spec = self.runtime.feature_spec
         histories = [w.item_ids[-spec.max_len :] for w in windows]
         vectors, known = zip(*(self.index.vectors_of(h) for h in histories)) if windows else ((), ())
         has_history = np.array([k.any() for k in known], dtype=bool)
         users = self._user_vectors(windows, vectors, known, has_history)  # [B, D]
+        has_interest = np.array([i is not None for i in interests or [None] * len(windows)], dtype=bool)
+        if has_interest.any():
+            rows = np.flatnonzero(has_interest)
+            stated = np.stack([self.interest_vector(interests[b]) for b in rows])
+            n_known = np.array([known[b].sum() for b in rows], dtype=np.float32)
+            users[rows] = blend_interest(users[rows], stated, n_known, self.interest_handover_events)
         exclude = [set(w.item_ids) for w in windows]
-        warm = np.flatnonzero(has_history).tolist()  # only they need the catalog scan; cold users get trending
-        ranked = dict(zip(warm, self.index.top_k(users[warm], self.k, [exclude[b] for b in warm])))
+        scanned = np.flatnonzero(has_history | has_interest).tolist()  # the others get trending
+        ranked = dict(zip(scanned, self.index.top_k(users[scanned], self.k, [exclude[b] for b in scanned])))
         results = []
         for b in range(len(windows)):
             if has_history[b]:
                 results.append(self._explain(ranked[b], histories[b], vectors[b], known[b]))
+            elif has_interest[b]:
+                results.append([RecommendedItem(item_id=i, score=s) for i, s in ranked[b]])
             else:
                 results.append(self._cold_start(exclude[b]))
         return results
+
+    def _embed_interest(self, text: str) -> np.ndarray:
+        """The item tower over a stated interest: a query in the item space, as a new item's text would be."""
+        (vector,) = self.runtime.item_encoder.encode([text])
+        vector.setflags(write=False)  # cached and shared
+        return vector
 
     def _cold_start(self, exclude: set[str]) -> list[RecommendedItem]:
         """Trending items, topped up from the catalog while too few items have events."""
@@ -155,3 +180,21 @@ class Recommender:
         # item's own norm: only the history is normalised.
         best = (recs @ (hist / np.maximum(np.linalg.norm(hist, axis=1, keepdims=True), 1e-12)).T).argmax(axis=1)
         return [RecommendedItem(i, s, hist_ids[j]) for (i, s), j in zip(ranked, best.tolist())]
+
+
+def blend_interest(
+    behaviour: np.ndarray, interest: np.ndarray, n_known: np.ndarray, handover_events: float
+) -> np.ndarray:
+    """The query of users with a stated interest: [B, D] behaviour vectors (zero without history), [B, D]
+    interest vectors (item tower over the text), [B] known events in each window -> [B, D].
+
+    The behaviour weighs w = n / (n + handover_events): nothing for a new user, half after handover_events
+    events, most of it after a few times that. Both are L2-normalised first, so that w is the share of the
+    direction each one gets: the user tower's output and an item-tower vector live on different scales (the
+    trained model's user vectors are several times longer), and mixed raw the longer one would win whatever w."""
+    w = (n_known / (n_known + handover_events))[:, None]
+    return ((1 - w) * _normalise(interest) + w * _normalise(behaviour)).astype(np.float32)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -31,7 +31,13 @@ def load_recommender(
     worst = check_canary(runtime)
     log.info("model %s passed its canary batch (max diff %.2e)", runtime.version.name, worst)
     recommender = Recommender.create(
-        runtime, w.event_weights, w.top_k, w.trending_half_life_s, w.ann_min_items, w.max_trending_items
+        runtime,
+        w.event_weights,
+        w.top_k,
+        w.trending_half_life_s,
+        w.ann_min_items,
+        w.max_trending_items,
+        w.interest_handover_events,
     )
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model

@@ -93,6 +93,12 @@ def build_records(
     ]
 
 
+def profile_trigger(partition: int, offset: int) -> str:
+    """The `trigger_event_id` of the record answering a `profiles` record: where that record was read, so
+    that a redelivered profile is answered with the same id, as a redelivered event is."""
+    return f"profile@{partition}:{offset}"
+
+
 def next_offsets(positions: Iterable[tuple[int, int]]) -> dict[int, int]:
     """(partition, offset) of processed records -> partition: the offset after the last one."""
     return {partition: offset + 1 for partition, offset in positions}
@@ -106,15 +112,18 @@ RECORD_OVERHEAD_BYTES = 80
 
 
 def score_one_by_one(
-    recommend: Callable[[list[UserWindow]], list[list[RecommendedItem]]], windows: Mapping[str, UserWindow]
+    recommend: Callable[..., list[list[RecommendedItem]]],
+    windows: Mapping[str, UserWindow],
+    interests: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[RecommendedItem]], dict[str, str]]:
     """Score each user's window on its own (after scoring them together raised), so that a window the
-    model cannot score costs only its user's list. -> (lists, failed: user -> reason)."""
+    model cannot score costs only its user's list; with `interests` (user -> stated interest), each
+    user's goes with their window. -> (lists, failed: user -> reason)."""
     lists: dict[str, list[RecommendedItem]] = {}
     failed: dict[str, str] = {}
     for user, window in windows.items():
         try:
-            (lists[user],) = recommend([window])
+            (lists[user],) = recommend([window]) if interests is None else recommend([window], [interests.get(user)])
         except Exception as e:
             failed[user] = f"scoring failed: {e!r}"
     return lists, failed

@@ -20,9 +20,9 @@ FORGET_CATCH_UP_TIMEOUT_S = 30.0  # how long a forget waits for the events sent 
 def register(ctx: WorkerContext) -> None:
     @ctx.app.agent(ctx.topics.control)
     async def forget_users(stream):
-        """Forget requests: delete the user's window (a changelog tombstone, compacted away) and tombstone
-        their key on `recommendations`. `control` is keyed by user and co-partitioned with `events`, so the
-        request reaches the worker, store and changelog partition holding the window."""
+        """Forget requests: delete the user's window and profile (changelog tombstones, compacted away) and
+        tombstone their key on `recommendations` and `profiles`. `control` is keyed by user and co-partitioned
+        with `events`, so the request reaches the worker, stores and changelog partitions holding them."""
         await ctx.catalog_ready.wait()  # the events agent waits for it too; a forget waits for the events agent
         async for event in stream.events():
             await forget(ctx, stream, event)
@@ -42,12 +42,16 @@ async def forget(ctx: WorkerContext, stream, event) -> None:
             "window; send the request again once the lag is gone",
             user,
         )
-    with event_context(stream, event):  # the table write goes to this partition's changelog
+    with event_context(stream, event):  # the table writes go to this partition's changelogs
         try:
             del ctx.windows[user]
         except KeyError:
             pass
+        ctx.profiles.pop(user, None)
     await ctx.topics.recommendations.send(key=user.encode(), value=None)
+    # The profile's text leaves the compacted `profiles` topic too; the profiles agent, reading the tombstone
+    # after any older profile of the user, deletes again what such a profile stored meanwhile.
+    await ctx.topics.profiles.send(key=user.encode(), value=None)
     ctx.metrics.users_forgotten.inc()
     log.info("forgot user %r (requested at %d)", user, request.requested_at)
 

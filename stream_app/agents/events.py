@@ -22,6 +22,7 @@ import faust
 
 from core.kafka import max_message_bytes
 from state.window import UserWindow
+from stream_app.agents.profiles import stated_interests
 from stream_app.context import WorkerContext
 from stream_app.faust_private import event_context
 from stream_app.recommender import Recommender
@@ -96,7 +97,7 @@ async def recommend_for(
     )
     for hit in hits:
         metrics.observe_hit(hit)
-    lists = score(recommender, updated, failed)
+    lists = score(recommender, updated, stated_interests(ctx, stream, batch, touched), failed)
     now = time.time()
     delivered = await deliver(ctx, build_records(touched, lists, recommender.model_version, now), largest, failed)
     shown = remember_shown(updated, lists)
@@ -128,15 +129,16 @@ def read_windows(
     return stored
 
 
-def score(recommender: Recommender, windows: dict, failed: Failed) -> dict:
-    """The users' lists, scored in one call; if that raises, user by user (those that fail go in `failed`)."""
+def score(recommender: Recommender, windows: dict, interests: dict, failed: Failed) -> dict:
+    """The users' lists (with their stated interests), scored in one call; if that raises, user by user
+    (those that fail go in `failed`)."""
     if not windows:
         return {}
     try:
-        return dict(zip(windows, recommender.recommend(list(windows.values()))))
+        return dict(zip(windows, recommender.recommend(list(windows.values()), [interests.get(u) for u in windows])))
     except Exception:
         log.warning("scoring %d users together failed; scoring them one by one", len(windows), exc_info=True)
-    lists, reasons = score_one_by_one(recommender.recommend, windows)
+    lists, reasons = score_one_by_one(recommender.recommend, windows, interests)
     failed.update((user, ("scoring", reason)) for user, reason in reasons.items())
     return lists
 

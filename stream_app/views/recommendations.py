@@ -1,12 +1,15 @@
-"""`GET /recommendations/{user_id}`: the user's current top-k, from the worker that owns the user's partition."""
+"""`GET /recommendations/{user_id}[?interest=...]`: the user's current top-k, from the worker that owns the
+user's partition; `interest` stands in for the user's stored profile in this one answer."""
 
 from __future__ import annotations
 
+import asyncio
 from functools import wraps
 
 import aiohttp
 from faust.web.exceptions import ServiceUnavailable
 
+from core.contracts import InvalidRecord, interest_query
 from stream_app.context import WorkerContext
 
 
@@ -18,22 +21,33 @@ def register(ctx: WorkerContext) -> None:
     @owner_unreachable_is_503
     @ctx.app.topic_route(topic=ctx.topics.events, match_info="user_id")
     async def recommendations_of(web, request, user_id: str):
-        """The user's current top-k: their window scored by the serving model (what the next
-        record would say); served only once tables are recovered."""
+        """The user's current top-k: their window and stated interest scored by the serving model (what
+        the next record would say); served only once tables are recovered. `?interest=` replaces the stored
+        interest for this answer (400, with the reason, if the contract refuses it)."""
         # During a rebalance too: Faust routes a newly assigned partition here before it marks its
         # recovery started (and `can_serve` reads the recovery done), so the empty partition answered
         # "unknown user" for a few ms; `rebalancing` lasts from the revoke to the recovered tables.
         if not ctx.can_serve() or ctx.app.rebalancing:
             return web.json({"error": "starting"}, status=503)
+        interest = request.query.get("interest")
+        if interest is not None:
+            try:
+                interest = interest_query(user_id, interest)
+            except InvalidRecord as e:
+                return web.json({"error": e.reason}, status=400)
         recommender = ctx.serving.recommender
         window = ctx.windows.get(user_id)  # the table's default, an empty window, for an unknown user
-        (items,) = recommender.recommend([window])
+        interest = interest if interest is not None else ctx.profiles.get(user_id)
+        if interest is not None:
+            await asyncio.to_thread(recommender.interest_vector, interest)  # the item tower (~7 ms) off the loop
+        (items,) = recommender.recommend([window], [interest])
         return web.json(
             {
                 "user_id": user_id,
                 "items": [i.asdict() for i in items],
                 "model_version": recommender.model_version,
                 "known_user": len(window) > 0,
+                "interest": interest,  # the stated interest the list was blended with; null: none
             }
         )
 

@@ -75,13 +75,13 @@ pytestmark = pytest.mark.integration
 SCENARIOS = ("two down", "one at a time") if FULL else ("two down",)
 RATE = scaled(40, 100)  # events per second
 WARMUP_S = scaled(4, 10)  # stream not measured: producer, workers and JVMs settle
-BEFORE_S = scaled(6, 30)  # steady stream measured before the first kill
+BEFORE_S = scaled(4, 30)  # steady stream measured before the first kill
 BETWEEN_S = scaled(
     3, 15
 )  # from the first election (two down) or the first node back (one at a time) to the second kill
 DOWN_S = scaled(12, 40)  # one at a time: each node down at least this long (and until every partition has a leader)
 TWO_DOWN_S = scaled(8, 30)  # two down: from the second kill to the restart of both
-AFTER_S = scaled(5, 30)  # stream after the last node is back
+AFTER_S = scaled(3, 30)  # stream after the last node is back
 EVENTS_PER_USER = 15  # fewer than a window holds (50): the accounting is exact
 # Planned generously; the stream stops when the failures are over (users get fewer events then).
 MAX_EVENTS = int(RATE * (WARMUP_S + BEFORE_S + BETWEEN_S + 2 * DOWN_S + AFTER_S + 240))

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 
 MEASURED_MAX_RATE = 600.0  # events/s, one worker, this stream, Apache Kafka (see above)
 RATE = float(os.environ.get("STREAMREC_SOAK_RATE") or scaled(300, 0.7 * MEASURED_MAX_RATE))
-DURATION_S = float(os.environ.get("STREAMREC_SOAK_SECONDS") or scaled(30, 600))
+DURATION_S = float(os.environ.get("STREAMREC_SOAK_SECONDS") or scaled(20, 600))
 SAMPLE_S = scaled(1.0, 5.0)
 N_USERS = int(scaled(300, 3_000))
 WINDOW_SIZE = 50  # Settings.window_size: after N_USERS * 50 events every window is full and only rolls

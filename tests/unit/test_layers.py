@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("core", "state", "stream_app", "export", "encoders", "streamrec")
+PACKAGES = ("core", "state", "stream_app", "console", "export", "encoders", "streamrec")
 
 BASE, WORKER, TRAINER, ENTRY = 0, 1, 2, 3
 LAYER_NAMES = {BASE: "base", WORKER: "worker", TRAINER: "trainer", ENTRY: "entry point"}
@@ -16,6 +16,7 @@ LAYERS = {
     "core": BASE,
     "state": WORKER,
     "stream_app": WORKER,
+    "console": WORKER,  # `streamrec console`: torch-free, reads the topics, the workers and the registry
     "export.registry": WORKER,
     "export.runtime": WORKER,
     "export.artifacts": WORKER,
