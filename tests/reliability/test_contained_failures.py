@@ -82,10 +82,10 @@ from stream_app.recommender import Recommender
 model_recommend = Recommender.recommend
 
 
-def recommend(self, windows):
+def recommend(self, windows, *args, **kwargs):
     if any({poison!r} in window.item_ids for window in windows):
         raise ValueError("the model cannot score item {poison}")
-    return model_recommend(self, windows)
+    return model_recommend(self, windows, *args, **kwargs)
 
 
 Recommender.recommend = recommend
