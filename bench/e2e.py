@@ -542,7 +542,7 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="then each system once more at the quarter point under py-spy: docs/img/flame_<system>_<stream>.svg",
+        help="then each system once more at the quarter point under py-spy: docs/img/flame_<engine>_<system>_<stream>.svg",
     )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
@@ -619,7 +619,7 @@ def print_profiles(results: dict[System, list[dict]], settings: Settings, items,
     quarter = next(rows[-1]["rate"] for system, rows in results.items() if not system.bare)
     fresh = stream[-int(quarter * args.seconds) :]
     for system in results:
-        svg = IMG / f"flame_{slug(system)}_{args.stream}.svg"
+        svg = IMG / f"flame_{system.engine}_{slug(system)}_{args.stream}.svg"
         run_system(system, settings, items, fresh, [quarter], args.seconds, work / slug(system), svg)
         print(f"\n{system.label} at {quarter:.0f}/s under py-spy: {svg.relative_to(ROOT)}")
         print(top_functions(work / slug(system) / "stacks.txt"))
