@@ -50,7 +50,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.bare_agent import OUTPUT_TOPIC as BARE_OUTPUT_TOPIC  # noqa: E402
-from bench.profile import py_spy, top_functions  # noqa: E402
+from bench.flamegraph import py_spy, top_functions  # noqa: E402
 from bench.report import cpu, cpu_seconds, write_section  # noqa: E402
 from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
