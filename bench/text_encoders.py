@@ -20,7 +20,7 @@ Timed rounds alternate the models so load from other processes hits them alike, 
 shared lock (--lock, /tmp/streamrec-heavy.lock) that heavy tests on this machine take, so none runs beside
 them; building the versions (minutes for mpnet) runs before, without it.
 
-    .venv/bin/python bench/text_encoders.py [--models NAME_OR_DIR ...] [--write-docs]
+    .venv/bin/python -m bench.text_encoders [--models NAME_OR_DIR ...] [--write-docs]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/text_encoders.py " + shlex.join(sys.argv[1:])
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python -m bench.text_encoders " + shlex.join(sys.argv[1:])
 
     data = load_interactions(args.data, FeatureSpec())
     split = split_leave_one_out(data)

@@ -52,6 +52,16 @@ def train(
     residual_dropout: float = typer.Option(
         M.residual_dropout, help="Training: share of warm items scored text-only per step (cold-item recall; 0 = off)."
     ),
+    align_weight: float = typer.Option(
+        M.align_weight,
+        help="Training: weight of the loss pulling warm items' text vectors onto their trained vectors (0 = off).",
+    ),
+    text_mlp: int = typer.Option(
+        I.text_mlp, help="Hidden width of a residual MLP beside the item tower's linear projection (0 = linear only)."
+    ),
+    cold_scale: float = typer.Option(
+        I.cold_scale, help="An item without a trained vector is scored at this multiple of its text vector."
+    ),
     repeat: bool = typer.Option(
         M.repeat_bias, help="Learned repeat term: beta per event type for items already in the window."
     ),
@@ -67,6 +77,7 @@ def train(
     cold_items: float = typer.Option(
         T.cold_items, help="Withhold this fraction of the catalog from training (cold-item evaluation)."
     ),
+    cold_seed: int = typer.Option(T.cold_seed, help="Which random set of items --cold-items withholds."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
 ) -> None:
     """Train on --data, keep the best validation checkpoint, then export and register it."""
@@ -74,11 +85,18 @@ def train(
         raise typer.BadParameter(f"--loss must be 'full' or 'sampled', got {loss!r}")
     settings = command_settings({"registry.path": registry})
     model_config = RecommenderConfig(
-        item_tower=ItemTowerConfig(text_model_dir=text_model_dir, proj_dim=dim, train_top_layers=train_top_layers),
+        item_tower=ItemTowerConfig(
+            text_model_dir=text_model_dir,
+            proj_dim=dim,
+            train_top_layers=train_top_layers,
+            text_mlp=text_mlp,
+            cold_scale=cold_scale,
+        ),
         user_tower=UserTowerConfig(dim=dim, n_layers=layers, n_heads=heads, dropout=dropout),
         use_text=text,
         id_residual=id_residual,
         residual_dropout=residual_dropout,
+        align_weight=align_weight,
         repeat_bias=repeat,
     )
     config = TrainConfig(
@@ -91,6 +109,7 @@ def train(
         threads=threads,
         loss=loss,
         cold_items=cold_items,
+        cold_seed=cold_seed,
         features=FeatureSpec(max_len=max_len),
     )
     train_and_register(settings, data, out, model_config, config, register=not no_export)
@@ -130,6 +149,7 @@ def evaluate(
     out: Path = typer.Option(Path("eval/report.md"), help="Markdown report; a PNG is written next to it."),
     title: str = typer.Option("ml-100k leave-one-out, full ranking", help="Report title."),
     cold_items: float = typer.Option(T.cold_items, help="The --cold-items the checkpoints were trained with."),
+    cold_seed: int = typer.Option(T.cold_seed, help="The --cold-seed the checkpoints were trained with."),
     ease_lambda: list[float] = typer.Option(
         list(L2_GRID), help="EASE L2 weights to try; the best on validation NDCG@10 (product) is tested. Repeat."
     ),
@@ -138,20 +158,27 @@ def evaluate(
         help="Text models for the pure-text nearest-neighbour row (user = mean pretrained embedding of the "
         "window's items, cosine to every item): a name (all-MiniLM-L6-v2, all-mpnet-base-v2) or a dir. Repeat.",
     ),
+    cold_scale: Optional[list[float]] = typer.Option(
+        None,
+        help="With --cold-items: validation metrics of each checkpoint with items without a trained vector "
+        "scored at this multiple of their text vector (the cold-scale trade-off). Repeat.",
+    ),
     threads: int = typer.Option(T.threads, help="torch CPU threads."),
 ) -> None:
     """Leave-one-out test metrics of checkpoints and the baselines, popularity, EASE and text kNN (rows = model
-    variants)."""
+    variants), and every row paired with the first checkpoint's on the same test cases."""
     import json
 
     import torch
 
     from core.datasets import load_interactions, split_leave_one_out
     from encoders.evaluate import (
+        cold_scale_sweep,
         evaluate_ease,
         evaluate_model,
         evaluate_popularity,
         evaluate_text_knn,
+        paired_table,
         pretrained_item_vectors,
         withhold_items,
         write_report,
@@ -161,7 +188,7 @@ def evaluate(
 
     def split_of(data_set):
         split = split_leave_one_out(data_set)
-        return withhold_items(split, cold_items) if cold_items > 0 else split
+        return withhold_items(split, cold_items, cold_seed) if cold_items > 0 else split
 
     torch.set_num_threads(threads)
     # Users, items and targets do not depend on the event-type vocabulary: the baselines read the data
@@ -175,25 +202,48 @@ def evaluate(
     for text_model in text_knn:
         vectors = pretrained_item_vectors(split.train.item_texts, text_model)
         results[f"text kNN ({text_model_name(text_model)})"] = [evaluate_text_knn(split, vectors, "test")]
+    models: dict = {}  # checkpoint rows; the first is the reference the others are paired with, case by case
+    sweeps: list[str] = []
     for ckpt in checkpoint or []:
         model, item_ids, _ = load_checkpoint(ckpt)
         data_set = load_interactions(data, model.feature_spec)
         if data_set.item_ids != item_ids:
             raise typer.BadParameter(f"{ckpt}: item ids differ from {data}; evaluate on the data it was trained on")
-        trained_with = json.loads((ckpt / "metrics.json").read_text())["train_config"].get("cold_items", 0.0)
-        if trained_with != cold_items:
-            raise typer.BadParameter(f"{ckpt} was trained with --cold-items {trained_with}, not {cold_items}")
-        results.setdefault(_variant_name(model), []).append(evaluate_model(model, split_of(data_set), "test"))
-    typer.echo(write_report(results, title, out, ease_run.validation_table()).read_text())
+        trained = json.loads((ckpt / "metrics.json").read_text())["train_config"]
+        got = {"cold_items": trained.get("cold_items", 0.0), "cold_seed": trained.get("cold_seed", 0)}
+        want = {"cold_items": cold_items, "cold_seed": cold_seed if cold_items > 0 else 0}
+        if got != want:
+            raise typer.BadParameter(f"{ckpt} was trained with {got}, not {want}: evaluate with the same options")
+        models.setdefault(_variant_name(model), []).append(evaluate_model(model, split_of(data_set), "test"))
+        if cold_scale and cold_items > 0:
+            sweeps += [
+                "",
+                f"Validation by cold scale, {ckpt}:",
+                "",
+                *cold_scale_sweep(model, split_of(data_set), cold_scale),
+            ]
+    notes = ease_run.validation_table() + sweeps
+    if len(models) > 1:
+        notes += ["", *paired_table(models, next(iter(models)))]
+    typer.echo(write_report(results | models, title, out, notes).read_text())
 
 
 def _variant_name(model) -> str:
+    from encoders.item_tower import text_model_name
+
     c = model.config
     kind = "text + ID residual" if c.use_text and c.id_residual else "text only" if c.use_text else "ID only"
     tuned = f", LM top {c.item_tower.train_top_layers} tuned" if c.item_tower.train_top_layers else ""
     repeat = " + repeat" if c.repeat_bias else ""
     dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.id_residual else ""
-    return f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}{tuned}{dropped}"
+    mlp = f", text MLP {c.item_tower.text_mlp}" if c.use_text and c.item_tower.text_mlp else ""
+    mlp += f", cold scale {c.item_tower.cold_scale:g}" if c.use_text and c.item_tower.cold_scale != 1 else ""
+    aligned = f", align {c.align_weight:g}" if c.use_text and c.align_weight else ""
+    encoder = f", {text_model_name(c.item_tower.text_model_dir)}" if c.use_text and c.item_tower.text_model_dir else ""
+    return (
+        f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}"
+        f"{tuned}{dropped}{mlp}{aligned}{encoder}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ class ItemTowerConfig:
     max_tokens: int = 32  # item titles are short; longer text is truncated
     train_top_layers: int = 0  # 0 = frozen LM; n = fine-tune the top n transformer layers
     pooling: str = ""  # "mean" or "cls" (first token); "" = what the model dir's sentence-transformers config says
+    text_mlp: int = 256  # hidden width of a residual MLP beside the linear projection (0 = linear projection only)
+    cold_scale: float = 1.1  # an item without a trained vector is scored by this times its text vector (calibration)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RecommenderConfig:
     use_text: bool = True  # False = ID-only baseline (no language model)
     id_residual: bool = True  # learned per-item residual for warm items (text mode)
     residual_dropout: float = 0.2  # training: share of warm items scored text-only in a step (cold-item recall)
+    align_weight: float = 0.0  # training: weight of the loss pulling warm items' text vectors onto their full vectors
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 
@@ -58,6 +61,7 @@ class TrainConfig:
     loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
     n_negatives: int = 256  # shared negatives per step for the sampled softmax
     cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)
+    cold_seed: int = 0  # which random set of items is withheld (the same seed = the same set for every model)
     threads: int = 2  # torch CPU threads
     features: FeatureSpec = field(default_factory=FeatureSpec)
 

@@ -18,8 +18,9 @@ item-item model, encoders/ease.py, λ chosen on validation), the pure-text neare
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,9 @@ class Evaluation:
     n_cold: int
     cold_product_hr10: float | None = None  # HR@10 on the same cases, history excluded
     cold_product_ndcg10: float | None = None  # NDCG@10 on the same cases, history excluded
+    warm_hr10: float | None = None  # HR@10 (recbole setting) on the cases whose target is warm
+    cold_top10_share: float = 0.0  # share of the top-10 slots (recbole setting) that go to cold items
+    ranks: list[int] = field(default_factory=list)  # per case, zero-based (recbole setting): for paired tests
 
 
 def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarray, warm: np.ndarray) -> Evaluation:
@@ -99,12 +103,21 @@ def evaluate_scores(scores: np.ndarray, history: Interactions, targets: np.ndarr
         n_cold=int(cold.sum()),
         cold_product_hr10=hit_rate(product_ranks[cold], 10) if cold.any() else None,
         cold_product_ndcg10=ndcg(product_ranks[cold], 10) if cold.any() else None,
+        warm_hr10=hit_rate(ranks[~cold], 10) if (~cold).any() else None,
+        cold_top10_share=float(np.mean(~warm[top_k(scores, 10)])),
+        ranks=ranks.tolist(),
     )
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """[U, N] -> [U, min(k, N)] indices of each row's k best items, in no particular order."""
+    k = min(k, scores.shape[1])
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
 
 
 def withhold_items(split: Split, fraction: float, seed: int = 0) -> Split:
     """The cold-item protocol: a random `fraction` of the catalog (fixed `seed`, so every model
-    sees the same items) loses all its training events, so it is never an input or a target in
+    trained and evaluated with the same seed sees the same items) loses all its training events, so it is never an input or a target in
     training and gets no ID residual, but stays in the catalog, embedded by its text.
     Validation and test cases are unchanged (held-out items may appear in histories, as new
     items do in production); cases whose target is held out count as cold (`Evaluation.cold_*`)."""
@@ -135,6 +148,34 @@ def evaluate_model(model: Recommender, split: Split, stage: str) -> Evaluation:
     """stage: "valid" or "test"."""
     history, targets = cases(split, stage)
     return evaluate_scores(model_scores(model, history), history, targets, warm_items(split.train))
+
+
+def cold_scale_sweep(model: Recommender, split: Split, scales: Sequence[float]) -> list[str]:
+    """Validation metrics of `model` with items without a trained vector scored at each `cold_scale`, as
+    markdown lines: the trade-off between recalling cold items and ranking warm ones. The scale whose cold
+    share of the top-10 slots is nearest the cold share of the targets is marked (new items get the
+    exposure their share of the next items asks for)."""
+    config = model.item_tower.config
+    runs = {}
+    try:
+        for scale in scales:
+            model.item_tower.config = replace(config, cold_scale=scale)
+            runs[scale] = evaluate_model(model, split, "valid")
+    finally:
+        model.item_tower.config = config
+    target_share = next(iter(runs.values())).n_cold / next(iter(runs.values())).n_cases
+    matched = min(scales, key=lambda scale: abs(runs[scale].cold_top10_share - target_share))
+    lines = [
+        f"| cold scale | cold share of top 10 (targets: {target_share:.3f}) | NDCG@10 | warm HR@10 | cold HR@10 |",
+        "|" + " --- |" * 5,
+    ]
+    for scale, e in runs.items():
+        mark = "**" if scale == matched else ""
+        lines.append(
+            f"| {mark}{scale:g}{mark} | {e.cold_top10_share:.3f} | {e.recbole['NDCG@10']:.4f} | {e.warm_hr10:.4f} "
+            f"| {e.cold_hr10:.4f} |"
+        )
+    return lines
 
 
 def evaluate_popularity(split: Split) -> Evaluation:
@@ -209,6 +250,61 @@ def evaluate_text_knn(split: Split, item_vectors: np.ndarray, stage: str) -> Eva
     return evaluate_scores(text_knn_scores(item_vectors, history), history, targets, warm_items(split.train))
 
 
+@dataclass
+class PairedComparison:
+    """Per-case NDCG@10 of a variant minus a reference's over the same cases (each averaged over its runs)."""
+
+    mean_diff: float
+    ci_low: float  # 95% bootstrap interval of the mean difference (cases resampled)
+    ci_high: float
+    t: float  # paired t statistic
+    p: float  # two-sided, normal approximation (hundreds of cases)
+    n_cases: int
+
+
+def paired_ndcg10(reference: Sequence[Evaluation], variant: Sequence[Evaluation], seed: int = 0) -> PairedComparison:
+    """Paired comparison of two models on the same cases: per-case NDCG@10 (recbole setting) averaged over
+    each model's runs, then the per-case differences: mean, 95% bootstrap CI (10,000 resamples), paired t."""
+
+    def per_case(runs: Sequence[Evaluation]) -> np.ndarray:
+        ranks = np.array([r.ranks for r in runs])  # [runs, cases]
+        return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0).mean(0)
+
+    diff = per_case(variant) - per_case(reference)  # [cases]
+    n = len(diff)
+    boot = diff[np.random.default_rng(seed).integers(0, n, size=(10_000, n))].mean(1)
+    se = diff.std(ddof=1) / np.sqrt(n)
+    t = float(diff.mean() / se) if se > 0 else 0.0
+    return PairedComparison(
+        float(diff.mean()),
+        float(np.quantile(boot, 0.025)),
+        float(np.quantile(boot, 0.975)),
+        t,
+        math.erfc(abs(t) / math.sqrt(2)),
+        n,
+    )
+
+
+def paired_table(results: dict[str, list[Evaluation]], reference: str) -> list[str]:
+    """Markdown lines: every other row with per-case ranks, paired against `reference` (`paired_ndcg10`)."""
+    lines = [
+        f"Paired comparison against **{reference}** ({len(results[reference])} runs), the same test cases: "
+        "per-case NDCG@10 (history shown) averaged over each row's runs, difference row − reference; "
+        "95% bootstrap CI over cases; paired t-test (two-sided p):",
+        "",
+        "| model | runs | ΔNDCG@10 | 95% CI | t | p |",
+        "|" + " --- |" * 6,
+    ]
+    for name, runs in results.items():
+        if name == reference or not all(r.ranks for r in runs):
+            continue
+        c = paired_ndcg10(results[reference], runs)
+        lines.append(
+            f"| {name} | {len(runs)} | {c.mean_diff:+.4f} | [{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {c.t:+.2f} | {c.p:.3f} |"
+        )
+    return lines
+
+
 def _mean_spread(values: list[float | None]) -> str:
     """'mean ± std' over runs (population std); 'n/a' when no run has a value."""
     values = [v for v in values if v is not None]
@@ -223,7 +319,8 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "cold HR@10", "cold NDCG@10", "cold HR@10 product"]
+    cols = [*METRICS, "HR@10 product", "NDCG@10 product", "warm HR@10", "cold HR@10", "cold NDCG@10"]
+    cols += ["cold HR@10 product"]
     lines = [
         f"# {title}",
         "",
@@ -236,6 +333,7 @@ def write_report(results: dict[str, list[Evaluation]], title: str, out_md: Path,
     for name, runs in results.items():
         cells = [_mean_spread([r.recbole[m] for r in runs]) for m in METRICS]
         cells += [_mean_spread([r.product[m] for r in runs]) for m in ("HR@10", "NDCG@10")]
+        cells += [_mean_spread([r.warm_hr10 for r in runs])]
         cells += [_mean_spread([r.cold_hr10 for r in runs]), _mean_spread([r.cold_ndcg10 for r in runs])]
         cells += [_mean_spread([r.cold_product_hr10 for r in runs])]
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")

@@ -151,6 +151,13 @@ class ItemTower(nn.Module):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         hidden = self.lm.config.hidden_size
         self.proj = nn.Linear(hidden, config.proj_dim) if config.proj_dim else None
+        self.mlp = None
+        if config.proj_dim and config.text_mlp:  # a non-linear map from text to the learned item space
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden, config.text_mlp), nn.GELU(), nn.Linear(config.text_mlp, config.proj_dim)
+            )
+            nn.init.zeros_(self.mlp[-1].weight)  # starts as the linear projection
+            nn.init.zeros_(self.mlp[-1].bias)
         self.set_trainable_layers(config.train_top_layers)
 
     def set_trainable_layers(self, n_top: int) -> None:
@@ -227,7 +234,17 @@ class ItemTower(nn.Module):
         """[B, H] sentence embedding -> [B, D] item vector."""
         if self.proj is None:
             return nn.functional.normalize(sentence, dim=-1)
-        return self.proj(sentence)
+        if self.mlp is None:
+            return self.proj(sentence)
+        return self.proj(sentence) + self.mlp(sentence)
+
+    def new_item_vectors(self, sentence: torch.Tensor) -> torch.Tensor:
+        """[B, H] -> [B, D]: the vector of an item without a trained one, its text vector times `cold_scale`.
+        Such items compete with trained vectors that carry what the text cannot say (popularity among
+        others); the scale calibrates the two populations against each other (docs/model.md)."""
+        vectors = self.project(sentence)
+        return vectors if self.proj is None or self.config.cold_scale == 1.0 else self.config.cold_scale * vectors
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.project(self.sentence_embedding(input_ids, attention_mask))
+        """What item.onnx computes: a new item's vector from its tokens."""
+        return self.new_item_vectors(self.sentence_embedding(input_ids, attention_mask))

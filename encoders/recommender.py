@@ -38,6 +38,9 @@ from encoders.config import ItemTowerConfig, RecommenderConfig, UserTowerConfig 
 from encoders.item_tower import ItemTower
 from encoders.user_tower import UserTower
 
+# What a checkpoint saved before these ItemTowerConfig fields existed was trained and served with.
+LEGACY_ITEM_TOWER = {"text_mlp": 0, "cold_scale": 1.0}
+
 
 class Recommender(nn.Module):
     def __init__(self, config: RecommenderConfig, feature_spec: FeatureSpec):
@@ -65,17 +68,35 @@ class Recommender(nn.Module):
 
     def item_vectors(self, sentence: torch.Tensor | None = None) -> torch.Tensor:
         """Catalog item vectors [N, D] from sentence embeddings [N, H] (default: the cache)."""
+        text, residual = self.item_parts(sentence)
+        return text if residual is None else text + residual
+
+    def item_parts(self, sentence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(text vectors [N, D], ID residuals [N, D] or None): the item vector is their sum. An item never
+        trained on has no residual and its text vector is `ItemTower.new_item_vectors`, what item.onnx serves
+        for a new item; in training, a random `residual_dropout` share of the warm items also goes without
+        its residual. ID-only: the ID embedding is the "text" part."""
         if self.item_tower is None:
-            return self.id_emb.weight * self.warm.unsqueeze(-1)
-        vectors = self.item_tower.project(self.text_emb if sentence is None else sentence)  # [N, D]
-        if self.id_emb is not None:
-            residual = self.warm
-            if self.training and self.config.residual_dropout > 0:  # these items must score well by their text alone
-                residual = residual & (
-                    torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout
-                )
-            vectors = vectors + self.id_emb.weight * residual.unsqueeze(-1)
-        return vectors
+            return self.id_emb.weight * self.warm.unsqueeze(-1), None
+        sentence = self.text_emb if sentence is None else sentence
+        text = self.item_tower.project(sentence)  # [N, D]
+        if not self.warm.all():
+            text = torch.where(self.warm.unsqueeze(-1), text, self.item_tower.new_item_vectors(sentence))
+        if self.id_emb is None:
+            return text, None
+        residual = self.warm
+        if self.training and self.config.residual_dropout > 0:  # these items must score well by their text alone
+            residual = residual & (torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout)
+        return text, self.id_emb.weight * residual.unsqueeze(-1)
+
+    def alignment_loss(self, text: torch.Tensor) -> torch.Tensor:
+        """Mean squared distance from warm items' text vectors [N, D] to their full vectors (text + ID
+        residual), the full vectors held fixed: the text projection learns to put an item where its trained
+        vector is, which is where an item without a trained vector should land. -> []."""
+        if self.id_emb is None or not self.warm.any():
+            return text.new_zeros(())
+        warm_text = text[self.warm]
+        return ((warm_text - (warm_text + self.id_emb.weight[self.warm]).detach()) ** 2).sum(-1).mean()
 
     def catalog_vectors(self) -> torch.Tensor:
         """What the worker scores against: [N, D] in the checkpoint's item order."""
@@ -188,12 +209,13 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
     rc = raw["recommender"]
     config = RecommenderConfig(
         n_items=rc["n_items"],
-        item_tower=ItemTowerConfig(**rc["item_tower"]),
+        item_tower=ItemTowerConfig(**{**LEGACY_ITEM_TOWER, **rc["item_tower"]}),
         user_tower=UserTowerConfig(**rc["user_tower"]),
         use_text=rc["use_text"],
         id_residual=rc["id_residual"],
         repeat_bias=rc.get("repeat_bias", False),  # checkpoints from before the repeat term have none
         residual_dropout=rc.get("residual_dropout", 0.0),
+        align_weight=rc.get("align_weight", 0.0),
     )
     spec = FeatureSpec.from_dict(raw["features"])
     model = Recommender(config, spec)

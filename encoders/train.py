@@ -119,16 +119,17 @@ def build_model(
 
 
 def catalog_fn(model: Recommender, item_texts: list[str]):
-    """-> a function returning catalog vectors [N, D] with gradients for one step.
+    """-> a function returning the catalog's (text vectors, ID residuals) with gradients for one step
+    (`Recommender.item_parts`).
 
     Frozen LM: projection of the cached sentence embeddings. Fine-tuning: token states
     below the trainable layers are cached once; the top layers run over the catalog every step.
     """
     if model.item_tower is None or model.config.item_tower.train_top_layers == 0:
-        return model.item_vectors
+        return model.item_parts
     input_ids, attention_mask = model.item_tower.tokenize(item_texts)
     states = model.item_tower.frozen_states(input_ids, attention_mask)  # [N, L, H]
-    return lambda: model.item_vectors(model.item_tower.top_sentence_embedding(states, attention_mask))
+    return lambda: model.item_parts(model.item_tower.top_sentence_embedding(states, attention_mask))
 
 
 def plot_curves(history: History, png: Path) -> None:
@@ -184,19 +185,29 @@ def train(
 
     history, best_ndcg, best_epoch, best_state = History(), -1.0, -1, None
     start = time.monotonic()
-    bar = tqdm(range(config.epochs), desc="train", disable=not progress)
-    for epoch in bar:
+    # The bar counts the seconds of the wall-clock budget, so its remaining time is the budget's (not that of
+    # `config.epochs`, a cap rarely reached); early stopping may end it sooner.
+    bar = tqdm(
+        total=round(config.max_minutes * 60),
+        desc="train",
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of the budget [{elapsed}<{remaining}{postfix}]",
+        disable=not progress,
+    )
+    for epoch in range(config.epochs):
         model.train()
         windows = epoch_windows(train_data, spec.max_len, rng)
         losses = []
         for a in range(0, len(windows), config.batch_size):
             batch = batch_tensors(train_data, windows[a : a + config.batch_size], spec)
-            vectors = catalog()  # [N, D]
+            text, residual = catalog()  # [N, D] each
+            vectors = text if residual is None else text + residual
             states = model.user_states(
                 vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"]
             )
             repeat = model.repeat_scores(batch["items"], batch["event_types"], batch["mask"])  # [B, T, N]
             loss = next_item_loss(states, vectors, repeat, batch["targets"], model.warm, config, log_q)
+            if model.config.align_weight > 0:
+                loss = loss + model.config.align_weight * model.alignment_loss(text)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -211,13 +222,16 @@ def train(
             best_ndcg, best_epoch = valid.recbole["NDCG@10"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         bar.set_postfix(
+            epoch=epoch + 1,
             loss=f"{history.loss[-1]:.3f}",
             ndcg10=f"{valid.recbole['NDCG@10']:.4f}",
             best=f"{best_ndcg:.4f}@{best_epoch}",
         )
+        bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
         minutes = (time.monotonic() - start) / 60
         if epoch - best_epoch >= config.patience or minutes >= config.max_minutes:
             break
+    bar.close()
 
     model.load_state_dict(best_state)
     valid, test = evaluate_model(model, split, "valid"), evaluate_model(model, split, "test")
@@ -260,7 +274,7 @@ def run(
     data = load_interactions(data_dir, config.features)
     split = split_leave_one_out(data)
     if config.cold_items > 0:
-        split = withhold_items(split, config.cold_items)
+        split = withhold_items(split, config.cold_items, config.cold_seed)
     model_config = sized_for(model_config or RecommenderConfig(), config.features, data.n_items)
     model, metrics = train(model_config, config, split)
     out = save_checkpoint(model, data.item_ids, data.item_texts, out_dir, metrics)

@@ -93,7 +93,7 @@ def synthetic_windows(n_items: int, spec: FeatureSpec, n: int = 1000, seed: int 
 def check_text_cache(model, fresh_text_vectors: np.ndarray, report: ParityReport) -> None:
     """Stored catalog text vectors must equal a fresh item-tower forward, or new items live in another space."""
     with torch.no_grad():
-        cached = model.item_tower.project(model.text_emb).float().numpy()
+        cached = model.item_tower.new_item_vectors(model.text_emb).float().numpy()
     diff = float(np.abs(cached - fresh_text_vectors).max()) if cached.size else 0.0
     report.cases.append(
         {

@@ -103,11 +103,20 @@ def test_sampled_softmax_trains(split):
 
 
 def test_unseen_items_get_text_only_vectors(split):
+    """An item never trained on is scored by what item.onnx serves for a new item: its text vector (linear
+    projection + text MLP) times the cold scale; a warm item's text part is not scaled."""
     model, _ = train(configured(split), replace(FAST, epochs=2), split, progress=False)
     assert model.warm.all()  # every fixture item occurs in training
+    assert model.item_tower.mlp is not None and model.item_tower.config.cold_scale != 1.0  # the defaults
     model.warm[3] = False
-    text_only = model.item_tower.project(model.text_emb[3])
-    torch.testing.assert_close(model.catalog_vectors()[3], text_only)
+    with torch.no_grad():
+        text_only = model.item_tower.project(model.text_emb[3])
+        ids, mask = model.item_tower.tokenize([split.train.item_texts[3]])
+        torch.testing.assert_close(model.catalog_vectors()[3], model.item_tower.config.cold_scale * text_only)
+        torch.testing.assert_close(model.catalog_vectors()[3], model.item_tower(ids, mask)[0])  # as served
+        torch.testing.assert_close(
+            model.catalog_vectors()[4], model.item_tower.project(model.text_emb[4]) + model.id_emb.weight[4]
+        )
 
 
 def test_residual_dropout_only_in_training(split):
@@ -194,4 +203,4 @@ def test_transplant_keeps_residuals_by_item_id_and_starts_new_items_text_only(tm
         assert not model.warm[1] and torch.equal(model.id_emb.weight[1], torch.zeros(16))
         source.repeat.copy_(torch.tensor([0.0, -1.0, -2.0, -3.0, -4.0]))
         torch.testing.assert_close(transplant(source, ids, new_ids, texts[:3]).repeat, source.repeat)
-        torch.testing.assert_close(new[1], model.item_tower.project(model.text_emb[1:2])[0])
+        torch.testing.assert_close(new[1], model.item_tower.new_item_vectors(model.text_emb[1:2])[0])
