@@ -1,4 +1,5 @@
-"""A user's rolling behaviour window: the last N events, no older than a max age.
+"""A user's rolling behaviour window: the last N events, no older than a max age, and the items
+they interacted with beyond it (`seen_items`, for the repeat policy of stream_app/rules.py).
 
 Stored per user in a Faust table (RocksDB, changelog-backed). Columnar JSON keeps
 it compact and pickle-free: one list per field instead of one object per event.
@@ -6,7 +7,7 @@ it compact and pickle-free: one list per field instead of one object per event.
 
 from __future__ import annotations
 
-from typing import Iterable, List, NamedTuple
+from typing import Iterable, List, Mapping, NamedTuple
 
 import faust
 
@@ -24,6 +25,11 @@ class UserWindow(faust.Record, serializer="json", include_metadata=False):
     event_types: List[str] = []
     ts: List[float] = []
     recommended: List[str] = []  # the last top-k this user was shown (for the online hit rate)
+    # Every item interacted with, least recently first, up to `worker.seen_items_max`, and the strongest
+    # (heaviest in `event_weights`) event type on it. Part of the window's record: one table write per batch,
+    # not two; windows stored before these fields existed load with them empty.
+    seen_items: List[str] = []
+    seen_types: List[str] = []
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -51,4 +57,17 @@ class UserWindow(faust.Record, serializer="json", include_metadata=False):
             event_types=[e.event_type for e in merged],
             ts=[e.ts for e in merged],
             recommended=self.recommended,
+            seen_items=self.seen_items,
+            seen_types=self.seen_types,
         )
+
+    def with_seen(self, new: Iterable[WindowEvent], max_items: int, weights: Mapping[str, float]) -> "UserWindow":
+        """The seen items after `new`: each event's item moves to the newest end, keeping the heavier of its
+        event types; beyond `max_items` the least recently touched are dropped (0 keeps none)."""
+        strongest = dict(zip(self.seen_items, self.seen_types))  # dicts keep insertion order: oldest first
+        for event in new:
+            before = strongest.pop(event.item_id, event.event_type)
+            heavier = weights.get(event.event_type, 1.0) >= weights.get(before, 1.0)
+            strongest[event.item_id] = event.event_type if heavier else before
+        kept = list(strongest.items())[-max_items:] if max_items > 0 else []
+        return self.derive(seen_items=[i for i, _ in kept], seen_types=[t for _, t in kept])

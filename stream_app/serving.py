@@ -18,6 +18,7 @@ from export.registry import Registry
 from export.runtime import check_canary, load_runtime
 from state.popularity import TrendingCounter
 from stream_app.recommender import Recommender
+from stream_app.rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ def load_recommender(
     worst = check_canary(runtime)
     log.info("model %s passed its canary batch (max diff %.2e)", runtime.version.name, worst)
     recommender = Recommender.create(
-        runtime, w.event_weights, w.top_k, w.trending_half_life_s, w.ann_min_items, w.max_trending_items
+        runtime,
+        w.event_weights,
+        w.top_k,
+        w.trending_half_life_s,
+        w.ann_min_items,
+        w.max_trending_items,
+        Rules.from_settings(w),
     )
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model

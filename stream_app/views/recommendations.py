@@ -1,4 +1,8 @@
-"""`GET /recommendations/{user_id}`: the user's current top-k, from the worker that owns the user's partition."""
+"""`GET /recommendations/{user_id}`: the user's current top-k, from the worker that owns the user's partition.
+
+Query parameters override the configured business rules for this request (stream_app/rules.py,
+docs/topics.md): `categories`, `exclude_categories`, `max_per_category`, `repeat_policy`; an unknown or
+malformed one is a 400 with the reason."""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from functools import wraps
 import aiohttp
 from faust.web.exceptions import ServiceUnavailable
 
+from core.errors import InvalidRequest
 from stream_app.context import WorkerContext
+from stream_app.rules import from_query
 
 
 def register(ctx: WorkerContext) -> None:
@@ -26,14 +32,21 @@ def register(ctx: WorkerContext) -> None:
         if not ctx.can_serve() or ctx.app.rebalancing:
             return web.json({"error": "starting"}, status=503)
         recommender = ctx.serving.recommender
+        try:
+            rules = from_query(
+                request.query.items(), recommender.rules, recommender.index.rows_in, ctx.settings.worker.event_weights
+            )
+        except InvalidRequest as e:
+            return web.json({"error": str(e)}, status=400)
         window = ctx.windows.get(user_id)  # the table's default, an empty window, for an unknown user
-        (items,) = recommender.recommend([window])
+        (items,) = recommender.recommend([window], rules)
         return web.json(
             {
                 "user_id": user_id,
                 "items": [i.asdict() for i in items],
                 "model_version": recommender.model_version,
                 "known_user": len(window) > 0,
+                "short": recommender.short_reason(items, rules),
             }
         )
 

@@ -27,5 +27,8 @@ def test_drops_events_older_than_max_age_relative_to_newest():
 def test_serialises_to_compact_json_without_pickle():
     window = UserWindow().with_events([ev(1, 10, "a", "click")], max_len=50, max_age_s=DAY)
     raw = window.dumps(serializer="json")
-    assert raw == b'{"event_ids":["e1"],"item_ids":["a"],"event_types":["click"],"ts":[10],"recommended":[]}'
+    assert raw == (
+        b'{"event_ids":["e1"],"item_ids":["a"],"event_types":["click"],"ts":[10],"recommended":[],'
+        b'"seen_items":[],"seen_types":[]}'
+    )
     assert UserWindow.loads(raw, serializer="json") == window
