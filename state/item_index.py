@@ -119,7 +119,7 @@ class ItemIndex:
         self._last_search_ann = False
         if not len(self) or not len(queries):
             return [[] for _ in range(len(queries))]
-        excluded = [[self.row_of[i] for i in ids if i in self.row_of] for ids in exclude]
+        excluded = [[row for row in map(self.row_of.get, ids) if row is not None] for ids in exclude]
         ann = self._ann.ready(self.vectors, self.live, len(self)) if self._ann is not None else None
         if ann is None or allowed is not None:
             return self._exact_top_k(queries, k, excluded, allowed)

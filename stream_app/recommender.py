@@ -98,16 +98,15 @@ class Recommender:
         allowed = self.index.category_mask(rules.categories, rules.exclude_categories)  # None: any category
         warm = np.flatnonzero(has_history).tolist()  # only they need the catalog scan; cold users get trending
         ranked = dict(zip(warm, self._top_k(users[warm], [exclude[b] for b in warm], allowed, rules)))
-        if len(warm) < len(windows):
-            allowed_ids = (
-                self.index.row_of.keys() if allowed is None else {self.index.ids[r] for r in np.flatnonzero(allowed)}
-            )
+        cold_allowed = self.index.row_of.keys()  # the cold users' candidates: trending, then the catalog
+        if allowed is not None and len(warm) < len(windows):
+            cold_allowed = {self.index.ids[r] for r in np.flatnonzero(allowed)}
         results = []
         for b in range(len(windows)):
             if has_history[b]:
                 results.append(self._explain(ranked[b], histories[b], vectors[b], known[b]))
             else:
-                results.append(self._cold_start(exclude[b], allowed_ids, rules))
+                results.append(self._cold_start(exclude[b], cold_allowed, rules))
         return results
 
     def short_reason(self, items: Sequence[RecommendedItem], rules: Rules | None = None) -> str | None:

@@ -62,9 +62,9 @@ def excluded_items(window: UserWindow, policy: str, weights: Mapping[str, float]
     items: a window stored before `seen_items` existed (or with `seen_items_max` 0) has none of them."""
     if policy == "allow":
         return set()
-    touched = chain(zip(window.item_ids, window.event_types), zip(window.seen_items, window.seen_types))
     if policy == "exclude_seen":
-        return {item for item, _ in touched}
+        return set(window.item_ids).union(window.seen_items)
+    touched = chain(zip(window.item_ids, window.event_types), zip(window.seen_items, window.seen_types))
     purchase = weights[PURCHASE]
     return {item for item, kind in touched if weights.get(kind, 1.0) >= purchase}
 

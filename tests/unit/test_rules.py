@@ -18,6 +18,7 @@ from state.window import UserWindow, WindowEvent
 from stream_app.batch import window_from_history
 from stream_app.recommender import Recommender
 from stream_app.rules import Rules, at_most_per_category, excluded_items, from_query, short_reason
+from stream_app.steps import UserEvents, advance_windows, build_records
 
 WEIGHTS = {"view": 1.0, "click": 2.0, "purchase": 4.0}
 
@@ -43,6 +44,15 @@ def test_the_window_carries_its_seen_items_and_old_records_load_without_them():
     stored_before = b'{"event_ids":["e1"],"item_ids":["a"],"event_types":["click"],"ts":[10],"recommended":[]}'
     old = UserWindow.loads(stored_before, serializer="json")
     assert (old.item_ids, old.seen_items, old.seen_types) == (["a"], [], [])
+
+
+def test_the_worker_steps_advance_the_seen_items_and_put_the_short_reason_in_the_record():
+    touched = {"u": UserEvents(events(("a", "view"), ("b", "purchase")), [0, 1])}
+    updated, _ = advance_windows(touched, {"u": UserWindow()}, 1, 1e9, seen_items_max=10, event_weights=WEIGHTS)
+    assert (updated["u"].item_ids, updated["u"].seen_items) == (["b"], ["a", "b"])
+    (_, record), *_ = build_records(touched, {"u": []}, "v1", now=1.0, short={"u": "0 of 10: …"})
+    assert record.short == "0 of 10: …"
+    assert build_records(touched, {"u": []}, "v1", now=1.0)[0][1].short is None
 
 
 def test_predict_windows_see_the_whole_history_not_only_the_last_50_events():
