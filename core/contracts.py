@@ -338,6 +338,7 @@ class Recommendation(NamedTuple):
     model_version: str
     generated_at: int  # epoch milliseconds
     trigger_event_id: str
+    short: Optional[str] = None  # null: the list holds top_k items; else why it holds fewer
 
     def asdict(self) -> dict[str, Any]:
         return {**self._asdict(), "items": [item._asdict() for item in self.items]}
@@ -380,6 +381,11 @@ class RecommendationSchema(BaseModel):
     model_version: str = Field(description="the registry version that produced the list")
     generated_at: int = Field(description="epoch milliseconds")
     trigger_event_id: str = Field(description="the user's latest event in the micro-batch")
+    short: Optional[str] = Field(
+        default=None,
+        description="null when `items` holds STREAMREC_WORKER__TOP_K items; else why it holds fewer: too few "
+        "live items pass the business rules (seen items, categories, the cap per category), which it names",
+    )
 
 
 class ModelUpdateSchema(BaseModel):

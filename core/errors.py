@@ -8,7 +8,8 @@
     ├── RegistryError        a model version is missing, incomplete, corrupt or not allowed
     ├── ParityError          ONNX Runtime disagrees with torch beyond tolerance
     ├── BrokerError          the Kafka cluster cannot be reached or refused us
-    └── EventLogError        the retrain job cannot read the topics as asked
+    ├── EventLogError        the retrain job cannot read the topics as asked
+    └── InvalidRequest       an HTTP request's parameters are invalid: 400 with the reason (also a ValueError)
 
 ConfigError and DataError are also ValueErrors: they replace ValueErrors raised before, and code
 catching those keeps working. Internal, assertion-like checks (a wrong array shape passed by our
@@ -68,3 +69,8 @@ class BrokerError(StreamrecError):
 class EventLogError(StreamrecError):
     """The retrain job cannot read the topics as asked: a missing topic, a bad stored-position file,
     a bad --since duration, or a read that stopped making progress."""
+
+
+class InvalidRequest(StreamrecError, ValueError):
+    """An HTTP request's parameters cannot be used (an unknown category or parameter, a malformed value):
+    the worker answers 400 with the message, which names the parameter and the values accepted."""

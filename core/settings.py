@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.errors import ConfigError
@@ -45,6 +45,8 @@ DEFAULT_MAX_TRENDING_ITEMS = 1_000
 # A stated interest is half the query after this many events, a quarter after three times as many: on ml-100k
 # k = 1 was the best of 0.5-20 for both the trained model and the baseline (docs/model.md, "Free-text interest").
 DEFAULT_INTEREST_HANDOVER_EVENTS = 1.0
+# The event type `repeat_policy = "exclude_purchased"` means.
+PURCHASE = "purchase"
 
 
 class _Section(BaseModel):
@@ -141,6 +143,21 @@ class WorkerSettings(_Section):
     # A stated interest (`profiles`) hands over to behaviour as events arrive: with n known events in the
     # window the behaviour vector weighs n / (n + this), the interest the rest (docs/topics.md, `profiles`).
     interest_handover_events: float = Field(DEFAULT_INTEREST_HANDOVER_EVENTS, gt=0)
+    # Business rules (stream_app/rules.py; `GET /recommendations` overrides them per request).
+    # Items each user interacted with, beyond the window: the newest this many, in the window's record. 0: off.
+    seen_items_max: int = Field(500, ge=0)
+    # Which of them a list leaves out: all (MovieLens), those purchased (strongest event at least as heavy as
+    # a `purchase`), or none (repeats allowed, even of the window's items).
+    repeat_policy: Literal["exclude_seen", "exclude_purchased", "allow"] = "exclude_seen"
+    categories: list[str] = []  # non-empty: only items in one of these catalog categories
+    exclude_categories: list[str] = []  # never items in one of these
+    max_per_category: int = Field(0, ge=0)  # at most this many items of one category in a list; 0: no cap
+
+    @model_validator(mode="after")
+    def _purchase_is_an_event_type(self) -> "WorkerSettings":
+        if self.repeat_policy == "exclude_purchased" and PURCHASE not in self.event_weights:
+            raise ValueError(f"repeat_policy exclude_purchased needs a {PURCHASE!r} event type in event_weights")
+        return self
 
 
 class RocksDBSettings(_Section):

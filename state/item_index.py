@@ -8,10 +8,13 @@ with N (tens of ms per user at 1M items, docs/benchmarks.md); the IVF scans a fe
 Memory per item: its vector, with up to as much again of growth room (capacity doubles), a
 copy in the IVF (two more, briefly, while the IVF rebuilds), and its id. The number of items
 is bounded where they come in (`STREAMREC_WORKER__MAX_CATALOG_ITEMS`, stream_app/tasks/catalog.py);
-the index holds vectors only (the item records are ServingState's).
+the index holds vectors and each item's categories (for the category rules, stream_app/rules.py); the
+item records are ServingState's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -33,6 +36,8 @@ class ItemIndex:
         self.live = np.zeros(capacity, dtype=bool)  # rows that are candidates
         self.row_of: dict[str, int] = {}
         self.ids: list[str | None] = [None] * capacity
+        self.categories: list[tuple[str, ...]] = [()] * capacity  # of each row's item
+        self.rows_in: dict[str, set[int]] = {}  # category -> rows of live items in it
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._ann = LiveAnn(ann_min_items, ann) if ann_min_items is not None else None
         self._last_search_ann = False
@@ -43,7 +48,7 @@ class ItemIndex:
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.row_of
 
-    def upsert(self, item_id: str, vector: np.ndarray) -> None:
+    def upsert(self, item_id: str, vector: np.ndarray, categories: Sequence[str] = ()) -> None:
         row = self.row_of.get(item_id)
         if row is None:
             if not self._free:
@@ -51,6 +56,7 @@ class ItemIndex:
             row = self._free.pop()
             self.row_of[item_id] = row
             self.ids[row] = item_id
+        self._set_categories(row, tuple(dict.fromkeys(categories)))
         self.vectors[row] = vector
         self.live[row] = True
         if self._ann is not None:
@@ -63,6 +69,7 @@ class ItemIndex:
         self.live[row] = False
         self.vectors[row] = 0.0
         self.ids[row] = None
+        self._set_categories(row, ())
         self._free.append(row)
         if self._ann is not None:
             self._ann.touch(row, self.vectors, self.live, len(self))
@@ -75,21 +82,47 @@ class ItemIndex:
         vectors[known] = self.vectors[rows[known]]
         return vectors, known
 
+    def _set_categories(self, row: int, categories: tuple[str, ...]) -> None:
+        for name in self.categories[row]:
+            self.rows_in[name].discard(row)
+            if not self.rows_in[name]:
+                del self.rows_in[name]  # only live items' categories are known
+        for name in categories:
+            self.rows_in.setdefault(name, set()).add(row)
+        self.categories[row] = categories
+
+    def categories_of(self, item_id: str) -> tuple[str, ...]:
+        return self.categories[self.row_of[item_id]]
+
+    def category_mask(self, include: Collection[str], exclude: Collection[str]) -> np.ndarray | None:
+        """Rows [capacity] of items in one of `include` (any item if empty) and in none of `exclude`;
+        None when both are empty (no filter)."""
+        if not include and not exclude:
+            return None
+        mask = np.zeros(len(self.live), dtype=bool) if include else self.live.copy()
+        for name, value in [(n, True) for n in include] + [(n, False) for n in exclude]:
+            mask[list(self.rows_in.get(name, ()))] = value
+        return mask
+
     @property
     def uses_ann(self) -> bool:
         """Whether the last `top_k` searched the IVF (False: exact)."""
         return self._last_search_ann
 
-    def top_k(self, queries: np.ndarray, k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
-        """Best `k` live items per query [B, D] by dot product, skipping each query's `exclude` ids.
-        Approximate once the catalog has `ann_min_items` items and the IVF is built, else exact."""
+    def top_k(
+        self, queries: np.ndarray, k: int, exclude: list[set[str]], allowed: np.ndarray | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Best `k` live items per query [B, D] by dot product, skipping each query's `exclude` ids and,
+        given a row mask `allowed` (`category_mask`), the rows outside it. Approximate once the catalog has
+        `ann_min_items` items and the IVF is built, else exact; always exact with a mask (a filter
+        masks the scores, it does not over-fetch from the IVF and hope enough pass)."""
         self._last_search_ann = False
         if not len(self) or not len(queries):
             return [[] for _ in range(len(queries))]
-        excluded = [[self.row_of[i] for i in ids if i in self.row_of] for ids in exclude]
+        excluded = [[row for row in map(self.row_of.get, ids) if row is not None] for ids in exclude]
         ann = self._ann.ready(self.vectors, self.live, len(self)) if self._ann is not None else None
-        if ann is None:
-            return self._exact_top_k(queries, k, excluded)
+        if ann is None or allowed is not None:
+            return self._exact_top_k(queries, k, excluded, allowed)
         self._last_search_ann = True
         return self._ann_top_k(ann, queries, k, excluded)
 
@@ -109,9 +142,9 @@ class ItemIndex:
                 results[b] = ranked
         return results
 
-    def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list[list[int]]):
+    def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list[list[int]], allowed=None):
         scores = queries.astype(np.float32) @ self.vectors.T  # [B, capacity]
-        scores[:, ~self.live] = -np.inf
+        scores[:, ~(self.live if allowed is None else self.live & allowed)] = -np.inf
         for b, rows in enumerate(excluded):
             scores[b, rows] = -np.inf
         k_eff = min(k, scores.shape[1])
@@ -130,4 +163,5 @@ class ItemIndex:
         self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
         self.live = np.concatenate([self.live, np.zeros(old, dtype=bool)])
         self.ids.extend([None] * old)
+        self.categories.extend([()] * old)
         self._free.extend(range(2 * old - 1, old - 1, -1))

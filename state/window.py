@@ -1,4 +1,5 @@
-"""A user's rolling behaviour window: the last N events, no older than a max age.
+"""A user's rolling behaviour window: the last N events, no older than a max age, and the items
+they interacted with beyond it (`seen_items`, for the repeat policy of stream_app/rules.py).
 
 Stored per user in a Faust table (RocksDB, changelog-backed). Columnar JSON keeps it compact and
 pickle-free: one list per field instead of one object per event. A plain frozen dataclass with its
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 from faust.serializers import codecs
 
@@ -34,6 +35,11 @@ class UserWindow:
     event_types: list[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
     recommended: list[str] = field(default_factory=list)  # the last top-k this user was shown (online hit rate)
+    # Every item interacted with, least recently first, up to `worker.seen_items_max`, and the strongest
+    # (heaviest in `event_weights`) event type on it. Part of the window's record: one table write per batch,
+    # not two; windows stored before these fields existed load with them empty.
+    seen_items: list[str] = field(default_factory=list)
+    seen_types: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -56,7 +62,30 @@ class UserWindow:
             merged = [e for e in merged if e.ts >= oldest_allowed]
         merged = merged[-max_len:]
         columns = [list(c) for c in zip(*merged)] if merged else [[], [], [], []]
-        return UserWindow(*columns, recommended=self.recommended)
+        return UserWindow(*columns, self.recommended, self.seen_items, self.seen_types)
+
+    def with_seen(self, new: Iterable[WindowEvent], max_items: int, weights: Mapping[str, float]) -> UserWindow:
+        """The seen items after `new`: each event's item moves to the newest end, keeping the heavier of its
+        event types; beyond `max_items` the least recently touched are dropped (0 keeps none)."""
+        if max_items <= 0:
+            return self.derive(seen_items=[], seen_types=[])
+        # Lists scanned in C, not a dict built per call: a batch brings a user a few events, and hashing the
+        # ids of a window just read from RocksDB cost 4x more.
+        items, types = list(self.seen_items), list(self.seen_types)
+        for event in new:
+            kind = event.event_type
+            try:
+                at = items.index(event.item_id)
+            except ValueError:
+                pass
+            else:
+                del items[at]
+                before = types.pop(at)
+                if weights.get(before, 1.0) > weights.get(kind, 1.0):
+                    kind = before
+            items.append(event.item_id)
+            types.append(kind)
+        return self.derive(seen_items=items[-max_items:], seen_types=types[-max_items:])
 
     def derive(self, **changes) -> UserWindow:
         return dataclasses.replace(self, **changes)
@@ -68,6 +97,8 @@ class UserWindow:
             "event_types": self.event_types,
             "ts": self.ts,
             "recommended": self.recommended,
+            "seen_items": self.seen_items,
+            "seen_types": self.seen_types,
         }
 
     def encode(self) -> bytes:

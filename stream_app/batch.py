@@ -1,4 +1,5 @@
-"""`streamrec predict`: batch top-k for user histories through the worker's Recommender."""
+"""`streamrec predict`: batch top-k for user histories through the worker's Recommender, under the
+configured rules (the whole history counts as seen, up to `worker.seen_items_max` items, as in the worker)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ def window_from_history(events: list[dict], settings: Settings) -> UserWindow:
         WindowEvent(str(n), str(e["item_id"]), e.get("event_type", "view"), epoch_seconds(e["ts"]))
         for n, e in enumerate(events)
     ]
-    return UserWindow().with_events(new, settings.worker.window_size, settings.worker.window_max_age_days * 86_400.0)
+    w = settings.worker
+    window = UserWindow().with_events(new, w.window_size, w.window_max_age_days * 86_400.0)
+    # As the worker's window holds them: the newest `seen_items_max` items of the whole history.
+    return window.with_seen(sorted(new, key=lambda e: e.ts), w.seen_items_max, w.event_weights)
 
 
 def predict_file(
@@ -50,5 +54,10 @@ def predict_file(
             chunk = lines[start : start + BATCH]
             windows = [window_from_history(u["events"], settings) for u in chunk]
             for user, recs in zip(chunk, recommender.recommend(windows)):
-                out.write(json.dumps({"user_id": user["user_id"], "items": [r.asdict() for r in recs]}) + "\n")
+                line = {
+                    "user_id": user["user_id"],
+                    "items": [r.asdict() for r in recs],
+                    "short": recommender.short_reason(recs),
+                }
+                out.write(json.dumps(line) + "\n")
     return len(lines)

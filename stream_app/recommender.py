@@ -4,15 +4,16 @@ The one scoring path shared by the worker and `streamrec predict`. NumPy and
 onnxruntime only: the user tower (or, for the zero-training baseline, a
 recency- and event-weighted mean of the window's item vectors), blended with the
 user's stated interest if they have one (`blend_interest`), then top-k over the
-live item index (exact, or FAISS IVF from `ann_min_items` items on), minus what
-each user already touched.
+live item index (exact, or FAISS IVF from `ann_min_items` items on), under the business
+rules (stream_app/rules.py: what each user already touched, categories, a cap per category).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import chain
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -23,9 +24,13 @@ from export.runtime import ModelRuntime
 from state.item_index import ItemIndex
 from state.popularity import TrendingCounter
 from state.window import UserWindow
+from stream_app.rules import Rules, at_most_per_category, excluded_items, short_reason
 
 BASELINE_RECENCY_DECAY = 0.9  # each older event counts 10% less in the baseline user vector
 INTEREST_CACHE_SIZE = 10_000  # embedded interests kept per model version (dim floats each; ~7 ms to embed one)
+# With a cap per category, the greedy pick walks the best k x this many candidates; a user it leaves short
+# is picked again from the whole (masked) catalog, so the figure trades speed only, never a list's length.
+CAPPED_POOL_PER_ITEM = 20
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Recommender:
     trending: TrendingCounter
     catalog_row: dict[str, int]  # item id -> row of the model's own catalog vectors
     interest_handover_events: float = DEFAULT_INTEREST_HANDOVER_EVENTS
+    rules: Rules = Rules()  # the configured rules; a request may bring its own
 
     def __post_init__(self) -> None:
         self.interest_vector = functools.lru_cache(INTEREST_CACHE_SIZE)(self._embed_interest)
@@ -51,11 +57,12 @@ class Recommender:
         ann_min_items: int | None = DEFAULT_ANN_MIN_ITEMS,
         max_trending_items: int = DEFAULT_MAX_TRENDING_ITEMS,
         interest_handover_events: float = DEFAULT_INTEREST_HANDOVER_EVENTS,
+        rules: Rules = Rules(),
     ):
         index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
         trending = TrendingCounter(trending_half_life_s, max_trending_items)
-        return cls(runtime, event_weights, k, index, trending, catalog_row, interest_handover_events)
+        return cls(runtime, event_weights, k, index, trending, catalog_row, interest_handover_events, rules)
 
     @property
     def model_version(self) -> str:
@@ -78,7 +85,7 @@ class Recommender:
 
     def add_items(self, items: Sequence[Item], vectors: np.ndarray) -> None:
         for item, vector in zip(items, vectors):
-            self.index.upsert(item.item_id, vector)
+            self.index.upsert(item.item_id, vector, item.categories or ())
 
     # -- users ---------------------------------------------------------------------
     def observe(self, item_id: str, event_type: str, ts: float) -> None:
@@ -88,9 +95,14 @@ class Recommender:
             self.trending.add(item_id, self.event_weights.get(event_type, 1.0), ts)
 
     def recommend(
-        self, windows: Sequence[UserWindow], interests: Sequence[str | None] | None = None
+        self,
+        windows: Sequence[UserWindow],
+        interests: Sequence[str | None] | None = None,
+        rules: Rules | None = None,
     ) -> list[list[RecommendedItem]]:
-        """Each window's top k; `interests` (one per window, None: no profile) are blended in (`blend_interest`)."""
+        """Each window's list under `rules` (default: the configured ones); `interests` (one per window, None:
+        no profile) are blended in (`blend_interest`)."""
+        rules = rules or self.rules
         spec = self.runtime.feature_spec
         histories = [w.item_ids[-spec.max_len :] for w in windows]
         vectors, known = zip(*(self.index.vectors_of(h) for h in histories)) if windows else ((), ())
@@ -102,9 +114,13 @@ class Recommender:
             stated = np.stack([self.interest_vector(interests[b]) for b in rows])
             n_known = np.array([known[b].sum() for b in rows], dtype=np.float32)
             users[rows] = blend_interest(users[rows], stated, n_known, self.interest_handover_events)
-        exclude = [set(w.item_ids) for w in windows]
+        exclude = [excluded_items(w, rules.repeat_policy, self.event_weights) for w in windows]
+        allowed = self.index.category_mask(rules.categories, rules.exclude_categories)  # None: any category
         scanned = np.flatnonzero(has_history | has_interest).tolist()  # the others get trending
-        ranked = dict(zip(scanned, self.index.top_k(users[scanned], self.k, [exclude[b] for b in scanned])))
+        ranked = dict(zip(scanned, self._top_k(users[scanned], [exclude[b] for b in scanned], allowed, rules)))
+        cold_allowed = self.index.row_of.keys()  # the cold users' candidates: trending, then the catalog
+        if allowed is not None and len(scanned) < len(windows):
+            cold_allowed = {self.index.ids[r] for r in np.flatnonzero(allowed)}
         results = []
         for b in range(len(windows)):
             if has_history[b]:
@@ -112,7 +128,7 @@ class Recommender:
             elif has_interest[b]:
                 results.append([RecommendedItem(item_id=i, score=s) for i, s in ranked[b]])
             else:
-                results.append(self._cold_start(exclude[b]))
+                results.append(self._cold_start(exclude[b], cold_allowed, rules))
         return results
 
     def _embed_interest(self, text: str) -> np.ndarray:
@@ -121,16 +137,33 @@ class Recommender:
         vector.setflags(write=False)  # cached and shared
         return vector
 
-    def _cold_start(self, exclude: set[str]) -> list[RecommendedItem]:
-        """Trending items, topped up from the catalog while too few items have events."""
-        picks = self.trending.top(self.k, allowed=self.index.row_of.keys(), exclude=exclude)
+    def short_reason(self, items: Sequence[RecommendedItem], rules: Rules | None = None) -> str | None:
+        """Why `items`, a list this recommender made under `rules`, holds fewer than k items; None if it does not."""
+        return short_reason(len(items), self.k, rules or self.rules)
+
+    def _top_k(self, users: np.ndarray, exclude: list[set[str]], allowed: np.ndarray | None, rules: Rules):
+        """The top k per user under the rules; with a cap per category, the greedy pick over a longer list."""
+        cap = rules.max_per_category
+        if not cap:
+            return self.index.top_k(users, self.k, exclude, allowed)
+        pool = CAPPED_POOL_PER_ITEM * self.k
+        lists = []
+        for b, ranked in enumerate(self.index.top_k(users, pool, exclude, allowed)):
+            picks = at_most_per_category(ranked, self.k, cap, self.index.categories_of)
+            if len(picks) < self.k and len(ranked) == pool:  # the pool ran out, maybe not the catalog
+                (ranked,) = self.index.top_k(users[b : b + 1], len(self.index), exclude[b : b + 1], allowed)
+                picks = at_most_per_category(ranked, self.k, cap, self.index.categories_of)
+            lists.append(picks)
+        return lists
+
+    def _cold_start(self, exclude: set[str], allowed: Collection[str], rules: Rules) -> list[RecommendedItem]:
+        """Trending items in `allowed`, topped up from the catalog while too few items have events."""
+        cap = rules.max_per_category
+        picks = self.trending.top(len(self.trending) if cap else self.k, allowed=allowed, exclude=exclude)
         chosen = exclude | {i for i, _ in picks}
-        for item_id in self.index.row_of:
-            if len(picks) >= self.k:
-                break
-            if item_id not in chosen:
-                picks.append((item_id, 0.0))
-        return [RecommendedItem(i, s) for i, s in picks]
+        top_up = ((i, 0.0) for i in self.index.row_of if i not in chosen and i in allowed)
+        ranked = at_most_per_category(chain(picks, top_up), self.k, cap, self.index.categories_of)
+        return [RecommendedItem(item_id=i, score=s) for i, s in ranked]
 
     def _user_vectors(self, windows, vectors, known, has_history) -> np.ndarray:
         users = np.zeros((len(windows), self.index.dim), dtype=np.float32)

@@ -18,6 +18,7 @@ from export.registry import Registry
 from export.runtime import check_canary, load_runtime
 from state.popularity import TrendingCounter
 from stream_app.recommender import Recommender
+from stream_app.rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def load_recommender(
         w.ann_min_items,
         w.max_trending_items,
         w.interest_handover_events,
+        Rules.from_settings(w),
     )
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model

@@ -50,17 +50,25 @@ def group_valid_events(
 
 
 def advance_windows(
-    touched: Mapping[str, UserEvents], stored: Mapping[str, UserWindow], window_size: int, max_age_s: float
+    touched: Mapping[str, UserEvents],
+    stored: Mapping[str, UserWindow],
+    window_size: int,
+    max_age_s: float,
+    seen_items_max: int = 0,
+    event_weights: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, UserWindow], list[bool]]:
-    """Each touched user's stored window with the batch's events added, and the online hits: for each
-    event of a user who had been shown a list, whether its item was in that list."""
+    """Each touched user's stored window with the batch's events added (to its seen items too, up to
+    `seen_items_max`), and the online hits: for each event of a user who had been shown a list, whether its
+    item was in that list."""
     updated: dict[str, UserWindow] = {}
     hits: list[bool] = []
     for user, (events, _) in touched.items():
         window = stored[user]
         if window.recommended:
             hits += [e.item_id in window.recommended for e in events]
-        updated[user] = window.with_events(events, window_size, max_age_s)
+        updated[user] = window.with_events(events, window_size, max_age_s).with_seen(
+            events, seen_items_max, event_weights or {}
+        )
     return updated, hits
 
 
@@ -79,15 +87,23 @@ class OutgoingRecord(NamedTuple):
 
 
 def build_records(
-    touched: Mapping[str, UserEvents], lists: Mapping[str, Sequence[RecommendedItem]], model_version: str, now: float
+    touched: Mapping[str, UserEvents],
+    lists: Mapping[str, Sequence[RecommendedItem]],
+    model_version: str,
+    now: float,
+    short: Mapping[str, str] | None = None,
 ) -> list[OutgoingRecord]:
-    """One record per user with a list, in `lists` order, triggered by the user's last event in the batch."""
+    """One record per user with a list, in `lists` order, triggered by the user's last event in the batch;
+    `short`: why a user's list holds fewer than k items (stream_app/rules.py `short_reason`)."""
     generated_at = int(now * 1000)
+    short = short or {}
     return [
         OutgoingRecord(
             user,
             user.encode(),
-            Recommendation(user, items, model_version, generated_at, touched[user].events[-1].event_id).encode(),
+            Recommendation(
+                user, items, model_version, generated_at, touched[user].events[-1].event_id, short.get(user)
+            ).encode(),
         )
         for user, items in lists.items()
     ]

@@ -94,12 +94,16 @@ async def recommend_for(
         stored,
         settings.worker.window_size,
         settings.worker.window_max_age_days * 86_400.0,
+        settings.worker.seen_items_max,
+        settings.worker.event_weights,
     )
     for hit in hits:
         metrics.observe_hit(hit)
     lists = score(recommender, updated, stated_interests(ctx, stream, batch, touched), failed)
     now = time.time()
-    delivered = await deliver(ctx, build_records(touched, lists, recommender.model_version, now), largest, failed)
+    short = {user: why for user, items in lists.items() if (why := recommender.short_reason(items))}
+    records = build_records(touched, lists, recommender.model_version, now, short)
+    delivered = await deliver(ctx, records, largest, failed)
     shown = remember_shown(updated, lists)
     for user in delivered:
         event = batch[touched[user].last]

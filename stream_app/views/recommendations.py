@@ -1,5 +1,8 @@
-"""`GET /recommendations/{user_id}[?interest=...]`: the user's current top-k, from the worker that owns the
-user's partition; `interest` stands in for the user's stored profile in this one answer."""
+"""`GET /recommendations/{user_id}`: the user's current top-k, from the worker that owns the user's partition.
+
+Query parameters: `interest` stands in for the user's stored profile in this one answer; `categories`,
+`exclude_categories`, `max_per_category`, `repeat_policy` override the configured business rules
+(stream_app/rules.py, docs/topics.md). An unknown or malformed one is a 400 with the reason."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import aiohttp
 from faust.web.exceptions import ServiceUnavailable
 
 from core.contracts import InvalidRecord, interest_query
+from core.errors import InvalidRequest
 from stream_app.context import WorkerContext
+from stream_app.rules import from_query
 
 
 def register(ctx: WorkerContext) -> None:
@@ -36,11 +41,20 @@ def register(ctx: WorkerContext) -> None:
             except InvalidRecord as e:
                 return web.json({"error": e.reason}, status=400)
         recommender = ctx.serving.recommender
+        try:
+            rules = from_query(
+                [(name, value) for name, value in request.query.items() if name != "interest"],  # read above
+                recommender.rules,
+                recommender.index.rows_in,
+                ctx.settings.worker.event_weights,
+            )
+        except InvalidRequest as e:
+            return web.json({"error": str(e)}, status=400)
         window = ctx.windows.get(user_id)  # the table's default, an empty window, for an unknown user
         interest = interest if interest is not None else ctx.profiles.get(user_id)
         if interest is not None:
             await asyncio.to_thread(recommender.interest_vector, interest)  # the item tower (~7 ms) off the loop
-        (items,) = recommender.recommend([window], [interest])
+        (items,) = recommender.recommend([window], [interest], rules)
         return web.json(
             {
                 "user_id": user_id,
@@ -48,6 +62,7 @@ def register(ctx: WorkerContext) -> None:
                 "model_version": recommender.model_version,
                 "known_user": len(window) > 0,
                 "interest": interest,  # the stated interest the list was blended with; null: none
+                "short": recommender.short_reason(items, rules),
             }
         )
 

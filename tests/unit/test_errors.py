@@ -31,6 +31,7 @@ def test_every_error_is_in_the_tree_with_a_docstring():
         "ParityError",
         "BrokerError",
         "EventLogError",
+        "InvalidRequest",
     }
     for c in classes:
         assert issubclass(c, StreamrecError)

@@ -145,7 +145,7 @@ def test_scoring_user_by_user_keeps_each_users_interest():
     assert {u: [i.item_id for i in items] for u, items in lists.items()} == {
         "u1": ["horror2"],
         "u2": ["drama2"],
-        "u3": [r._cold_start(set())[0].item_id],
+        "u3": [r._cold_start(set(), r.index.row_of.keys(), r.rules)[0].item_id],
     }
     assert failed == {}
 

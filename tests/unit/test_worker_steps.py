@@ -111,6 +111,7 @@ def test_records_are_triggered_by_each_users_last_event_and_carry_the_model_vers
         "model_version": "v0002",
         "generated_at": 1700000000123,
         "trigger_event_id": "e3",
+        "short": None,
     }
     assert second["items"] == []
 
