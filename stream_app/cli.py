@@ -145,22 +145,16 @@ def predict(
 def demo(
     data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
     rate: float = 300.0,
-    events: Optional[int] = typer.Option(None, help="events to replay [default: 6000; while a model trains: all]"),
+    events: int = 6000,
     users: int = 4,
     port: int = 0,
-    train_minutes: float = typer.Option(
-        3.0, help="budget of the model trained in the background while the baseline serves (docs/operations.md)"
-    ),
-    train: bool = typer.Option(True, help="--no-train: serve a baseline `latest` without training one"),
     registry: Optional[Path] = RegistryOption,
 ):
-    """Embedded broker + worker + replay, with a live table of a few users' top-10; a baseline serves while a
-    model trains in the background, then the worker swaps to it."""
+    """Embedded broker + worker + replay, with a live table of a few users' top-10."""
     settings = command_settings({"registry.path": registry})
     from stream_app.demo import run_demo
 
-    run = run_demo(settings, data, rate, events, users, port, train_minutes=train_minutes, train=train)
-    sys.exit(run.exit_code)
+    sys.exit(run_demo(settings, data, rate=rate, n_events=events, n_users=users, port=port))
 
 
 @app.command()
