@@ -6,7 +6,7 @@ export TRANSFORMERS_OFFLINE := 1
 # MovieLens-100k in RecBole atomic files (see README: how to get it).
 DATA    ?= $(abspath ../shared/data/ml-100k)
 
-.PHONY: setup setup-encoders test test-slow test-reliability demo train bench bench-e2e clean
+.PHONY: setup setup-encoders setup-browser test test-slow test-reliability test-console demo train bench bench-e2e clean
 
 setup: .venv/.installed kafka/libs/.installed
 
@@ -48,6 +48,18 @@ test-slow: setup
 # Long versions of the reliability suites (make test runs them short).
 test-reliability: setup
 	STREAMREC_RELIABILITY=full $(PY) -m pytest -q -s tests/reliability
+
+# The console in a real browser (tests/console; not in `make test`): Playwright from PyPI (the `console-test`
+# extra; its driver is in the wheel) drives Debian's Chromium (apt, as root or through sudo). Each run saves
+# a screenshot of every page in $(CONSOLE_SCREENSHOTS); docs/img/console_*.png are copies of one run's.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+CONSOLE_SCREENSHOTS ?= $(CURDIR)/.streamrec/console-screenshots
+setup-browser: setup
+	$(PY) -m pip install --quiet -e '.[console-test]'
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test-console: setup-browser
+	CONSOLE_SCREENSHOTS=$(CONSOLE_SCREENSHOTS) $(PY) -m pytest -q -s -m browser tests/console
 
 # Benchmarks print their figures and the command that reproduces them (docs/benchmarks.md).
 bench: setup
