@@ -106,5 +106,5 @@ def test_the_console_shows_the_topics_and_the_groups_lag(settings):
     assert user["emitted"][0]["items"][0]["title"] == "Toy Story (1995)"
     assert user["window"]["error"].startswith("no worker answered")
     assert models["announcements"][0]["version"] == "v2"
-    assert live["readers"][settings.console.experiments_topic] == "no such topic (yet)"
-    assert settings.console.experiments_topic not in topics  # looking for it did not create it
+    assert live["readers"][settings.topics.experiments] == "no such topic (yet)"
+    assert settings.topics.experiments not in topics  # looking for it did not create it
