@@ -145,7 +145,6 @@ def report(
 def announce(settings, record) -> None:
     """Send an experiments record (key: the experiment's name), acknowledged by every in-sync replica."""
     import kafka
-
     from core.kafka import client_security
 
     producer = kafka.KafkaProducer(

@@ -8,8 +8,8 @@ import typer
 
 from encoders.cli import app as trainer_commands
 from encoders.retrain_cli import app as retrain_commands
-from export.experiment_cli import app as experiment_commands
 from export.cli import app as export_commands
+from export.experiment_cli import app as experiment_commands
 from stream_app.cli import app as worker_commands
 
 app = typer.Typer(
