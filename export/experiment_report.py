@@ -38,7 +38,70 @@ class EventRow(NamedTuple):
 
 class Judged(NamedTuple):
     timestamp_ms: int
+    user_id: str
     credit: Credit
+
+
+MIN_USERS = 10  # no interval from fewer users a side (interleave: users with a credit)
+
+
+class UserRatio:
+    """A ratio of sums, sum(h) / sum(n), over users, and its variance clustered by user (the delta method
+    for a ratio estimator): a user's events are not independent of each other, users are. Updated one
+    event at a time in O(1) (running sums of h², hn and n² per user)."""
+
+    def __init__(self) -> None:
+        self.per_user: dict[str, tuple[int, int]] = {}
+        self.h = self.n = self.hh = self.hn = self.nn = 0
+
+    def add(self, user: str, h: int, n: int) -> None:
+        h0, n0 = self.per_user.get(user, (0, 0))
+        h1, n1 = h0 + h, n0 + n
+        self.per_user[user] = (h1, n1)
+        self.h, self.n = self.h + h, self.n + n
+        self.hh += h1 * h1 - h0 * h0
+        self.hn += h1 * n1 - h0 * n0
+        self.nn += n1 * n1 - n0 * n0
+
+    @property
+    def value(self) -> float:
+        return self.h / self.n if self.n else 0.0
+
+    def variance(self) -> float:
+        """Of `value`; infinite below MIN_USERS users."""
+        m = len(self.per_user)
+        if m < MIN_USERS or not self.n:
+            return np.inf
+        r = self.value
+        return max(0.0, self.hh - 2 * r * self.hn + r * r * self.nn) / self.n**2 * m / (m - 1)
+
+
+class Tally:
+    """What the judged events so far say: A/B, each variant's hit rate (hits / events judged against its
+    lists); interleave, treatment's share of the credits."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.rates = {CONTROL: UserRatio(), TREATMENT: UserRatio()}
+        self.share = UserRatio()
+
+    def add(self, judged: Judged) -> None:
+        credit = judged.credit
+        if credit.list_variant in self.rates:
+            self.rates[credit.list_variant].add(judged.user_id, credit.credited is not None, 1)
+        if credit.credited is not None:
+            self.share.add(judged.user_id, credit.credited == TREATMENT, 1)
+
+    def difference(self) -> tuple[float, float, float]:
+        """(estimate, low, high), a 95% interval: A/B, treatment's hit rate - control's; interleave,
+        treatment's share of the credits - 0.5. (-inf, inf) until each side has MIN_USERS users."""
+        if self.mode == "interleave":
+            estimate, variance = self.share.value - 0.5, self.share.variance()
+        else:
+            t, c = self.rates[TREATMENT], self.rates[CONTROL]
+            estimate, variance = t.value - c.value, t.variance() + c.variance()
+        half = Z_95 * np.sqrt(variance)
+        return estimate, estimate - half, estimate + half
 
 
 @dataclass
@@ -60,47 +123,26 @@ class ExperimentOutcome:
     variants: dict[str, VariantOutcome] = field(
         default_factory=lambda: {CONTROL: VariantOutcome(), TREATMENT: VariantOutcome()}
     )
-    judged: list[Judged] = field(default_factory=list)  # in the order the events were judged
+    judged: list[Judged] = field(default_factory=list)  # in time order
     model_versions: dict[str, str] = field(default_factory=dict)  # variant -> version, as the records name them
 
     def difference(self) -> tuple[float, float, float]:
-        """(estimate, low, high): A/B, treatment's hit rate - control's; interleave, treatment's share of the
-        credits - 0.5. A 95% interval (normal approximation; it treats events as independent, which events
-        of one user are not quite: read a borderline interval with care)."""
-        c, t = self.variants[CONTROL], self.variants[TREATMENT]
-        if self.mode == "interleave":
-            return credit_share_interval(t.hits, c.hits)
-        return rate_difference_interval(t.hits, t.events, c.hits, c.events)
+        """`Tally.difference` over every judged event."""
+        tally = Tally(self.mode)
+        for judged in self.judged:
+            tally.add(judged)
+        return tally.difference()
 
     def verdict(self) -> str:
-        estimate, low, high = self.difference()
-        if low > 0:
-            return "treatment is better than control"
-        if high < 0:
-            return "treatment is worse than control"
-        return "not yet significant"
+        return verdict(*self.difference()[1:])
 
 
-def rate_difference_interval(hits_t: int, n_t: int, hits_c: int, n_c: int) -> tuple[float, float, float]:
-    """Difference of two proportions with a 95% Agresti-Caffo interval (a Wald interval after adding one hit
-    and one miss to each side: right even at 0 or 1, where Wald's collapses); (0, -inf, inf) while a side has
-    no events."""
-    if not n_t or not n_c:
-        return 0.0, -np.inf, np.inf
-    a_t, a_c = (hits_t + 1) / (n_t + 2), (hits_c + 1) / (n_c + 2)
-    half = Z_95 * np.sqrt(a_t * (1 - a_t) / (n_t + 2) + a_c * (1 - a_c) / (n_c + 2))
-    return hits_t / n_t - hits_c / n_c, a_t - a_c - half, a_t - a_c + half
-
-
-def credit_share_interval(credits_t: int, credits_c: int) -> tuple[float, float, float]:
-    """Treatment's share of the credits - 0.5, with a 95% Wilson interval; (0, -inf, inf) with no credit."""
-    n = credits_t + credits_c
-    if not n:
-        return 0.0, -np.inf, np.inf
-    p = credits_t / n
-    centre = (p + Z_95**2 / (2 * n)) / (1 + Z_95**2 / n)
-    half = Z_95 * np.sqrt(p * (1 - p) / n + Z_95**2 / (4 * n * n)) / (1 + Z_95**2 / n)
-    return p - 0.5, centre - half - 0.5, centre + half - 0.5
+def verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "treatment is better than control"
+    if high < 0:
+        return "treatment is worse than control"
+    return "not yet significant"
 
 
 def judge(name: str, events: Iterable[EventRow], recommendations: Iterable[dict]) -> ExperimentOutcome:
@@ -135,11 +177,11 @@ def judge(name: str, events: Iterable[EventRow], recommendations: Iterable[dict]
                     [i["variant"] for i in items],
                     [(row.item_id, row.event_type)],
                 )
-                outcome.judged.append(Judged(row.timestamp_ms, credit))
+                outcome.judged.append(Judged(row.timestamp_ms, user, credit))
             shown = answered.get(index, shown)
     outcome.judged.sort(key=lambda j: j.timestamp_ms)
-    for _, credit in outcome.judged:
-        count_credit(outcome, credit)
+    for judged in outcome.judged:
+        count_credit(outcome, judged.credit)
     return outcome
 
 
@@ -167,27 +209,21 @@ def count_credit(outcome: ExperimentOutcome, credit: Credit) -> None:
 
 
 def running_difference(outcome: ExperimentOutcome) -> dict[str, np.ndarray]:
-    """After each judged event: the per-variant metric (hit rate; interleave: cumulative credits) and the
-    difference with its interval, as `ExperimentOutcome.difference` computes it at the end."""
-    credit_t = np.cumsum([j.credit.credited == TREATMENT for j in outcome.judged])
-    credit_c = np.cumsum([j.credit.credited == CONTROL for j in outcome.judged])
-    if outcome.mode == "interleave":
-        estimates = [credit_share_interval(int(t), int(c)) for t, c in zip(credit_t, credit_c)]
-        metric_t, metric_c = credit_t, credit_c
-    else:
-        n_t = np.cumsum([j.credit.list_variant == TREATMENT for j in outcome.judged])
-        n_c = np.cumsum([j.credit.list_variant == CONTROL for j in outcome.judged])
-        estimates = [rate_difference_interval(*map(int, v)) for v in zip(credit_t, n_t, credit_c, n_c)]
-        metric_t, metric_c = credit_t / np.maximum(n_t, 1), credit_c / np.maximum(n_c, 1)
-    estimate, low, high = (np.array(column) for column in zip(*estimates)) if estimates else ([], [], [])
-    return {
-        "timestamp_ms": np.array([j.timestamp_ms for j in outcome.judged]),
-        TREATMENT: np.asarray(metric_t),
-        CONTROL: np.asarray(metric_c),
-        "estimate": np.asarray(estimate),
-        "low": np.asarray(low),
-        "high": np.asarray(high),
-    }
+    """After each judged event: each variant's metric (A/B: hit rate; interleave: its credits so far) and
+    the difference with its 95% interval (`Tally`)."""
+    tally, credits_so_far = Tally(outcome.mode), {CONTROL: 0, TREATMENT: 0}
+    rows = []
+    for judged in outcome.judged:
+        tally.add(judged)
+        if judged.credit.credited is not None:
+            credits_so_far[judged.credit.credited] += 1
+        if outcome.mode == "interleave":
+            metrics = credits_so_far[CONTROL], credits_so_far[TREATMENT]
+        else:
+            metrics = tally.rates[CONTROL].value, tally.rates[TREATMENT].value
+        rows.append((judged.timestamp_ms, *metrics, *tally.difference()))
+    columns = [np.array(c) for c in zip(*rows)] if rows else [np.array([])] * 6
+    return dict(zip(["timestamp_ms", CONTROL, TREATMENT, "estimate", "low", "high"], columns))
 
 
 def events_to_significance(outcome: ExperimentOutcome) -> int | None:

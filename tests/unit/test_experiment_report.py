@@ -2,16 +2,24 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from export.experiment_report import (
+    MIN_USERS,
     EventRow,
-    credit_share_interval,
+    Judged,
+    Tally,
+    UserRatio,
     events_to_significance,
     format_report,
     judge,
-    rate_difference_interval,
 )
+from stream_app.experiments import Credit
+
+
+def judged(user: str, list_variant: str, hit: bool, credited: str | None = None) -> Judged:
+    return Judged(0, user, Credit(list_variant, (credited or list_variant) if hit else None, "click"))
 
 
 def row(user: str, n: int, item: str, kind: str = "click") -> EventRow:
@@ -69,14 +77,49 @@ def test_interleaved_hits_credit_the_variant_that_contributed_the_item():
     assert "credit share 0.500" in format_report(outcome)
 
 
-def test_intervals_and_verdicts():
-    estimate, low, high = rate_difference_interval(300, 1000, 200, 1000)
-    assert estimate == pytest.approx(0.1) and 0 < low < 0.1 < high
-    assert rate_difference_interval(0, 0, 5, 10)[1] == -math.inf  # a side without events: no interval
-    estimate, low, high = credit_share_interval(55, 45)
-    assert estimate == pytest.approx(0.05) and low < 0 < high  # 55/45 of 100 is not significant
-    assert credit_share_interval(550, 450)[1] > 0  # ten times the credits is
-    assert rate_difference_interval(1, 1, 0, 1)[1] < 0  # one hit against one miss proves nothing
+def test_the_ratio_variance_is_clustered_by_user_and_kept_in_constant_time():
+    # One event per user: the binomial variance (times m / (m - 1)).
+    ratio = UserRatio()
+    for n in range(100):
+        ratio.add(f"u{n}", n < 30, 1)
+    assert ratio.value == pytest.approx(0.3)
+    assert ratio.variance() == pytest.approx(0.3 * 0.7 / 100 * 100 / 99)
+    # Ten events per user, each user all hits or all misses: as uncertain as ten times fewer events.
+    clustered = UserRatio()
+    for n in range(100):
+        for _ in range(10):
+            clustered.add(f"u{n}", n < 30, 1)
+    assert clustered.variance() == pytest.approx(ratio.variance())  # not the binomial's 0.3 * 0.7 / 1000
+    # The running sums agree with the formula over per-user totals, whatever the order of the events.
+    rng = np.random.default_rng(0)
+    mixed = UserRatio()
+    for user, hit in zip(rng.integers(0, 40, 500), rng.random(500) < 0.4):
+        mixed.add(f"u{user}", int(hit), 1)
+    h, n = (np.array(c, dtype=float) for c in zip(*mixed.per_user.values()))
+    r, m = h.sum() / n.sum(), len(h)
+    assert mixed.variance() == pytest.approx(((h - r * n) ** 2).sum() / n.sum() ** 2 * m / (m - 1))
+    few = UserRatio()
+    for n in range(MIN_USERS - 1):
+        few.add(f"u{n}", 1, 1)
+    assert few.variance() == math.inf  # no interval from a handful of users
+
+
+def test_a_difference_significant_only_with_users_behind_it():
+    tally = Tally("ab")
+    for n in range(40):
+        tally.add(judged(f"u{n}", "treatment" if n % 2 else "control", hit=n % 2 == 1))
+    estimate, low, high = tally.difference()
+    assert estimate == 1.0 and low > 0
+    one_user_each = Tally("ab")
+    for _ in range(50):  # many events, two users: proves nothing
+        one_user_each.add(judged("a", "treatment", hit=True))
+        one_user_each.add(judged("b", "control", hit=False))
+    assert one_user_each.difference()[1] == -math.inf
+    share = Tally("interleave")
+    for n in range(100):
+        share.add(judged(f"u{n}", "interleaved", hit=True, credited="treatment" if n < 55 else "control"))
+    estimate, low, high = share.difference()
+    assert estimate == pytest.approx(0.05) and low < 0 < high  # 55 of 100 users' credits: not significant
 
 
 def test_the_verdict_and_when_it_became_significant():
