@@ -301,7 +301,7 @@ async def read_to_end(settings: Settings, topic: str) -> list:
             return []
         ends = await asyncio.to_thread(end_offsets, settings, await consumer.end_offsets(partitions))
         records: list = []
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 records.extend(messages)
         return records
