@@ -55,6 +55,7 @@ def register(ctx: WorkerContext) -> None:
     async def recommend_on_events(stream):
         """Micro-batches of events -> updated windows -> one recommendation per touched user."""
         await ctx.catalog_ready.wait()
+        await ctx.experiments_loaded.wait()  # served (or refused) before any user is: users keep their variant
         largest = await largest_record(ctx)
         async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
             await on_batch(ctx, stream, batch, limits, largest)

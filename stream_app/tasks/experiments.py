@@ -4,10 +4,11 @@ rebalanced worker serves the experiment in force with the same variants (the ass
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from core.contracts import parse_experiment
-from core.kafka import read_whole_topic
+from core.kafka import end_offsets, read_whole_topic
 from stream_app.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -16,14 +17,22 @@ log = logging.getLogger(__name__)
 def register(ctx: WorkerContext) -> None:
     @ctx.app.task
     async def follow_experiments():
-        """Apply the newest record of `experiments` (on start: the one in force)."""
+        """Apply the newest record of `experiments`. On start, the one in force is applied before the events
+        agent starts (`experiments_loaded`), so that no user is served outside their variant meanwhile."""
         async with read_whole_topic(ctx.settings, ctx.settings.topics.experiments) as consumer:
             await ctx.catalog_ready.wait()
+            partitions = list(consumer.assignment())
+            reported = await consumer.end_offsets(partitions) if partitions else {}
+            ends = await asyncio.to_thread(end_offsets, ctx.settings, reported)
             while True:
                 records = await consumer.getmany(timeout_ms=500)
                 messages = [m for batch in records.values() for m in batch]
                 if messages:
                     await apply_experiment(ctx, messages[-1])
+                if not ctx.experiments_loaded.is_set() and all(
+                    [await consumer.position(tp) >= ends[tp] for tp in partitions]
+                ):
+                    ctx.experiments_loaded.set()  # the events agent may start: every user gets their variant
 
 
 async def apply_experiment(ctx: WorkerContext, message) -> None:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from core.contracts import ExperimentRecord, Item, RecommendedItem
 from export.experiment_report import read_to_end
+from export.model_updates import announce
 from export.registry import Registry
 from state.window import UserWindow, WindowEvent
 from stream_app.demo import publish_catalog
@@ -193,3 +194,38 @@ def test_ab_interleave_report_and_refusals(settings, start_worker, baseline_regi
     metrics = worker.get("/metrics")[1].decode()
     assert metric_values(metrics, 'streamrec_experiment_refusals_total{experiment="refused1"}') == [1.0]
     assert metric_values(metrics, 'streamrec_experiment_serving{experiment="refused1"}') == [0.0]
+
+
+@pytest.mark.slow
+def test_a_restart_keeps_every_user_in_their_variant_and_a_swap_changes_production_only(
+    settings, start_worker, baseline_registry, two_tower_registry, tmp_path
+):
+    root = tmp_path / "registry"
+    root.mkdir()
+    registry = Registry(root)
+    a = copy_version(baseline_registry, root)
+    b = register_as_newest(two_tower_registry, registry)
+    registry.set_latest(a)
+    settings = settings.replace(registry={"path": root})
+    run(publish_catalog(settings, CATALOG))
+    worker = start_worker(settings)
+    result = cli(settings, "start", "--name", "r1", "--variant", f"control={a}", "--variant", f"treatment={b}")
+    assert result.exit_code == 0, result.output
+    worker.wait_for(lambda health: (health.get("experiment") or {}).get("name") == "r1")
+    users = [f"r-user{n}" for n in range(60)]
+    before = first_events(settings, users, 0)
+
+    # A hot swap of production to b: the experiment's variants keep their versions.
+    registry.set_latest(b)
+    announce(registry.load(b), settings.kafka.bootstrap_servers, settings.topics.model_updates)
+    worker.wait_for(lambda health: health["model_version"] == b)
+    assert worker.health()["experiment"]["variants"] == {CONTROL: a, TREATMENT: b}
+    during = first_events(settings, users, 1000)
+    assert all(during[u]["model_version"] == before[u]["model_version"] for u in users)
+
+    # A restart: the experiment is read again before any event is served; every user keeps their variant.
+    worker.stop()
+    worker = start_worker(settings)
+    after = first_events(settings, users, 2000)
+    assert all((after[u]["experiment"], after[u]["variant"]) == ("r1", before[u]["variant"]) for u in users)
+    assert {before[u]["variant"] for u in users} == {CONTROL, TREATMENT}
