@@ -121,21 +121,28 @@ def main() -> None:
         f"{args.seeds} experiments per mode"
     )
     needed: dict[str, list[int | None]] = {}
+    users: dict[str, list[int]] = {mode: [] for mode in MODES}
     judged = {}
-    print("| mode | significant at the end | events needed: median | min | max | final difference [95% CI] | verdict |")
-    print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+    print(
+        "| mode | significant at the end | events needed: median | min | max | users by then: median "
+        "| final difference [95% CI] | verdict |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for mode in MODES:
         needed[mode] = []
         for seed in range(args.seeds):
             events, records = serve_replay(f"power-{seed}", mode, args.share, recommenders, batches)
             outcome = judge(f"power-{seed}", events, records)
             needed[mode].append(events_to_significance(outcome))
+            if needed[mode][-1] is not None:
+                users[mode].append(len({j.user_id for j in outcome.judged[: needed[mode][-1]]}))
             judged[mode] = len(outcome.judged)
         found = [n for n in needed[mode] if n is not None]
         estimate, low, high = outcome.difference()  # the last seed's
         summary = f"{statistics.median(found):.0f} | {min(found)} | {max(found)}" if found else "- | - | -"
         print(
-            f"| {mode} | {len(found)} of {args.seeds} | {summary} | {estimate:+.4f} [{low:+.4f}, {high:+.4f}] "
+            f"| {mode} | {len(found)} of {args.seeds} | {summary} | "
+            f"{statistics.median(users[mode]) if users[mode] else '-'} | {estimate:+.4f} [{low:+.4f}, {high:+.4f}] "
             f"| {outcome.verdict()} |"
         )
     print(f"judged events per experiment: {judged} (the events of users already shown a list)")

@@ -5,16 +5,18 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from core.contracts import RecommendedItem
+from core.contracts import ExperimentRecord, RecommendedItem
 from state.window import UserWindow
 from stream_app.experiments import (
     CONTROL,
     INTERLEAVED,
     TREATMENT,
     Credit,
+    LiveExperiment,
     assign,
     bucket,
     credits,
@@ -105,3 +107,48 @@ def test_the_stored_window_remembers_the_variants_shown():
     window = UserWindow(recommended=["a"], shown_variants=[TREATMENT])
     assert UserWindow.decode(window.encode()).shown_variants == [TREATMENT]
     assert UserWindow.decode(b'{"recommended":["a"]}').shown_variants == []  # stored before experiments
+
+
+def live(mode: str, share: float = 0.5) -> LiveExperiment:
+    """Stand-ins for the variants' models: serve() reads their version and k; scoring is the `score` given."""
+    record = ExperimentRecord(
+        name="exp",
+        state="running",
+        mode=mode,
+        variants={"control": {"version": "v1", "sha256": "a"}, "treatment": {"version": "v2", "sha256": "b"}},
+        treatment_share=share,
+        at="2026-12-06T00:00:00+00:00",
+    )
+    models = {CONTROL: SimpleNamespace(model_version="v1", k=4), TREATMENT: SimpleNamespace(model_version="v2", k=4)}
+    return LiveExperiment(record, models)
+
+
+def score(model, windows):
+    """Each model's own ranking for every user: v1 ranks a..f, v2 f..a."""
+    ids = ["a", "b", "c", "d", "e", "f"]
+    return {user: ranking(*(ids if model.model_version == "v1" else ids[::-1])) for user in windows}
+
+
+def test_ab_serves_each_user_from_their_variant_and_tags_every_item():
+    users = [f"user{n}" for n in range(200)]
+    served = live("ab", 0.3).serve({u: UserWindow() for u in users}, {u: "e1" for u in users}, score)
+    assert list(served) == users  # in the windows' order
+    for user, s in served.items():
+        variant = assign("exp", user, 0.3)
+        assert (s.experiment, s.variant, s.model_version) == ("exp", variant, "v1" if variant == CONTROL else "v2")
+        assert {i.variant for i in s.items} == {variant}
+    assert 0.2 < sum(s.variant == TREATMENT for s in served.values()) / len(users) < 0.4
+
+
+def test_interleave_serves_the_team_draft_of_both_rankings():
+    served = live("interleave").serve({"u1": UserWindow()}, {"u1": "e7"}, score)["u1"]
+    expected = team_draft(ranking(*"abcdef"), ranking(*"fedcba"), 4, draft_seed("exp", "u1", "e7"))
+    assert (served.items, served.variant, served.model_version) == (expected, INTERLEAVED, "v1+v2")
+
+
+def test_the_live_credits_follow_the_mode():
+    stored = {"u1": UserWindow(recommended=["a", "b"], shown_variants=[TREATMENT, TREATMENT]), "u2": UserWindow()}
+    events = {"u1": [("b", "click")], "u2": [("a", "click")]}
+    assert live("ab").credits(stored, events) == [Credit(TREATMENT, TREATMENT, "click")]  # u2 saw no list
+    stored["u1"] = UserWindow(recommended=["a", "b"], shown_variants=[CONTROL, TREATMENT])
+    assert live("interleave").credits(stored, events) == [Credit(INTERLEAVED, TREATMENT, "click")]
