@@ -12,6 +12,7 @@ judged events (those of users already shown a list) the 95% interval excluded 0 
 
     HF_HUB_OFFLINE=1 STREAMREC_REGISTRY__PATH=... .venv/bin/python bench/experiment_power.py \\
         --control <baseline version> --treatment <trained version> [--events 20000] [--seeds 10] [--png out.png]
+        [--control-max-per-category 1]
 
 A replay judges a hit as offline evaluation does (the logged item was in the list shown before it): the
 users did not see these lists, so it measures which variant predicts their next item, not influence.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.contracts import ExperimentRecord, Item  # noqa: E402
 from core.options import command_settings  # noqa: E402
+from core.settings import default_of  # noqa: E402
 from export.experiment_report import EventRow, events_to_significance, judge  # noqa: E402
 from state.window import UserWindow  # noqa: E402
 from stream_app.experiments import CONTROL, TREATMENT, LiveExperiment  # noqa: E402
@@ -100,6 +102,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="events per micro-batch")
     parser.add_argument("--seeds", type=int, default=10, help="experiments (assignments, coins) per mode")
     parser.add_argument("--share", type=float, default=0.5, help="A/B: treatment's share of users")
+    parser.add_argument(
+        "--control-max-per-category",
+        type=int,
+        default=default_of("worker.max_per_category"),
+        help="the control's cap per category (a business rule): a smaller difference, e.g. one version against itself",
+    )
     parser.add_argument("--png", type=Path, default=None, help="the power curves: share of seeds significant")
     args = parser.parse_args()
     settings = command_settings({})
@@ -107,7 +115,8 @@ def main() -> None:
     items, stream = dataset_records(args.data)
     stream = stream[: args.events]
     catalog = [Item.model_validate(value) for _, value in items]
-    recommenders = {CONTROL: load_recommender(settings, args.control)}
+    control_settings = settings.replace(worker={"max_per_category": args.control_max_per_category})
+    recommenders = {CONTROL: load_recommender(control_settings, args.control)}
     recommenders[TREATMENT] = load_recommender(settings, args.treatment, recommenders[CONTROL].trending)
     for recommender in recommenders.values():
         recommender.add_items(catalog, recommender.embed_items(catalog))
@@ -117,7 +126,7 @@ def main() -> None:
     )
     print(
         f"{len(stream)} events of {len({u for u, _ in stream})} users in micro-batches of {args.batch}, scored by "
-        f"control {args.control} and treatment {args.treatment} in {time.perf_counter() - started:.0f} s; "
+        f"control {args.control} (max_per_category {args.control_max_per_category}) and treatment {args.treatment} in {time.perf_counter() - started:.0f} s; "
         f"{args.seeds} experiments per mode"
     )
     needed: dict[str, list[int | None]] = {}
