@@ -156,11 +156,12 @@ def main() -> None:
         )
     print(f"judged events per experiment: {judged} (the events of users already shown a list)")
     if args.png:
-        plot(needed, judged, args.png)
+        cap = f" (max {args.control_max_per_category} per category)" if args.control_max_per_category else ""
+        plot(needed, judged, args.png, f"control {args.control}{cap}\nvs treatment {args.treatment}, ml-100k replay")
         print(f"chart: {args.png}")
 
 
-def plot(needed: dict[str, list[int | None]], judged: dict[str, int], path: Path) -> None:
+def plot(needed: dict[str, list[int | None]], judged: dict[str, int], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +175,7 @@ def plot(needed: dict[str, list[int | None]], judged: dict[str, int], path: Path
     ax.set_xscale("log")
     ax.set_xlabel("events judged")
     ax.set_ylabel("share of experiments significant for good")
-    ax.set_title("A/B vs team-draft interleaving, ml-100k replay")
+    ax.set_title(title, fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -195,6 +195,12 @@ def test_ab_interleave_report_and_refusals(settings, start_worker, baseline_regi
     assert metric_values(metrics, 'streamrec_experiment_refusals_total{experiment="refused1"}') == [1.0]
     assert metric_values(metrics, 'streamrec_experiment_serving{experiment="refused1"}') == [0.0]
 
+    # Stopped from that state, promoting treatment: its version becomes latest and production everywhere.
+    result = cli(settings, "stop", "--name", "refused1", "--promote", "treatment")
+    assert result.exit_code == 0, result.output
+    assert registry.latest() == b
+    worker.wait_for(lambda health: health["model_version"] == b and not health["refused_experiments"])
+
 
 @pytest.mark.slow
 def test_a_restart_keeps_every_user_in_their_variant_and_a_swap_changes_production_only(
