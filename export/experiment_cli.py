@@ -8,11 +8,15 @@ import sys
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from core.options import command_settings, setting_option
+
+if TYPE_CHECKING:
+    from core.contracts import ExperimentRecord
+    from core.settings import Settings
 
 app = typer.Typer(help="Online experiments.", no_args_is_help=True)
 experiment = typer.Typer(
@@ -142,7 +146,7 @@ def report(
     typer.echo(f"chart: {plot(outcome, png or Path(f'experiment-{name}.png'))}")
 
 
-def announce(settings, record) -> None:
+def announce(settings: Settings, record: ExperimentRecord) -> None:
     """Send an experiments record (key: the experiment's name), acknowledged by every in-sync replica."""
     import kafka
     from core.kafka import client_security
@@ -156,7 +160,7 @@ def announce(settings, record) -> None:
         producer.close()
 
 
-async def newest_experiment(settings):
+async def newest_experiment(settings: Settings) -> ExperimentRecord | None:
     """The experiments record in force (the newest), or None if there is none."""
     from core.contracts import parse_experiment
     from export.experiment_report import read_to_end
