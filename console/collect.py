@@ -178,6 +178,6 @@ def background_tasks(settings: Settings, state: ConsoleState, session: aiohttp.C
         asyncio.create_task(follow(settings, topics.model_updates, state.add_model_update, readers, keep=100)),
         asyncio.create_task(follow(settings, topics.items, state.add_item, readers)),
         asyncio.create_task(
-            follow(settings, console.experiments_topic, state.add_experiment, readers, 1, EXPERIMENTS_RETRY_S)
+            follow(settings, topics.experiments, state.add_experiment, readers, 1, EXPERIMENTS_RETRY_S)
         ),
     ]

@@ -123,7 +123,7 @@ class ConsoleState:
             "announcements": list(reversed(self.announcements)),
             "events": list(reversed(self.model_events)),
             "experiment": self.experiment,
-            "experiments_topic": self.settings.console.experiments_topic,
+            "experiments_topic": self.settings.topics.experiments,
             "commands": {"list": "streamrec models list --verify", "rollback": "streamrec rollback --to {version}"},
         }
 

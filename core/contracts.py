@@ -16,7 +16,7 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, List, Mapping, NamedTuple, Optional
+from typing import Annotated, Any, Dict, List, Literal, Mapping, NamedTuple, Optional
 
 import faust
 from pydantic import (
@@ -324,6 +324,7 @@ class RecommendedItem(NamedTuple):
     item_id: str
     score: float
     because: Optional[str] = None  # the history item that most supports this one
+    variant: Optional[str] = None  # in an experiment, the variant that contributed the item (else None)
 
     def asdict(self) -> dict[str, Any]:
         return self._asdict()
@@ -339,12 +340,48 @@ class Recommendation(NamedTuple):
     generated_at: int  # epoch milliseconds
     trigger_event_id: str
     short: Optional[str] = None  # null: the list holds top_k items; else why it holds fewer
+    experiment: Optional[str] = None  # the experiment the user's list was served in (docs/operations.md)
+    variant: Optional[str] = None  # its variant ("control", "treatment"; "interleaved" in interleave mode)
 
     def asdict(self) -> dict[str, Any]:
         return {**self._asdict(), "items": [item._asdict() for item in self.items]}
 
     def encode(self) -> bytes:
         return json.dumps(self.asdict(), separators=(",", ":")).encode()
+
+
+class VariantVersion(BaseModel):
+    version: str = Field(description="a registry version")
+    sha256: str = Field(description="sha256 of its manifest.json, as for a model update")
+
+
+class ExperimentRecord(BaseModel):
+    """An `experiments` value (key: the experiment's name): an online experiment starts or stops. Every
+    worker reads the whole topic; the newest record is the one in force (docs/operations.md)."""
+
+    model_config = ConfigDict(title="Experiment", extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    state: Literal["running", "stopped"]
+    mode: Literal["ab", "interleave"] = Field(
+        description="ab: each user is served by one variant; interleave: each list merges both by team draft"
+    )
+    variants: Dict[Literal["control", "treatment"], VariantVersion]
+    treatment_share: float = Field(ge=0.0, le=1.0, description="ab: the share of users served by treatment")
+    promote: Optional[Literal["control", "treatment"]] = Field(
+        default=None, description="stopped: the variant whose version became production"
+    )
+    at: str = Field(description="ISO-8601, when it was announced")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def parse_experiment(raw: bytes | None) -> ExperimentRecord:
+    """An `experiments` record, or InvalidRecord saying why not."""
+    if raw is None:
+        raise InvalidRecord("an experiments record without a value")
+    return _validate(ExperimentRecord, _decode(raw, len(raw)))
 
 
 class ModelUpdate(faust.Record, serializer="json", include_metadata=False):
@@ -368,6 +405,9 @@ class RecommendedItemSchema(BaseModel):
     because: Optional[str] = Field(
         default=None, description="the window item most similar to this one; null for trending items"
     )
+    variant: Optional[str] = Field(
+        default=None, description="in an experiment, the variant that contributed this item; else null"
+    )
 
 
 class RecommendationSchema(BaseModel):
@@ -385,6 +425,11 @@ class RecommendationSchema(BaseModel):
         default=None,
         description="null when `items` holds STREAMREC_WORKER__TOP_K items; else why it holds fewer: too few "
         "live items pass the business rules (seen items, categories, the cap per category), which it names",
+    )
+    experiment: Optional[str] = Field(default=None, description="the online experiment it was served in; else null")
+    variant: Optional[str] = Field(
+        default=None,
+        description="the experiment's variant that served it: control or treatment (ab), interleaved (interleave)",
     )
 
 
@@ -418,6 +463,7 @@ TOPIC_SCHEMAS: dict[str, type[BaseModel]] = {
     "items": Item,
     "recommendations": RecommendationSchema,
     "model-updates": ModelUpdateSchema,
+    "experiments": ExperimentRecord,
     "streamrec-control": Control,
     "profiles": Profile,
     "events-dlq.headers": DeadLetterHeaders,

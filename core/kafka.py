@@ -249,6 +249,7 @@ async def ensure_topics(settings: Settings) -> int:
             NewTopic(t.recommendations, settings.kafka.partitions, replicas, topic_configs=compacted),
             NewTopic(t.dlq, 1, replicas, topic_configs=plain),
             NewTopic(t.model_updates, 1, replicas, topic_configs=plain),
+            NewTopic(t.experiments, 1, replicas, topic_configs=plain),
         ]
         existing = set(await admin.list_topics())
         for topic in wanted:

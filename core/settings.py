@@ -104,6 +104,7 @@ class Topics(_Section):
     model_updates: str = "model-updates"
     control: str = "streamrec-control"  # forget requests; co-partitioned with events (docs/topics.md)
     profiles: str = "profiles"  # users' free-text interests; compacted, co-partitioned with events
+    experiments: str = "experiments"  # online experiments started and stopped (docs/operations.md)
 
 
 class WorkerSettings(_Section):
@@ -195,7 +196,6 @@ class ConsoleSettings(_Section):
     history_s: int = Field(900, ge=60)  # the charts' span: one point per poll
     dead_letters: int = Field(200, ge=1)  # the newest dead-lettered records kept
     recent_recommendations: int = Field(20_000, ge=1)  # records kept for the user page's "last emitted"
-    experiments_topic: str = "experiments"  # read only if it exists (issue #18)
 
 
 # The flat names of the settings before they had sections: an upgrade that still sets one would

@@ -40,6 +40,8 @@ class UserWindow:
     # not two; windows stored before these fields existed load with them empty.
     seen_items: list[str] = field(default_factory=list)
     seen_types: list[str] = field(default_factory=list)
+    # In an online experiment, the variant that contributed each item of `recommended` (else empty).
+    shown_variants: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.event_ids)
@@ -62,7 +64,7 @@ class UserWindow:
             merged = [e for e in merged if e.ts >= oldest_allowed]
         merged = merged[-max_len:]
         columns = [list(c) for c in zip(*merged)] if merged else [[], [], [], []]
-        return UserWindow(*columns, self.recommended, self.seen_items, self.seen_types)
+        return UserWindow(*columns, self.recommended, self.seen_items, self.seen_types, self.shown_variants)
 
     def with_seen(self, new: Iterable[WindowEvent], max_items: int, weights: Mapping[str, float]) -> UserWindow:
         """The seen items after `new`: each event's item moves to the newest end, keeping the heavier of its
@@ -99,6 +101,7 @@ class UserWindow:
             "recommended": self.recommended,
             "seen_items": self.seen_items,
             "seen_types": self.seen_types,
+            "shown_variants": self.shown_variants,
         }
 
     def encode(self) -> bytes:

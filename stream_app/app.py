@@ -19,7 +19,7 @@ from stream_app.context import WorkerContext, WorkerTopics
 from stream_app.faust_private import StreamrecApp, tuned_transport, with_value_codec
 from stream_app.metrics import WorkerMetrics
 from stream_app.serving import ServingState
-from stream_app.tasks import broker_watch, catalog, model_updates
+from stream_app.tasks import broker_watch, catalog, experiments, model_updates
 from stream_app.tasks.catalog import freeze_heap
 from stream_app.views import health, recommendations, windows
 from stream_app.views import metrics as metrics_view
@@ -33,6 +33,7 @@ MODULES = (
     profiles,
     catalog,
     model_updates,
+    experiments,
     broker_watch,
     health,
     metrics_view,

@@ -79,6 +79,7 @@ class WorkerContext:
     windows: faust.Table  # user id -> UserWindow
     profiles: faust.Table  # user id -> the interest they stated (str), co-partitioned with windows
     catalog_ready: asyncio.Event = field(default_factory=asyncio.Event)  # the catalog present at start is loaded
+    experiments_loaded: asyncio.Event = field(default_factory=asyncio.Event)  # the start-up experiment applied
     broker_up: asyncio.Event = field(default_factory=asyncio.Event)  # the last probe was answered
     events_done: dict[int, int] = field(default_factory=dict)  # events partition -> offset after the last processed
     progress: Progress = field(default_factory=Progress)

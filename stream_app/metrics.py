@@ -6,6 +6,8 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from stream_app.experiments import Credit
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 
@@ -68,11 +70,57 @@ class WorkerMetrics:
             f"item was in that list: a rolling online HR@k",
             registry=r,
         )
+        # Online experiments (docs/operations.md): live figures; `streamrec experiment report` reads the topics.
+        variant = ["experiment", "variant"]
+        self.experiment_exposures = Counter(
+            "streamrec_experiment_exposures",
+            "Lists published in an experiment, by the variant that served them (interleave mode: interleaved)",
+            variant,
+            registry=r,
+        )
+        self.experiment_events = Counter(
+            "streamrec_experiment_events",
+            "Events of users whose last list was served in the experiment, by that list's variant",
+            variant,
+            registry=r,
+        )
+        self.experiment_hits = Counter(
+            "streamrec_experiment_hits",
+            "Events whose item was in the user's last list, by the variant that contributed the item "
+            "(interleave mode: the credits)",
+            variant,
+            registry=r,
+        )
+        self.experiment_purchase_hits = Counter(
+            "streamrec_experiment_purchase_hits",
+            "Purchase events whose item was in the user's last list, by the variant that contributed the item",
+            variant,
+            registry=r,
+        )
+        self.experiment_serving = Gauge(
+            "streamrec_experiment_serving",
+            "1 while this worker serves the experiment, else 0",
+            ["experiment"],
+            registry=r,
+        )
+        self.experiment_refusals = Counter(
+            "streamrec_experiment_refusals",
+            "Experiments this worker refused to serve (a variant refused, or the record invalid)",
+            ["experiment"],
+            registry=r,
+        )
         self._recent_hits: deque[bool] = deque(maxlen=hit_window)
         self.hit_rate.set_function(self._rolling_hit_rate)  # computed per scrape, not per event
 
     def _rolling_hit_rate(self) -> float:
         return sum(self._recent_hits) / len(self._recent_hits) if self._recent_hits else 0.0
+
+    def observe_credit(self, experiment: str, credit: Credit) -> None:
+        self.experiment_events.labels(experiment, credit.list_variant).inc()
+        if credit.credited is not None:
+            self.experiment_hits.labels(experiment, credit.credited).inc()
+            if credit.event_type == "purchase":
+                self.experiment_purchase_hits.labels(experiment, credit.credited).inc()
 
     def observe_hit(self, hit: bool) -> None:
         self._recent_hits.append(hit)

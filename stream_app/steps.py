@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from core.contracts import InvalidRecord, Item, Recommendation, RecommendedItem, item_change, parse_event
 from state.window import UserWindow, WindowEvent
+from stream_app.experiments import Served
 
 Reject = tuple[int, str]  # (index of the record in its batch, reason for the dead-letter topic)
 
@@ -76,8 +77,13 @@ def remember_shown(
     updated: Mapping[str, UserWindow], lists: Mapping[str, Sequence[RecommendedItem]]
 ) -> dict[str, UserWindow]:
     """The windows to store, of the users with a list: each remembers the list it is about to be shown
-    (for the next hits)."""
-    return {user: updated[user].derive(recommended=[i.item_id for i in items]) for user, items in lists.items()}
+    (for the next hits) and, in an experiment, the variant that contributed each item (for the credits)."""
+    return {
+        user: updated[user].derive(
+            recommended=[i.item_id for i in items], shown_variants=[i.variant for i in items if i.variant]
+        )
+        for user, items in lists.items()
+    }
 
 
 class OutgoingRecord(NamedTuple):
@@ -92,21 +98,28 @@ def build_records(
     model_version: str,
     now: float,
     short: Mapping[str, str] | None = None,
+    served: Mapping[str, Served] | None = None,
 ) -> list[OutgoingRecord]:
     """One record per user with a list, in `lists` order, triggered by the user's last event in the batch;
-    `short`: why a user's list holds fewer than k items (stream_app/rules.py `short_reason`)."""
+    `short`: why a user's list holds fewer than k items (stream_app/rules.py `short_reason`); `served`: the
+    users served in an online experiment, with the model version, experiment and variant that served them."""
     generated_at = int(now * 1000)
-    short = short or {}
-    return [
-        OutgoingRecord(
+    short, served = short or {}, served or {}
+    records = []
+    for user, items in lists.items():
+        by = served.get(user)
+        recommendation = Recommendation(
             user,
-            user.encode(),
-            Recommendation(
-                user, items, model_version, generated_at, touched[user].events[-1].event_id, short.get(user)
-            ).encode(),
+            items,
+            by.model_version if by else model_version,
+            generated_at,
+            touched[user].events[-1].event_id,
+            short.get(user),
+            experiment=by.experiment if by else None,
+            variant=by.variant if by else None,
         )
-        for user, items in lists.items()
-    ]
+        records.append(OutgoingRecord(user, user.encode(), recommendation.encode()))
+    return records
 
 
 def profile_trigger(partition: int, offset: int) -> str:

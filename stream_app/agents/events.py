@@ -55,6 +55,7 @@ def register(ctx: WorkerContext) -> None:
     async def recommend_on_events(stream):
         """Micro-batches of events -> updated windows -> one recommendation per touched user."""
         await ctx.catalog_ready.wait()
+        await ctx.experiments_loaded.wait()  # served (or refused) before any user is: users keep their variant
         largest = await largest_record(ctx)
         async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
             await on_batch(ctx, stream, batch, limits, largest)
@@ -84,6 +85,7 @@ async def recommend_for(
     event). The users a step fails for are dead-lettered at the end."""
     settings, metrics = ctx.settings, ctx.metrics
     recommender = ctx.serving.recommender  # a model swap takes effect between batches
+    experiment = ctx.serving.experiment  # so does an experiment's start or stop
     failed: Failed = {}
     stored = read_windows(ctx, stream, batch, touched, failed)
     for user in stored:
@@ -99,10 +101,19 @@ async def recommend_for(
     )
     for hit in hits:
         metrics.observe_hit(hit)
-    lists = score(recommender, updated, stated_interests(ctx, stream, batch, touched), failed)
+    interests = stated_interests(ctx, stream, batch, touched)
+    if experiment is None:
+        lists, served = score(recommender, updated, interests, failed), {}
+    else:
+        events = {user: [(e.item_id, e.event_type) for e in touched[user].events] for user in stored}
+        for credit in experiment.credits(stored, events):
+            metrics.observe_credit(experiment.name, credit)
+        triggers = {user: touched[user].events[-1].event_id for user in updated}
+        served = experiment.serve(updated, triggers, lambda model, windows: score(model, windows, interests, failed))
+        lists = {user: s.items for user, s in served.items()}
     now = time.time()
     short = {user: why for user, items in lists.items() if (why := recommender.short_reason(items))}
-    records = build_records(touched, lists, recommender.model_version, now, short)
+    records = build_records(touched, lists, recommender.model_version, now, short, served)
     delivered = await deliver(ctx, records, largest, failed)
     shown = remember_shown(updated, lists)
     for user in delivered:
@@ -114,6 +125,8 @@ async def recommend_for(
         except Exception as e:
             failed[user] = ("table", f"window not written (its record was sent): {e!r}")
     metrics.recommendations_out.inc(len(delivered))
+    for user in delivered if experiment else ():
+        metrics.experiment_exposures.labels(experiment.name, served[user].variant).inc()
     for user, (stage, reason) in failed.items():
         metrics.recommendation_failures.labels(stage).inc()
         await ctx.dead_letter([batch[i].message for i in touched[user].indices], reason)

@@ -4,6 +4,7 @@ keeps up; else 503, saying which."""
 from __future__ import annotations
 
 from stream_app.context import WorkerContext
+from stream_app.experiments import LiveExperiment
 
 
 def register(ctx: WorkerContext) -> None:
@@ -31,6 +32,8 @@ def health_body(ctx: WorkerContext) -> tuple[dict, int]:
         "model_version": recommender.model_version,
         "catalog_items": len(recommender.index),
         "refused_versions": ctx.serving.refused,
+        "experiment": experiment_body(ctx.serving.experiment),
+        "refused_experiments": ctx.serving.refused_experiments,
         "partitions": ctx.owned_event_partitions(),
         "events_waiting": progress.waiting,
         "seconds_since_last_batch": round(progress.seconds_since_last_batch(), 1),
@@ -38,3 +41,16 @@ def health_body(ctx: WorkerContext) -> tuple[dict, int]:
     if status == "stalled":
         body["stalled_for_s"] = round(stalled_for, 1)
     return body, 200 if status == "ok" else 503
+
+
+def experiment_body(experiment: LiveExperiment | None) -> dict | None:
+    """The experiment this worker serves: its name, mode, share and each variant's version."""
+    if experiment is None:
+        return None
+    record = experiment.record
+    return {
+        "name": record.name,
+        "mode": record.mode,
+        "treatment_share": record.treatment_share,
+        "variants": {variant: model.model_version for variant, model in experiment.recommenders.items()},
+    }

@@ -66,6 +66,7 @@ def fresh_settings(broker, registry: Path, tmp_path: Path) -> Settings:
         model_updates=f"updates-{tag}",
         control=f"control-{tag}",
         profiles=f"profiles-{tag}",
+        experiments=f"experiments-{tag}",
     )
     return Settings(
         kafka={"broker": broker.url, "session_timeout_s": 6.0},

@@ -34,7 +34,7 @@ def test_serialises_to_compact_json_without_pickle_as_the_faust_record_did():
         == codecs.dumps(CODEC, window)
         == (
             b'{"event_ids":["e1"],"item_ids":["a"],"event_types":["click"],"ts":[10],"recommended":[],'
-            b'"seen_items":[],"seen_types":[]}'
+            b'"seen_items":[],"seen_types":[],"shown_variants":[]}'
         )
     )
     assert UserWindow.decode(raw) == window == codecs.loads(CODEC, raw)

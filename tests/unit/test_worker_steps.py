@@ -4,6 +4,7 @@ import json
 
 from core.contracts import Item, RecommendedItem
 from state.window import UserWindow, WindowEvent
+from stream_app.experiments import Served
 from stream_app.steps import (
     RECORD_OVERHEAD_BYTES,
     UserEvents,
@@ -107,13 +108,29 @@ def test_records_are_triggered_by_each_users_last_event_and_carry_the_model_vers
     first, second = (json.loads(r.value) for r in records)
     assert first == {
         "user_id": "u1",
-        "items": [{"item_id": "i7", "score": 0.9, "because": "i1"}],
+        "items": [{"item_id": "i7", "score": 0.9, "because": "i1", "variant": None}],
         "model_version": "v0002",
         "generated_at": 1700000000123,
         "trigger_event_id": "e3",
         "short": None,
+        "experiment": None,
+        "variant": None,
     }
     assert second["items"] == []
+
+
+def test_records_of_an_experiment_name_what_served_them():
+    touched = {"u1": UserEvents([window_event("e1", "i1")], [0]), "u2": UserEvents([window_event("e2", "i2")], [1])}
+    items = [RecommendedItem(item_id="i7", score=0.9, variant="treatment")]
+    lists = {"u1": items, "u2": []}
+    served = {"u1": Served(items, "v0003", "exp1", "treatment")}
+    first, second = (json.loads(r.value) for r in build_records(touched, lists, "v0002", 0.0, served=served))
+    assert (first["model_version"], first["experiment"], first["variant"]) == ("v0003", "exp1", "treatment")
+    assert first["items"][0]["variant"] == "treatment"
+    assert (second["model_version"], second["experiment"], second["variant"]) == ("v0002", None, None)
+    shown = remember_shown({"u1": UserWindow(), "u2": UserWindow()}, lists)
+    assert (shown["u1"].recommended, shown["u1"].shown_variants) == (["i7"], ["treatment"])
+    assert (shown["u2"].recommended, shown["u2"].shown_variants) == ([], [])
 
 
 def test_stored_windows_remember_the_list_shown():
