@@ -65,7 +65,7 @@ class RankerConfig:
     epochs: int = 40  # upper bound; early stopping on validation NDCG@10
     patience: int = 6  # epochs without a better validation NDCG@10
     max_minutes: float = 2.0  # wall-clock budget of the training loop
-    lr: float = 1e-3  # AdamW
+    lr: float = 3e-3  # AdamW
     weight_decay: float = 1e-4
     batch_size: int = 64  # cases (each with its n_candidates rows) per step
     seed: int = 0

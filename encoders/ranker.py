@@ -1,6 +1,7 @@
 """The ranking stage's model: an MLP over the ranking features with two heads, P(click) and P(purchase).
 
-Retrieval narrows the catalog to its best N candidates; the ranker scores each (user, candidate) row
+Retrieval narrows the catalog to its best N candidates; the ranker (wide and deep: a linear term over
+the features plus the MLP's, per head) scores each (user, candidate) row
 of core/ranking_features.py (retrieval score, text similarity to the window, popularity and trend,
 age, category overlap, the user's recency and event-type mix) and a list is ordered by
 click_weight x P(click) + purchase_weight x P(purchase) (`blend`). The features are standardised
@@ -42,6 +43,7 @@ class Ranker(nn.Module):
             width = H
         self.body = nn.Sequential(*layers)
         self.heads = nn.Linear(width, len(HEADS))
+        self.wide = nn.Linear(F, len(HEADS))  # a linear term beside the MLP: the retrieval score's share from step 1
 
     def fit_standardisation(self, features: np.ndarray) -> None:
         """features [..., F]: the rows the model is trained on."""
@@ -51,7 +53,8 @@ class Ranker(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., F] raw -> [..., 2] logits of (click, purchase)."""
-        return self.heads(self.body((features - self.mean) / self.scale))
+        x = (features - self.mean) / self.scale  # [..., F]
+        return self.heads(self.body(x)) + self.wide(x)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., F] -> [..., 2] probabilities (P(click), P(purchase)): what ranker.onnx serves."""

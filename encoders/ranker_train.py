@@ -16,7 +16,7 @@ just after the window's newest event, so nothing later (the target included) is 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ from core.datasets import Interactions, Split, read_records
 from core.features import left_pad
 from core.ranking_features import ItemActivity, RankingFeatureSpec, ranking_features
 from encoders.config import RankerConfig
-from encoders.evaluate import Evaluation, evaluate_scores, model_scores, warm_items
-from encoders.metrics import ndcg
+from encoders.evaluate import Evaluation, evaluate_scores, model_scores, paired_ndcg10, warm_items
+from encoders.metrics import hit_rate, ndcg
 from encoders.ranker import Ranker, blend
 from encoders.recommender import Recommender
 
@@ -277,3 +277,50 @@ def fit_and_evaluate(
         _, events = leave_one_out_cases(data, stage).targets(data)
         purchase[stage] = events == model.feature_spec.event_type_id("purchase")
     return RankerEvaluation(ranker, metrics, retrieval, ranked, purchase)
+
+
+def _subset(e: Evaluation, keep: np.ndarray) -> dict[str, float]:
+    """HR@10 and NDCG@10 (history shown, history excluded) of the cases `keep` [U] bool."""
+    ranks = np.array(e.ranks)[keep]
+    return {"HR@10": hit_rate(ranks, 10), "NDCG@10": ndcg(ranks, 10)}
+
+
+def ranker_tables(variant: str, runs: list[RankerEvaluation]) -> list[str]:
+    """Markdown lines: retrieval alone vs + ranker on validation and test, all targets and purchase targets
+    only (mean ± std over the runs), and each paired case by case (`paired_ndcg10`)."""
+    lines = [
+        f"Ranking stage over **{variant}** ({len(runs)} runs, each ranker trained on its own checkpoint's "
+        "candidates); history shown, mean ± std over runs; paired: per-case NDCG@10, + ranker − retrieval:",
+        "",
+        "| cases | targets | retrieval HR@10 | + ranker HR@10 | retrieval NDCG@10 | + ranker NDCG@10 "
+        "| ΔNDCG@10 | 95% CI | p |",
+        "|" + " --- |" * 9,
+    ]
+    for stage in ("valid", "test"):
+        for name in ("all", "purchase"):
+            keep = [np.ones(len(r.purchase[stage]), bool) if name == "all" else r.purchase[stage] for r in runs]
+            base = [_subset(r.retrieval[stage], k) for r, k in zip(runs, keep)]
+            ranked = [_subset(r.ranked[stage], k) for r, k in zip(runs, keep)]
+            c = paired_ndcg10(
+                [
+                    replace(r.retrieval[stage], ranks=np.array(r.retrieval[stage].ranks)[k].tolist())
+                    for r, k in zip(runs, keep)
+                ],
+                [
+                    replace(r.ranked[stage], ranks=np.array(r.ranked[stage].ranks)[k].tolist())
+                    for r, k in zip(runs, keep)
+                ],
+            )
+            cells = [_spread([m[metric] for m in rows]) for metric in ("HR@10", "NDCG@10") for rows in (base, ranked)]
+            lines.append(
+                f"| {stage} | {name} ({int(keep[0].sum())}) | {' | '.join(cells)} | {c.mean_diff:+.4f} "
+                f"| [{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {c.p:.3f} |"
+            )
+    best_epochs = ", ".join(str(r.metrics["best_epoch"]) for r in runs)
+    minutes = ", ".join(f"{r.metrics['train_minutes']:.1f}" for r in runs)
+    lines += ["", f"Ranker training: {runs[0].metrics['train_cases']} cases, best epoch {best_epochs}, {minutes} min."]
+    return lines
+
+
+def _spread(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values):.4f}"

@@ -173,4 +173,3 @@ def test_the_ranker_learns_a_feature_that_decides_the_label(head):
     config = replace(RankerConfig(features=SPEC, epochs=15, patience=15, lr=1e-2, batch_size=16), **weights)
     _, metrics = train_ranker(config, s, s, picked)
     assert metrics["valid_ndcg10"] > 0.6  # random order: about 0.2
-
