@@ -176,6 +176,11 @@ def ranking_features(
     return features.astype(np.float32)
 
 
+def blend(heads: np.ndarray, click_weight: float, purchase_weight: float) -> np.ndarray:
+    """[..., 2] (P(click), P(purchase)) -> [...] the score a list is ordered by."""
+    return click_weight * heads[..., 0] + purchase_weight * heads[..., 1]
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 

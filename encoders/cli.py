@@ -87,6 +87,12 @@ def train(
     ),
     cold_seed: int = typer.Option(T.cold_seed, help="Which random set of items --cold-items withholds."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
+    ranker: bool = typer.Option(
+        False,
+        help="Also train the ranking stage on the checkpoint's candidates (encoders/ranker_train.py; off by "
+        "default: it did not win on validation, docs/model.md 'Ranking'); exported as ranker.onnx.",
+    ),
+    ranker_minutes: float = typer.Option(R.max_minutes, help="With --ranker: the ranker's training budget."),
 ) -> None:
     """Train on --data, keep the best validation checkpoint, then export and register it."""
     if loss not in ("full", "sampled"):
@@ -120,7 +126,8 @@ def train(
         cold_seed=cold_seed,
         features=FeatureSpec(max_len=max_len),
     )
-    train_and_register(settings, data, out, model_config, config, register=not no_export)
+    ranker_config = RankerConfig(seed=seed, max_minutes=ranker_minutes) if ranker else None
+    train_and_register(settings, data, out, model_config, config, register=not no_export, ranker=ranker_config)
 
 
 def train_and_register(
@@ -130,19 +137,25 @@ def train_and_register(
     model_config: RecommenderConfig | None = None,
     config: TrainConfig | None = None,
     register: bool = True,
+    ranker: RankerConfig | None = None,
 ) -> None:
     """`streamrec train` (default: its default configs): the best checkpoint into `out` (default:
-    settings.trainer's checkpoint dir / <UTC stamp>), exported and registered in settings.registry."""
+    settings.trainer's checkpoint dir / <UTC stamp>), with a ranker if `ranker` is given, exported and
+    registered in settings.registry."""
     from encoders.train import run
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out or settings.trainer.checkpoints(settings.registry) / stamp
     checkpoint = run(data, out, model_config or RecommenderConfig(), config or TrainConfig())
     typer.echo(f"checkpoint: {checkpoint}")
+    if ranker is not None:
+        from encoders.ranker_train import train_checkpoint_ranker
+
+        typer.echo(f"ranker: {train_checkpoint_ranker(checkpoint, data, ranker)}")
     if register:
         from export.pipeline import export_and_register
 
-        typer.echo(f"registered: {export_and_register(checkpoint, settings.registry.path)}")
+        typer.echo(f"registered: {export_and_register(checkpoint, settings.registry.path, data_dir=data)}")
 
 
 @app.command()

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from core.ranking_features import RankingFeatureSpec
+from core.ranking_features import RankingFeatureSpec, blend  # noqa: F401 - blend: the order, re-exported
 from encoders.config import RankerConfig  # torch-free
 
 HEADS = ("p_click", "p_purchase")
@@ -59,11 +59,6 @@ class Ranker(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., F] -> [..., 2] probabilities (P(click), P(purchase)): what ranker.onnx serves."""
         return torch.sigmoid(self.logits(features))
-
-
-def blend(probabilities: np.ndarray, click_weight: float, purchase_weight: float) -> np.ndarray:
-    """[..., 2] (P(click), P(purchase)) -> [...] the score a list is ordered by."""
-    return click_weight * probabilities[..., 0] + purchase_weight * probabilities[..., 1]
 
 
 def save_ranker(model: Ranker, out_dir: str | Path, metrics: dict) -> Path:

@@ -15,8 +15,10 @@ just after the window's newest event, so nothing later (the target included) is 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from core.ranking_features import ItemActivity, RankingFeatureSpec, ranking_feat
 from encoders.config import RankerConfig
 from encoders.evaluate import Evaluation, evaluate_scores, model_scores, paired_ndcg10, warm_items
 from encoders.metrics import hit_rate, ndcg
-from encoders.ranker import Ranker, blend
+from encoders.ranker import Ranker, blend, save_ranker
 from encoders.recommender import Recommender
 
 FEATURE_BATCH = 256  # cases per feature computation (the similarity tensor is [B, N, T])
@@ -324,3 +326,23 @@ def ranker_tables(variant: str, runs: list[RankerEvaluation]) -> list[str]:
 
 def _spread(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
+
+def train_checkpoint_ranker(checkpoint_dir: Path, data_dir: Path, config: RankerConfig) -> Path:
+    """`streamrec train --ranker`: a ranker over a trained retrieval checkpoint's candidates, saved in its
+    `ranker/` directory with its validation and test metrics beside the retrieval's."""
+    from core.datasets import load_interactions, split_leave_one_out
+    from encoders.evaluate import withhold_items
+    from encoders.recommender import load_checkpoint
+
+    model, item_ids, _ = load_checkpoint(checkpoint_dir)
+    data = load_interactions(data_dir, model.feature_spec)
+    trained = json.loads((checkpoint_dir / "metrics.json").read_text())["train_config"]
+    split = split_leave_one_out(data)
+    if trained.get("cold_items", 0.0) > 0:  # the split the retrieval model was trained on
+        split = withhold_items(split, trained["cold_items"], trained.get("cold_seed", 0))
+    run = fit_and_evaluate(config, model, data, split, item_categories(data_dir, item_ids))
+    metrics = {k: v for k, v in run.metrics.items()}
+    for stage in ("valid", "test"):
+        metrics[stage] = {"retrieval": run.retrieval[stage].recbole, "ranked": run.ranked[stage].recbole}
+    return save_ranker(run.ranker, checkpoint_dir / "ranker", metrics)
