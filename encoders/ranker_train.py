@@ -320,7 +320,7 @@ def ranker_tables(variant: str, runs: list[RankerEvaluation]) -> list[str]:
             )
     best_epochs = ", ".join(str(r.metrics["best_epoch"]) for r in runs)
     minutes = ", ".join(f"{r.metrics['train_minutes']:.1f}" for r in runs)
-    lines += ["", f"Ranker training: {runs[0].metrics['train_cases']} cases, best epoch {best_epochs}, {minutes} min."]
+    lines += ["", f"Ranker training: {runs[0].metrics['train_cases']} cases; best epochs {best_epochs}; {minutes} min."]
     return lines
 
 
