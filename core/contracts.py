@@ -324,6 +324,8 @@ class RecommendedItem(NamedTuple):
     item_id: str
     score: float
     because: Optional[str] = None  # the history item that most supports this one
+    p_click: Optional[float] = None  # the ranking stage's heads, when it ran (score is then their blend)
+    p_purchase: Optional[float] = None
     variant: Optional[str] = None  # in an experiment, the variant that contributed the item (else None)
 
     def asdict(self) -> dict[str, Any]:
@@ -404,6 +406,14 @@ class RecommendedItemSchema(BaseModel):
     score: float
     because: Optional[str] = Field(
         default=None, description="the window item most similar to this one; null for trending items"
+    )
+    p_click: Optional[float] = Field(
+        default=None,
+        description="the ranking stage's P(click or purchase), when it ran (then `score` is the blend of the "
+        "heads, STREAMREC_WORKER__RANKER_CLICK_WEIGHT / _PURCHASE_WEIGHT); null in the retrieval order",
+    )
+    p_purchase: Optional[float] = Field(
+        default=None, description="the ranking stage's P(purchase), when it ran; null in the retrieval order"
     )
     variant: Optional[str] = Field(
         default=None, description="in an experiment, the variant that contributed this item; else null"

@@ -53,6 +53,9 @@ class ModelConfig(BaseModel):
     opset: int | None = None  # ONNX opset of item.onnx / user.onnx
     source_checkpoint: str | None = None  # the training checkpoint exported (two_tower)
     created_with: dict[str, str] = Field(default_factory=dict)  # library versions at export
+    # The ranking stage (ranker.onnx), optional: {"features": RankingFeatureSpec.to_dict(), "heads": [...],
+    # "n_candidates": N trained on}. None: the version serves the retrieval order.
+    ranker: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> ModelConfig:

@@ -45,6 +45,10 @@ DEFAULT_MAX_TRENDING_ITEMS = 1_000
 # A stated interest is half the query after this many events, a quarter after three times as many: on ml-100k
 # k = 1 was the best of 0.5-20 for both the trained model and the baseline (docs/model.md, "Free-text interest").
 DEFAULT_INTEREST_HANDOVER_EVENTS = 1.0
+# The ranking stage (encoders/ranker.py): candidates it re-scores, and the blend of its heads that orders them.
+DEFAULT_RANKER_CANDIDATES = 200
+DEFAULT_RANKER_CLICK_WEIGHT = 1.0
+DEFAULT_RANKER_PURCHASE_WEIGHT = 1.0
 # The event type `repeat_policy = "exclude_purchased"` means.
 PURCHASE = "purchase"
 
@@ -153,6 +157,11 @@ class WorkerSettings(_Section):
     categories: list[str] = []  # non-empty: only items in one of these catalog categories
     exclude_categories: list[str] = []  # never items in one of these
     max_per_category: int = Field(0, ge=0)  # at most this many items of one category in a list; 0: no cap
+    # The ranking stage, when the model version has one: it re-scores the retrieval's best this many
+    # candidates and orders them by click_weight x P(click) + purchase_weight x P(purchase).
+    ranker_candidates: int = Field(DEFAULT_RANKER_CANDIDATES, ge=1)
+    ranker_click_weight: float = Field(DEFAULT_RANKER_CLICK_WEIGHT, ge=0)
+    ranker_purchase_weight: float = Field(DEFAULT_RANKER_PURCHASE_WEIGHT, ge=0)
 
     @model_validator(mode="after")
     def _purchase_is_an_event_type(self) -> "WorkerSettings":

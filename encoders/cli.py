@@ -15,13 +15,21 @@ import typer
 from core.features import FeatureSpec
 from core.options import command_settings, setting_option
 from core.settings import Settings
-from encoders.config import DEFAULT_TEXT_MODEL, ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+from encoders.config import (
+    DEFAULT_TEXT_MODEL,
+    ItemTowerConfig,
+    RankerConfig,
+    RecommenderConfig,
+    TrainConfig,
+    UserTowerConfig,
+)
 from encoders.ease import L2_GRID  # numpy only
 
 app = typer.Typer(help="Train and evaluate the two-tower recommender.", no_args_is_help=True)
 
 # Option defaults are the configs' defaults (encoders/config.py), written there once.
 T, M, I, U, F = TrainConfig(), RecommenderConfig(), ItemTowerConfig(), UserTowerConfig(), FeatureSpec()  # noqa: E741
+R = RankerConfig()
 
 
 @app.command()
@@ -80,6 +88,12 @@ def train(
     ),
     cold_seed: int = typer.Option(T.cold_seed, help="Which random set of items --cold-items withholds."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
+    ranker: bool = typer.Option(
+        False,
+        help="Also train the ranking stage on the checkpoint's candidates (encoders/ranker_train.py; off by "
+        "default: it did not win on validation, docs/model.md 'Ranking'); exported as ranker.onnx.",
+    ),
+    ranker_minutes: float = typer.Option(R.max_minutes, help="With --ranker: the ranker's training budget."),
 ) -> None:
     """Train on --data, keep the best validation checkpoint, then export and register it."""
     if loss not in ("full", "sampled"):
@@ -114,7 +128,8 @@ def train(
         cold_seed=cold_seed,
         features=FeatureSpec(max_len=max_len),
     )
-    train_and_register(settings, data, out, model_config, config, register=not no_export)
+    ranker_config = RankerConfig(seed=seed, max_minutes=ranker_minutes) if ranker else None
+    train_and_register(settings, data, out, model_config, config, register=not no_export, ranker=ranker_config)
 
 
 def train_and_register(
@@ -124,19 +139,25 @@ def train_and_register(
     model_config: RecommenderConfig | None = None,
     config: TrainConfig | None = None,
     register: bool = True,
+    ranker: RankerConfig | None = None,
 ) -> None:
     """`streamrec train` (default: its default configs): the best checkpoint into `out` (default:
-    settings.trainer's checkpoint dir / <UTC stamp>), exported and registered in settings.registry."""
+    settings.trainer's checkpoint dir / <UTC stamp>), with a ranker if `ranker` is given, exported and
+    registered in settings.registry."""
     from encoders.train import run
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = out or settings.trainer.checkpoints(settings.registry) / stamp
     checkpoint = run(data, out, model_config or RecommenderConfig(), config or TrainConfig())
     typer.echo(f"checkpoint: {checkpoint}")
+    if ranker is not None:
+        from encoders.ranker_train import train_checkpoint_ranker
+
+        typer.echo(f"ranker: {train_checkpoint_ranker(checkpoint, data, ranker)}")
     if register:
         from export.pipeline import export_and_register
 
-        typer.echo(f"registered: {export_and_register(checkpoint, settings.registry.path)}")
+        typer.echo(f"registered: {export_and_register(checkpoint, settings.registry.path, data_dir=data)}")
 
 
 @app.command()
@@ -166,6 +187,12 @@ def evaluate(
         "scored at this multiple of their text vector (the cold-scale trade-off). Repeat.",
     ),
     threads: int = typer.Option(T.threads, help="torch CPU threads."),
+    ranker: bool = typer.Option(
+        False,
+        help="Also train a ranker on each checkpoint's candidates (encoders/ranker_train.py) and add a "
+        "'+ ranker' row: retrieval alone vs retrieval + ranker, all and purchase-only targets, paired.",
+    ),
+    ranker_minutes: float = typer.Option(R.max_minutes, help="With --ranker: each ranker's training budget."),
 ) -> None:
     """Leave-one-out test metrics of checkpoints and the baselines, popularity, EASE and text kNN (rows = model
     variants), and every row paired with the first checkpoint's on the same test cases."""
@@ -206,6 +233,7 @@ def evaluate(
         results[f"text kNN ({text_model_name(text_model)})"] = [evaluate_text_knn(split, vectors, "test")]
     models: dict = {}  # checkpoint rows; the first is the reference the others are paired with, case by case
     sweeps: list[str] = []
+    ranked: dict = {}  # with --ranker: variant -> RankerEvaluation per checkpoint
     for ckpt in checkpoint or []:
         model, item_ids, _ = load_checkpoint(ckpt)
         data_set = load_interactions(data, model.feature_spec)
@@ -217,6 +245,13 @@ def evaluate(
         if got != want:
             raise typer.BadParameter(f"{ckpt} was trained with {got}, not {want}: evaluate with the same options")
         models.setdefault(_variant_name(model), []).append(evaluate_model(model, split_of(data_set), "test"))
+        if ranker:
+            from encoders.ranker_train import fit_and_evaluate, item_categories
+
+            config = RankerConfig(seed=trained.get("seed", 0), max_minutes=ranker_minutes)
+            run = fit_and_evaluate(config, model, data_set, split_of(data_set), item_categories(data, item_ids))
+            ranked.setdefault(_variant_name(model), []).append(run)
+            models.setdefault(f"{_variant_name(model)} + ranker", []).append(run.ranked["test"])
         if cold_scale and cold_items > 0:
             sweeps += [
                 "",
@@ -227,6 +262,10 @@ def evaluate(
     notes = ease_run.validation_table() + sweeps
     if len(models) > 1:
         notes += ["", *paired_table(models, next(iter(models)))]
+    for variant, runs in ranked.items():
+        from encoders.ranker_train import ranker_tables
+
+        notes += ["", *ranker_tables(variant, runs)]
     typer.echo(write_report(results | models, title, out, notes).read_text())
 
 

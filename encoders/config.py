@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.features import FeatureSpec
+from core.ranking_features import RankingFeatureSpec
+from core.settings import DEFAULT_RANKER_CANDIDATES, DEFAULT_RANKER_CLICK_WEIGHT, DEFAULT_RANKER_PURCHASE_WEIGHT
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"  # the item tower's text model unless told otherwise
 
@@ -45,6 +47,28 @@ class RecommenderConfig:
     align_weight: float = 0.0  # training: weight of the loss pulling warm items' text vectors onto their full vectors
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
+
+
+@dataclass
+class RankerConfig:
+    # model (encoders/ranker.py)
+    hidden: int = 64  # width of the MLP's hidden layers
+    n_layers: int = 2  # hidden layers
+    dropout: float = 0.1
+    features: RankingFeatureSpec = field(default_factory=RankingFeatureSpec)
+    # what it re-scores and how its heads order a list (the worker's settings have the same defaults)
+    n_candidates: int = DEFAULT_RANKER_CANDIDATES  # the retrieval's top N
+    click_weight: float = DEFAULT_RANKER_CLICK_WEIGHT  # order = click_weight x P(click)
+    purchase_weight: float = DEFAULT_RANKER_PURCHASE_WEIGHT  #       + purchase_weight x P(purchase)
+    # training (encoders/ranker_train.py)
+    cases_per_user: int = 10  # training cases: each user's newest this many training events as targets
+    epochs: int = 40  # upper bound; early stopping on validation NDCG@10
+    patience: int = 6  # epochs without a better validation NDCG@10
+    max_minutes: float = 2.0  # wall-clock budget of the training loop
+    lr: float = 3e-3  # AdamW
+    weight_decay: float = 1e-4
+    batch_size: int = 64  # cases (each with its n_candidates rows) per step
+    seed: int = 0
 
 
 @dataclass

@@ -190,3 +190,20 @@ def save_tokenizer(hf_tokenizer, path: str | Path, max_tokens: int) -> Path:
     tok.enable_padding(pad_id=pad_id, pad_token=hf_tokenizer.pad_token or "[PAD]")
     tok.save(str(path))
     return Path(path)
+
+
+def ranker_onnx_config(atol: float = 1e-5) -> OnnxConfig:
+    """ranker.onnx: features float32 [B, N, F] -> heads float32 [B, N, 2] (P(click), P(purchase))."""
+    return OnnxConfig(
+        name="ranker",
+        inputs={"features": "tensor(float)"},
+        outputs={"heads": "tensor(float)"},
+        dynamic_axes={"features": {0: "batch", 1: "candidates"}, "heads": {0: "batch", 1: "candidates"}},
+        atol=atol,
+    )
+
+
+def export_ranker(ranker: torch.nn.Module, path: str | Path, config: OnnxConfig) -> Path:
+    """Ranker.forward (raw features in, both heads' probabilities out) -> ranker.onnx."""
+    example = {"features": torch.randn(2, 3, ranker.config.features.n_features)}
+    return export_onnx(ranker, example, path, config)

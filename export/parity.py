@@ -24,6 +24,7 @@ import torch
 
 from core.errors import ParityError
 from core.features import FeatureSpec
+from core.ranking_features import blend
 from export.onnx_export import OnnxConfig
 from export.runtime import ItemEncoder, UserEncoder, load_tokenizer, make_session
 
@@ -390,4 +391,48 @@ def validate_user_tower(
             compare_rankings(
                 report, "real windows, user . catalog", expected @ catalog_torch.T, actual @ onnx_catalog.T, config
             )
+    return report
+
+
+# --- ranker --------------------------------------------------------------------------------
+
+RANKER_GRID = {"batch": (1, 2, 32), "candidates": (1, 17, 200)}
+
+
+@torch.no_grad()
+def validate_ranker(
+    ranker: torch.nn.Module,
+    onnx_path: Path,
+    config: OnnxConfig,
+    *,
+    candidate_sets: np.ndarray | None = None,
+    grid: dict[str, tuple[int, ...]] = RANKER_GRID,
+    seed: int = 0,
+) -> ParityReport:
+    """ranker.onnx vs the torch ranker: signature, a grid of random feature sets (drawn around the training
+    features' mean and spread), and real candidate sets [B, N, F] with the order of the blended heads."""
+    report = ParityReport("ranker.onnx", config.atol)
+    ranker = ranker.eval()
+    session = make_session(onnx_path, device="cpu")
+    if not check_signature(session, config, report):
+        return report
+    rng = np.random.default_rng(seed)
+    mean, scale = ranker.mean.numpy(), ranker.scale.numpy()
+    sets = [
+        (f"grid batch={B} candidates={N}", (mean + scale * rng.standard_normal((B, N, len(mean)))).astype(np.float32))
+        for B in grid["batch"]
+        for N in grid["candidates"]
+    ]
+    if candidate_sets is not None:
+        sets.append((f"real candidate sets ({candidate_sets.shape[0]} x {candidate_sets.shape[1]})", candidate_sets))
+    for case, features in sets:
+        expected = ranker(torch.from_numpy(features)).numpy()
+        actual = run(session, report, case, {"features": features})
+        if actual is not None:
+            compare(report, case, expected, actual)
+    if candidate_sets is not None and actual is not None:
+        weights = (ranker.config.click_weight, ranker.config.purchase_weight)
+        compare_rankings(
+            report, "real candidate sets, blended heads", blend(expected, *weights), blend(actual, *weights), config
+        )
     return report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from core.errors import ConfigError, ParityError
 from core.features import FeatureSpec
 from core.model_config import ModelConfig
+from encoders.ranker import HEADS
 from export.artifacts import (
     CANARY_SIZE,
     copy_checkpoint,
@@ -33,7 +35,15 @@ from export.artifacts import (
     write_user_canary,
 )
 from export.baseline import hf_tokenizer_of, versions_info
-from export.onnx_export import export_item_tower, export_user_tower, item_onnx_config, save_tokenizer, user_onnx_config
+from export.onnx_export import (
+    export_item_tower,
+    export_ranker,
+    export_user_tower,
+    item_onnx_config,
+    ranker_onnx_config,
+    save_tokenizer,
+    user_onnx_config,
+)
 from export.parity import (
     ParityReport,
     WindowBatch,
@@ -41,6 +51,7 @@ from export.parity import (
     torch_item_vectors,
     torch_user_vectors,
     validate_item_tower,
+    validate_ranker,
     validate_user_tower,
 )
 from export.registry import ModelVersion, Registry
@@ -112,6 +123,48 @@ def check_text_cache(model, fresh_text_vectors: np.ndarray, report: ParityReport
         )
 
 
+RANKER_PARITY_CASES = 256  # real candidate sets checked (users' test cases)
+
+
+def export_checkpoint_ranker(
+    model, item_ids: list[str], checkpoint_dir: Path, staging: Path, data_dir: str | Path | None
+):
+    """The checkpoint's ranker (its `ranker/` dir), if any, as ranker.onnx (+ its training files) in `staging`,
+    with its parity on a grid and, given the data it was trained on (the same catalog), on real candidate
+    sets (the retrieval's top N for test cases) -> (the config.json `ranker` entry, parity report), or None
+    without a ranker."""
+    from encoders.ranker import load_ranker
+
+    ranker_dir = checkpoint_dir / "ranker"
+    if not ranker_dir.is_dir():
+        return None
+    ranker = load_ranker(ranker_dir)
+    config = ranker_onnx_config()
+    export_ranker(ranker, staging / "ranker.onnx", config)
+    for name in ("ranker.json", "ranker.safetensors"):
+        shutil.copyfile(ranker_dir / name, staging / name)
+    candidate_sets = None
+    data = None
+    if data_dir is not None:
+        from core.datasets import load_interactions
+
+        data = load_interactions(data_dir, model.feature_spec)
+    if data is not None and data.item_ids == item_ids:
+        from encoders.ranker_train import item_categories, leave_one_out_cases, ranking_set
+
+        cases = leave_one_out_cases(data, "test")
+        cases.users, cases.positions = cases.users[:RANKER_PARITY_CASES], cases.positions[:RANKER_PARITY_CASES]
+        categories = item_categories(data_dir, data.item_ids)
+        candidate_sets = ranking_set(ranker.config, model, data, cases, categories).features
+    report = validate_ranker(ranker, staging / "ranker.onnx", config, candidate_sets=candidate_sets)
+    entry = {
+        "features": ranker.config.features.to_dict(),
+        "heads": list(HEADS),
+        "n_candidates": ranker.config.n_candidates,
+    }
+    return entry, report
+
+
 def export_and_register(
     checkpoint_dir: str | Path,
     registry_root: str | Path,
@@ -175,10 +228,14 @@ def export_and_register(
         user_report = validate_user_tower(
             model.user_tower, staging / "user.onnx", user_onnx, spec, catalog_torch=catalog, windows=windows
         )
-        for r in (item_report, user_report):
+        reports = [item_report, user_report]
+        ranker = export_checkpoint_ranker(model, item_ids, checkpoint_dir, staging, data_dir)
+        if ranker is not None:
+            reports.append(ranker[1])
+        for r in reports:
             log.info("parity %s", r.summary())
         try:
-            raise_if_failed(item_report, user_report)
+            raise_if_failed(*reports)
         except ParityError:
             log.error("parity failed for %s; nothing registered", checkpoint_dir)
             raise
@@ -208,6 +265,7 @@ def export_and_register(
                 opset=item_onnx.opset,
                 source_checkpoint=str(checkpoint_dir.resolve()),
                 created_with=versions_info(),
+                ranker=None if ranker is None else ranker[0],
             ),
         )
         trained = {}
@@ -222,6 +280,7 @@ def export_and_register(
                     "item": item_report.to_dict(),
                     "user": user_report.to_dict(),
                     "windows": "data" if data_dir is not None else "synthetic",
+                    **({"ranker": ranker[1].to_dict()} if ranker is not None else {}),
                 },
             },
         )

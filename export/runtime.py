@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 
 from core.errors import ConfigError, ParityError, RegistryError
 from core.features import FeatureSpec
+from core.ranking_features import RankingFeatureSpec
 from export.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,22 @@ class UserEncoder:
         return out
 
 
+class RankerScorer:
+    """Ranking features -> (P(click), P(purchase)) with ranker.onnx (core/ranking_features.py)."""
+
+    def __init__(self, session: ort.InferenceSession, spec: RankingFeatureSpec):
+        self.session, self.spec = session, spec
+
+    @classmethod
+    def from_version(cls, version: ModelVersion, intra_op_threads: int = 1, **session_kw) -> RankerScorer:
+        session = make_session(version.file("ranker.onnx"), intra_op_threads, **session_kw)
+        return cls(session, RankingFeatureSpec.from_dict(version.model_config.ranker["features"]))
+
+    def heads(self, features: np.ndarray) -> np.ndarray:
+        """features [B, N, F] float32 -> [B, N, 2]."""
+        return self.session.run(["heads"], {"features": np.ascontiguousarray(features, dtype=np.float32)})[0]
+
+
 @dataclass
 class ModelRuntime:
     """Everything a worker needs from one registered version, warmed up."""
@@ -265,6 +282,7 @@ class ModelRuntime:
     catalog_ids: list[str]
     catalog_vectors: np.ndarray  # [N, D] float32, same order as catalog_ids
     feature_spec: FeatureSpec
+    ranker: RankerScorer | None = None  # None: the version has no ranking stage (retrieval order)
 
 
 def load_catalog(version: ModelVersion) -> tuple[list[str], np.ndarray]:
@@ -298,7 +316,10 @@ def load_runtime(version: ModelVersion, intra_op_threads: int = 1, **session_kw)
             np.ones((1, T), np.bool_),
         )
     ids, vectors = load_catalog(version)
-    return ModelRuntime(version, item, user, ids, vectors, spec)
+    ranker = None
+    if version.has("ranker.onnx") and version.model_config.ranker is not None:
+        ranker = RankerScorer.from_version(version, intra_op_threads, **session_kw)
+    return ModelRuntime(version, item, user, ids, vectors, spec, ranker)
 
 
 CANARY_TOLERANCE = 1e-4  # max |onnxruntime here - torch at export| on the canary inputs (fp32)

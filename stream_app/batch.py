@@ -1,5 +1,7 @@
 """`streamrec predict`: batch top-k for user histories through the worker's Recommender, under the
-configured rules (the whole history counts as seen, up to `worker.seen_items_max` items, as in the worker)."""
+configured rules (the whole history counts as seen, up to `worker.seen_items_max` items, as in the worker).
+With `stage="full"` and a ranking stage in the model, every input event is counted first for the
+ranker's popularity, trend and age (as a worker that had read them), then the lists are re-ranked."""
 
 from __future__ import annotations
 
@@ -41,7 +43,12 @@ def window_from_history(events: list[dict], settings: Settings) -> UserWindow:
 
 
 def predict_file(
-    settings: Settings, input_path: Path, out_path: Path, version: str | None, catalog: Path | None
+    settings: Settings,
+    input_path: Path,
+    out_path: Path,
+    version: str | None,
+    catalog: Path | None,
+    stage: str = "full",
 ) -> int:
     recommender = load_recommender(settings, version)
     items = _catalog_items(recommender, catalog)
@@ -49,11 +56,16 @@ def predict_file(
         raise SystemExit(f"model {recommender.model_version} has no catalog of its own: pass --catalog")
     recommender.add_items(items, recommender.embed_items(items))
     lines = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if recommender.activity is not None and stage == "full":  # the ranker's popularity: the whole input, counted
+        events = sorted((epoch_seconds(e["ts"]), str(e["item_id"])) for u in lines for e in u["events"])
+        for ts, item_id in events:
+            if item_id in recommender.index:
+                recommender.activity.add(item_id, ts)
     with out_path.open("w", encoding="utf-8") as out:
         for start in tqdm(range(0, len(lines), BATCH), desc="predict", unit="batch"):
             chunk = lines[start : start + BATCH]
             windows = [window_from_history(u["events"], settings) for u in chunk]
-            for user, recs in zip(chunk, recommender.recommend(windows)):
+            for user, recs in zip(chunk, recommender.recommend(windows, stage=stage)):
                 line = {
                     "user_id": user["user_id"],
                     "items": [r.asdict() for r in recs],

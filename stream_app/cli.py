@@ -132,12 +132,16 @@ def predict(
     version: Optional[str] = typer.Option(None, help="model version (default: latest)"),
     catalog: Optional[Path] = typer.Option(None, help="items JSONL or RecBole dir; default: the model's catalog"),
     registry: Optional[Path] = RegistryOption,
+    stage: str = typer.Option("full", help="full: with the model's ranking stage if it has one; retrieval: without."),
 ):
     """Batch top-k for user histories, with the worker's own scoring code."""
     settings = command_settings({"registry.path": registry, "worker.top_k": k})
     from stream_app.batch import predict_file
+    from stream_app.recommender import STAGES
 
-    n = predict_file(settings, input, out, version, catalog)
+    if stage not in STAGES:
+        raise typer.BadParameter(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    n = predict_file(settings, input, out, version, catalog, stage)
     typer.echo(f"wrote {n} users to {out}")
 
 

@@ -6,12 +6,15 @@ recency- and event-weighted mean of the window's item vectors), blended with the
 user's stated interest if they have one (`blend_interest`), then top-k over the
 live item index (exact, or FAISS IVF from `ann_min_items` items on), under the business
 rules (stream_app/rules.py: what each user already touched, categories, a cap per category).
+With a ranking stage in the version (ranker.onnx) and `stage="full"`, the best `ranker_candidates`
+that pass the rules are re-scored (core/ranking_features.py, `StreamActivity` for popularity, trend
+and age) and ordered by the blend of the heads before the top-k (and the cap per category) is cut.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Collection, Sequence
 
@@ -19,7 +22,15 @@ import numpy as np
 
 from core.contracts import Item, RecommendedItem
 from core.features import item_text, left_pad, recency_buckets
-from core.settings import DEFAULT_ANN_MIN_ITEMS, DEFAULT_INTEREST_HANDOVER_EVENTS, DEFAULT_MAX_TRENDING_ITEMS
+from core.ranking_features import ItemActivity, RankingFeatureSpec, blend, ranking_features
+from core.settings import (
+    DEFAULT_ANN_MIN_ITEMS,
+    DEFAULT_INTEREST_HANDOVER_EVENTS,
+    DEFAULT_MAX_TRENDING_ITEMS,
+    DEFAULT_RANKER_CANDIDATES,
+    DEFAULT_RANKER_CLICK_WEIGHT,
+    DEFAULT_RANKER_PURCHASE_WEIGHT,
+)
 from export.runtime import ModelRuntime
 from state.item_index import ItemIndex
 from state.popularity import TrendingCounter
@@ -31,6 +42,7 @@ INTEREST_CACHE_SIZE = 10_000  # embedded interests kept per model version (dim f
 # With a cap per category, the greedy pick walks the best k x this many candidates; a user it leaves short
 # is picked again from the whole (masked) catalog, so the figure trades speed only, never a list's length.
 CAPPED_POOL_PER_ITEM = 20
+STAGES = ("full", "retrieval")  # `recommend`'s stage: with the ranking stage where the version has one, or not
 
 
 @dataclass
@@ -43,6 +55,9 @@ class Recommender:
     catalog_row: dict[str, int]  # item id -> row of the model's own catalog vectors
     interest_handover_events: float = DEFAULT_INTEREST_HANDOVER_EVENTS
     rules: Rules = Rules()  # the configured rules; a request may bring its own
+    ranker_candidates: int = DEFAULT_RANKER_CANDIDATES  # the retrieval's best N the ranker re-scores
+    ranker_weights: tuple[float, float] = (DEFAULT_RANKER_CLICK_WEIGHT, DEFAULT_RANKER_PURCHASE_WEIGHT)
+    activity: StreamActivity | None = None  # the ranker's popularity, trend and age; None without a ranker
 
     def __post_init__(self) -> None:
         self.interest_vector = functools.lru_cache(INTEREST_CACHE_SIZE)(self._embed_interest)
@@ -58,11 +73,17 @@ class Recommender:
         max_trending_items: int = DEFAULT_MAX_TRENDING_ITEMS,
         interest_handover_events: float = DEFAULT_INTEREST_HANDOVER_EVENTS,
         rules: Rules = Rules(),
+        ranker_candidates: int = DEFAULT_RANKER_CANDIDATES,
+        ranker_weights: tuple[float, float] = (DEFAULT_RANKER_CLICK_WEIGHT, DEFAULT_RANKER_PURCHASE_WEIGHT),
     ):
         index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
         trending = TrendingCounter(trending_half_life_s, max_trending_items)
-        return cls(runtime, event_weights, k, index, trending, catalog_row, interest_handover_events, rules)
+        activity = StreamActivity(runtime.ranker.spec) if runtime.ranker is not None else None
+        return cls(
+            runtime, event_weights, k, index, trending, catalog_row, interest_handover_events, rules,
+            ranker_candidates, ranker_weights, activity,
+        )  # fmt: skip
 
     @property
     def model_version(self) -> str:
@@ -93,15 +114,19 @@ class Recommender:
         and ids nobody publishes (a hostile stream's) must neither take memory nor crowd real items out."""
         if item_id in self.index:
             self.trending.add(item_id, self.event_weights.get(event_type, 1.0), ts)
+            if self.activity is not None:
+                self.activity.add(item_id, ts)
 
     def recommend(
         self,
         windows: Sequence[UserWindow],
         interests: Sequence[str | None] | None = None,
         rules: Rules | None = None,
+        stage: str = "full",
     ) -> list[list[RecommendedItem]]:
         """Each window's list under `rules` (default: the configured ones); `interests` (one per window, None:
-        no profile) are blended in (`blend_interest`)."""
+        no profile) are blended in (`blend_interest`). `stage` "retrieval": the retrieval order even when the
+        version has a ranker ("full": re-ranked, for the users with a history)."""
         rules = rules or self.rules
         spec = self.runtime.feature_spec
         histories = [w.item_ids[-spec.max_len :] for w in windows]
@@ -117,7 +142,10 @@ class Recommender:
         exclude = [excluded_items(w, rules.repeat_policy, self.event_weights) for w in windows]
         allowed = self.index.category_mask(rules.categories, rules.exclude_categories)  # None: any category
         scanned = np.flatnonzero(has_history | has_interest).tolist()  # the others get trending
-        ranked = dict(zip(scanned, self._top_k(users[scanned], [exclude[b] for b in scanned], allowed, rules)))
+        reranked = [b for b in scanned if has_history[b]] if self.activity is not None and stage == "full" else []
+        retrieved = [b for b in scanned if b not in set(reranked)]
+        ranked = dict(zip(retrieved, self._top_k(users[retrieved], [exclude[b] for b in retrieved], allowed, rules)))
+        ranked |= self._rank(reranked, windows, users, vectors, known, exclude, allowed, rules)
         cold_allowed = self.index.row_of.keys()  # the cold users' candidates: trending, then the catalog
         if allowed is not None and len(scanned) < len(windows):
             cold_allowed = {self.index.ids[r] for r in np.flatnonzero(allowed)}
@@ -208,11 +236,84 @@ class Recommender:
             return []
         hist = vectors[known]
         hist_ids = [h for h, k in zip(history, known) if k]
-        recs, _ = self.index.vectors_of([i for i, _ in ranked])
+        recs, _ = self.index.vectors_of([i for i, *_ in ranked])
         # The cosine's argmax over the history for one recommended item does not depend on that
         # item's own norm: only the history is normalised.
         best = (recs @ (hist / np.maximum(np.linalg.norm(hist, axis=1, keepdims=True), 1e-12)).T).argmax(axis=1)
-        return [RecommendedItem(i, s, hist_ids[j]) for (i, s), j in zip(ranked, best.tolist())]
+        return [RecommendedItem(i, s, hist_ids[j], *heads) for (i, s, *heads), j in zip(ranked, best.tolist())]
+
+    def _rank(self, rows, windows, users, vectors, known, exclude, allowed, rules: Rules) -> dict[int, list[tuple]]:
+        """The ranking stage for the windows `rows`: the best `ranker_candidates` under the rules, re-scored,
+        ordered by the blend of the heads, cut to k (the cap per category on that order) -> {row: [(item id,
+        blend, P(click), P(purchase)), ...]}."""
+        pools = self.index.top_k(users[rows], self.ranker_candidates, [exclude[b] for b in rows], allowed)
+        out: dict[int, list[tuple]] = {b: [] for b in rows}
+        live = [(b, pool) for b, pool in zip(rows, pools) if pool]
+        if not live:
+            return out
+        N, T = max(len(p) for _, p in live), max(len(vectors[b]) for b, _ in live)
+        ids = [[i for i, _ in p] + [p[-1][0]] * (N - len(p)) for _, p in live]  # short pools: the last repeated
+        retrieval = np.array([[s for _, s in p] + [p[-1][1]] * (N - len(p)) for _, p in live], dtype=np.float32)
+        window_ids = [windows[b].item_ids[-len(vectors[b]) :] for b, _ in live]
+        names = sorted(
+            {c for row in ids + window_ids for i in row if i in self.index for c in self.index.categories_of(i)}
+        )
+        column = {c: j for j, c in enumerate(names)}
+
+        def categories(rows_of_ids: list[list[str]], width: int) -> np.ndarray:
+            out = np.zeros((len(rows_of_ids), width, max(len(names), 1)), dtype=bool)  # left-aligned to the end
+            for r, row in enumerate(rows_of_ids):
+                for t, i in enumerate(row, width - len(row)):
+                    out[r, t, [column[c] for c in self.index.categories_of(i)] if i in self.index else []] = True
+            return out
+
+        spec = self.runtime.feature_spec
+        mask = left_pad([known[b] for b, _ in live], T, False)  # [B, T]
+        types = left_pad(
+            [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b, _ in live], T
+        )
+        times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b, _ in live], T, 0.0)
+        window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b, _ in live])
+        candidate_vectors = np.stack([self.index.vectors_of(row)[0] for row in ids])  # [B, N, D]
+        in_window = np.array([[i in set(w) for i in row] for row, w in zip(ids, window_ids)])
+        counts, first_seen = self.activity.at(ids, times[:, -1])
+        features = ranking_features(
+            self.runtime.ranker.spec, retrieval, candidate_vectors, categories(ids, N), counts, first_seen, in_window,
+            window_vectors, categories(window_ids, T), types, times, mask,
+        )  # fmt: skip
+        heads = self.runtime.ranker.heads(features)  # [B, N, 2]
+        order = blend(heads, *self.ranker_weights)  # [B, N]
+        for r, (b, pool) in enumerate(live):
+            best = np.argsort(-order[r, : len(pool)], kind="stable")
+            of = {ids[r][n]: (float(heads[r, n, 0]), float(heads[r, n, 1])) for n in best}
+            picks = at_most_per_category(
+                ((ids[r][n], float(order[r, n])) for n in best),
+                self.k,
+                rules.max_per_category,
+                self.index.categories_of,
+            )
+            out[b] = [(i, s, *of[i]) for i, s in picks]
+        return out
+
+
+@dataclass
+class StreamActivity:
+    """`ItemActivity` over item ids (each id gets a row the first time it is counted): the ranker's
+    popularity, trend and age, fed by `Recommender.observe` like trending, carried over a model swap."""
+
+    spec: RankingFeatureSpec
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.activity = ItemActivity(self.spec, 1024)
+
+    def add(self, item_id: str, ts: float) -> None:
+        self.activity.add(self.rows.setdefault(item_id, len(self.rows)), ts)
+
+    def at(self, ids: list[list[str]], now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ids [B][N], now [B] -> (counts [B, N, 2], first seen [B, N]) (`ItemActivity.at`)."""
+        never = np.iinfo(np.int64).max  # beyond every row: not counted yet
+        return self.activity.at(np.array([[self.rows.get(i, never) for i in row] for row in ids]), now)
 
 
 def blend_interest(

@@ -18,14 +18,17 @@ from export.registry import Registry
 from export.runtime import check_canary, load_runtime
 from state.popularity import TrendingCounter
 from stream_app.experiments import LiveExperiment
-from stream_app.recommender import Recommender
+from stream_app.recommender import Recommender, StreamActivity
 from stream_app.rules import Rules
 
 log = logging.getLogger(__name__)
 
 
 def load_recommender(
-    settings: Settings, version: str | None = None, trending: TrendingCounter | None = None
+    settings: Settings,
+    version: str | None = None,
+    trending: TrendingCounter | None = None,
+    activity: StreamActivity | None = None,
 ) -> Recommender:
     """A verified, warmed-up, canary-checked version (None = the registry's latest). Blocking."""
     w = settings.worker
@@ -41,9 +44,13 @@ def load_recommender(
         w.max_trending_items,
         w.interest_handover_events,
         Rules.from_settings(w),
+        w.ranker_candidates,
+        (w.ranker_click_weight, w.ranker_purchase_weight),
     )
     if trending is not None:
         recommender.trending = trending  # popularity is about the stream, not the model
+    if activity is not None and recommender.activity is not None and activity.spec == recommender.activity.spec:
+        recommender.activity = activity  # likewise the ranker's, when the new ranker reads the same
     return recommender
 
 
@@ -147,7 +154,9 @@ class ServingState:
 
     async def _load(self, settings: Settings, version: str, sha256: str) -> Recommender:
         """`version` loaded, warmed up and canary-checked, if its manifest is the announced one. Raises if not."""
-        candidate = await asyncio.to_thread(load_recommender, settings, version, self.recommender.trending)
+        candidate = await asyncio.to_thread(
+            load_recommender, settings, version, self.recommender.trending, self.recommender.activity
+        )
         if candidate.runtime.version.sha256 != sha256:
             raise RegistryError(
                 f"model {version}: manifest sha256 {candidate.runtime.version.sha256} differs "

@@ -2,7 +2,8 @@
 
 Query parameters: `interest` stands in for the user's stored profile in this one answer; `categories`,
 `exclude_categories`, `max_per_category`, `repeat_policy` override the configured business rules
-(stream_app/rules.py, docs/topics.md). An unknown or malformed one is a 400 with the reason."""
+(stream_app/rules.py, docs/topics.md); `stage=retrieval` answers in the retrieval order even when the model
+has a ranking stage (default `full`). An unknown or malformed one is a 400 with the reason."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from faust.web.exceptions import ServiceUnavailable
 from core.contracts import InvalidRecord, interest_query
 from core.errors import InvalidRequest
 from stream_app.context import WorkerContext
+from stream_app.recommender import STAGES
 from stream_app.rules import from_query
 
 
@@ -40,10 +42,13 @@ def register(ctx: WorkerContext) -> None:
                 interest = interest_query(user_id, interest)
             except InvalidRecord as e:
                 return web.json({"error": e.reason}, status=400)
+        stage = request.query.get("stage", "full")
+        if stage not in STAGES:
+            return web.json({"error": f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}"}, status=400)
         recommender = ctx.serving.recommender
         try:
             rules = from_query(
-                [(name, value) for name, value in request.query.items() if name != "interest"],  # read above
+                [(name, value) for name, value in request.query.items() if name not in ("interest", "stage")],
                 recommender.rules,
                 recommender.index.rows_in,
                 ctx.settings.worker.event_weights,
@@ -54,7 +59,7 @@ def register(ctx: WorkerContext) -> None:
         interest = interest if interest is not None else ctx.profiles.get(user_id)
         if interest is not None:
             await asyncio.to_thread(recommender.interest_vector, interest)  # the item tower (~7 ms) off the loop
-        (items,) = recommender.recommend([window], [interest], rules)
+        (items,) = recommender.recommend([window], [interest], rules, stage)
         return web.json(
             {
                 "user_id": user_id,

@@ -108,7 +108,9 @@ def test_records_are_triggered_by_each_users_last_event_and_carry_the_model_vers
     first, second = (json.loads(r.value) for r in records)
     assert first == {
         "user_id": "u1",
-        "items": [{"item_id": "i7", "score": 0.9, "because": "i1", "variant": None}],
+        "items": [
+            {"item_id": "i7", "score": 0.9, "because": "i1", "p_click": None, "p_purchase": None, "variant": None}
+        ],
         "model_version": "v0002",
         "generated_at": 1700000000123,
         "trigger_event_id": "e3",
