@@ -337,6 +337,7 @@ class DemoResult:
     swapped_to: str | None = None
     swap_s: float | None = None
     versions_seen: list[str] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # every process it started, each stopped before it returned
 
 
 def run_demo(
@@ -401,4 +402,5 @@ def run_demo(
         swapped_to=state.swapped_to,
         swap_s=None if state.swapped_at is None else state.swapped_at - started,
         versions_seen=state.versions_seen,
+        pids=[child.pid for child in children] + ([training.process.pid] if training and training.process else []),
     )
