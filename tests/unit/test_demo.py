@@ -31,9 +31,7 @@ def record(user: str, trigger: str, version: str = "base") -> dict:
 
 
 def state(training: Training | None) -> DemoState:
-    return DemoState(
-        started=0.0, titles={}, watched=["a", "b"], events=EVENTS, console_url=None, training=training
-    )
+    return DemoState(started=0.0, titles={}, watched=["a", "b"], events=EVENTS, console_url=None, training=training)
 
 
 def test_the_most_active_users_are_watched_and_their_last_events_replayed_again():
