@@ -68,6 +68,12 @@ def test_training_lowers_loss_and_beats_popularity(split):
     assert metrics["valid"]["recbole"]["HR@10"] > evaluate_popularity(split).recbole["HR@10"]
 
 
+def test_the_progress_bar_counts_down_the_time_budget_not_the_epochs(split, capsys):
+    train(configured(split), replace(FAST, epochs=2, max_minutes=0.5), split)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "/30 s of the budget" in bar and "epoch=2" in bar, bar
+
+
 def test_same_seed_same_model(split):
     short = replace(FAST, epochs=2)
     a, ma = train(configured(split), short, split, progress=False)
