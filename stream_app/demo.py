@@ -41,9 +41,13 @@ TRAINING_OVERHEAD_S = 600.0
 CONSOLE_START_TIMEOUT_S = 30.0
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1", port: int = 0) -> int:
+    """`port` if nothing listens on it (0, or taken: one the system picks)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        try:
+            s.bind((host, port))
+        except OSError:
+            s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -357,7 +361,9 @@ def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="streamrec-demo-"))
     broker = TansuBroker(port=port or free_port(), log_path=workdir / "broker.log")
     settings = settings.replace(
-        kafka={"broker": broker.url}, worker={"data_dir": workdir / "state", "web_port": free_port()}
+        kafka={"broker": broker.url},
+        worker={"data_dir": workdir / "state", "web_port": free_port()},
+        console={"port": free_port(settings.console.host, settings.console.port)},  # another if it is taken
     )
     console.print(f"broker {broker.url} · worker state {settings.worker.data_dir} · logs in {workdir}")
     try:
@@ -390,7 +396,11 @@ def run_demo(
                 console_url=console_url,
                 training=training,
             )
-            code = asyncio.run(_run(settings, data, state, rate, children[0], console))
+            try:
+                code = asyncio.run(_run(settings, data, state, rate, children[0], console))
+            except KeyboardInterrupt:
+                console.print("interrupted: stopping everything the demo started")
+                code = 130
         finally:
             if training is not None and training.process is not None:
                 stop_process(training.process)

@@ -3,6 +3,7 @@ replays again after a swap, how it starts the training. The whole demo runs in t
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from stream_app.demo import (
     Training,
     caught_up,
     clock,
+    free_port,
     last_events,
     last_line,
     train_command,
@@ -98,3 +100,12 @@ def test_the_training_is_streamrec_train_with_the_budget():
     assert train_command(Path("/data/ml-100k"), 0.2) == (
         "-m", "streamrec.cli", "train", "--data", "/data/ml-100k", "--max-minutes", "0.2",
     )  # fmt: skip
+
+
+def test_the_console_takes_its_port_or_another_if_that_one_is_taken():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert free_port("127.0.0.1", port) != port
+    assert free_port("127.0.0.1", port) == port
