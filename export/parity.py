@@ -200,8 +200,9 @@ def compare_rankings(
     if not ok:
         bad = np.flatnonzero(~same_set)
         report.fail(
-            f"{case}: top-{k} identical (up to ties) for only {agreement:.4%} of {len(te)} queries "
-            f"(need {config.min_top_k_agreement:.1%}); first differing queries: {bad[:5].tolist()}"
+            f"{case}: top-{k} identical for only {agreement:.4%} of {len(te)} queries, items tied with the k-th "
+            f"counted as interchangeable (need {config.min_top_k_agreement:.1%}); first differing queries: "
+            f"{bad[:5].tolist()}"
         )
 
 
