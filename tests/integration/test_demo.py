@@ -61,7 +61,6 @@ def test_the_demo_serves_the_baseline_then_swaps_to_the_model_it_trained(baselin
     baseline = Registry(registry).latest()
     result, took, out, console_port = demo(registry, tmp_path, train_minutes=0.2)
     assert result.exit_code == 0, out[-4000:]
-    print(f"demo: {took:.0f}s, first recommendations {result.first_recommendations_s:.0f}s, swap {result.swap_s:.0f}s")
     trained = Registry(registry).load()
     assert trained.name != baseline and trained.kind == "two_tower"
     assert result.versions_seen == [baseline, trained.name]  # the baseline served first, then the trained model
@@ -69,3 +68,4 @@ def test_the_demo_serves_the_baseline_then_swaps_to_the_model_it_trained(baselin
     assert result.first_recommendations_s < result.swap_s < took
     assert f"console: http://127.0.0.1:{console_port}/" in out
     assert len(result.pids) == 3 and not any(alive(pid) for pid in result.pids)  # worker, console, training
+    print(f"demo: {took:.0f}s, first recommendations {result.first_recommendations_s:.0f}s, swap {result.swap_s:.0f}s")
