@@ -325,6 +325,9 @@ async def _run(
     if why:
         console.print(f"[red]stopped before every watched user's list was up to date: {why}")
         return 1
+    if state.training is not None and state.training.failed is not None:
+        console.print(f"[red]the baseline served throughout, but {state.training.failed}")
+        return 1
     console.print(
         f"done after {clock(time.monotonic() - state.started)}: {state.sent} events replayed, "
         f"{state.received} recommendation records received; " + " · ".join(state.milestones(time.monotonic()))
