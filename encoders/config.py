@@ -63,6 +63,7 @@ class TrainConfig:
     cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)
     cold_seed: int = 0  # which random set of items is withheld (the same seed = the same set for every model)
     threads: int = 2  # torch CPU threads
+    device: str = "cpu"  # torch device of the training loop ("cuda" on a GPU machine: bench/gpu.sh)
     features: FeatureSpec = field(default_factory=FeatureSpec)
 
 

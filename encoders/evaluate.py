@@ -49,14 +49,13 @@ def model_scores(model: Recommender, history: Interactions, batch_size: int = 64
             [s[-T:] for s in history.times[a : a + batch_size]],
             model.feature_spec,
         )
-        vectors = catalog[torch.from_numpy(w.items)] * torch.from_numpy(w.mask).unsqueeze(-1)  # [B, T, D]
-        users = model.user_tower(
-            vectors, torch.from_numpy(w.event_types), torch.from_numpy(w.time_buckets), torch.from_numpy(w.mask)
-        )  # [B, D]
-        repeat = model.last_repeat_scores(
-            torch.from_numpy(w.items), torch.from_numpy(w.event_types), torch.from_numpy(w.mask)
-        )  # [B, N]
-        out.append((users @ catalog.T + repeat).numpy())
+        items, event_types, time_buckets, mask = (
+            torch.from_numpy(a).to(catalog.device) for a in (w.items, w.event_types, w.time_buckets, w.mask)
+        )
+        vectors = catalog[items] * mask.unsqueeze(-1)  # [B, T, D]
+        users = model.user_tower(vectors, event_types, time_buckets, mask)  # [B, D]
+        repeat = model.last_repeat_scores(items, event_types, mask)  # [B, N]
+        out.append((users @ catalog.T + repeat).cpu().numpy())
     return np.concatenate(out)
 
 

@@ -174,7 +174,7 @@ class ItemTower(nn.Module):
         batch = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.config.max_tokens, return_tensors="pt"
         )
-        return batch["input_ids"], batch["attention_mask"]
+        return batch["input_ids"].to(self.lm.device), batch["attention_mask"].to(self.lm.device)
 
     @contextmanager
     def _cache_mode(self):

@@ -128,7 +128,7 @@ class Recommender(nn.Module):
         """
         B, T = items.shape  # batch, time
         if self.repeat is None:
-            return torch.zeros(B, T, self.config.n_items)
+            return torch.zeros(B, T, self.config.n_items, device=items.device)
         step = torch.arange(T, device=items.device)  # [T]
         t = step.view(1, T, 1)  # query position
         next_same = _next_same(items, attention_mask)  # [B, T]
@@ -147,7 +147,7 @@ class Recommender(nn.Module):
         tensor: -> [B, N]."""
         B, T = items.shape
         if self.repeat is None:
-            return torch.zeros(B, self.config.n_items)
+            return torch.zeros(B, self.config.n_items, device=items.device)
         latest = attention_mask & (_next_same(items, attention_mask) == T)  # [B, T]: no later event on the item
         return torch.zeros(B, self.config.n_items, device=items.device).scatter_add_(
             1, items, self.repeat[event_types] * latest

@@ -103,7 +103,7 @@ def next_item_loss(
         (negatives.unsqueeze(0) == y.unsqueeze(1)) | ~candidates[negatives], float("-inf")
     )  # accidental hits, unseen items
     logits = torch.cat([pos, neg], dim=1)  # [P, 1 + K]
-    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
+    return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=logits.device))
 
 
 def build_model(
@@ -162,7 +162,7 @@ def train(
     set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     spec, train_data = config.features, split.train
-    model = build_model(model_config, spec, split, init)
+    model = build_model(model_config, spec, split, init).to(config.device)
     catalog = catalog_fn(model, train_data.item_texts)
 
     lm_params = [p for n, p in model.named_parameters() if n.startswith("item_tower.lm.") and p.requires_grad]
@@ -181,9 +181,10 @@ def train(
         weight_decay=config.weight_decay,
     )
     counts = np.bincount(np.concatenate(train_data.items), minlength=train_data.n_items) + 1.0
-    log_q = torch.from_numpy(np.log(counts / counts.sum())).float()  # [N] popularity sampling for "sampled"
+    log_q = torch.from_numpy(np.log(counts / counts.sum())).float().to(config.device)  # [N] for "sampled"
 
     history, best_ndcg, best_epoch, best_state = History(), -1.0, -1, None
+    epoch_seconds = []  # the training steps of each whole epoch, without validation
     start = time.monotonic()
     # The bar counts the seconds of the wall-clock budget, so its remaining time is the budget's (not that of
     # `config.epochs`, a cap rarely reached); early stopping may end it sooner. The budget is checked after every
@@ -198,10 +199,14 @@ def train(
     )
     for epoch in range(config.epochs):
         model.train()
+        epoch_start = time.monotonic()
         windows = epoch_windows(train_data, spec.max_len, rng)
         losses = []
         for a in range(0, len(windows), config.batch_size):
-            batch = batch_tensors(train_data, windows[a : a + config.batch_size], spec)
+            batch = {
+                k: v.to(config.device)
+                for k, v in batch_tensors(train_data, windows[a : a + config.batch_size], spec).items()
+            }
             text, residual = catalog()  # [N, D] each
             vectors = text if residual is None else text + residual
             states = model.user_states(
@@ -218,6 +223,8 @@ def train(
             bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
             if time.monotonic() - start >= budget_s:
                 break
+        else:  # a whole epoch (one the budget cut short would understate it)
+            epoch_seconds.append(time.monotonic() - epoch_start)
         if lm_params:  # refresh the cache that catalog_vectors() and evaluation read
             model.encode_catalog(train_data.item_texts)
         valid = evaluate_model(model, split, "valid")
@@ -245,13 +252,14 @@ def train(
         "best_epoch": best_epoch,
         "epochs_run": len(history.loss),
         "train_minutes": (time.monotonic() - start) / 60,
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,  # None: budget < 1 epoch
         "valid": asdict(valid),
         "test": asdict(test),
         "curves": asdict(history),
         "repeat_beta": model.repeat.tolist() if model.repeat is not None else None,  # per event id
         "train_config": {k: v for k, v in asdict(config).items() if k != "features"},
     }
-    return model, metrics
+    return model.cpu(), metrics
 
 
 def sized_for(model_config: RecommenderConfig, spec: FeatureSpec, n_items: int) -> RecommenderConfig:

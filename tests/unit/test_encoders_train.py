@@ -87,6 +87,7 @@ def test_the_budget_stops_training_mid_epoch(split, monkeypatch: pytest.MonkeyPa
     _, metrics = train(configured(split), replace(FAST, batch_size=4, max_minutes=0.05), split, progress=False)
     steps_per_epoch = -(-sum(1 for _ in split.train.items) // 4)  # at least one window per user
     assert metrics["epochs_run"] == 1 and len(steps) < steps_per_epoch, (len(steps), steps_per_epoch)
+    assert metrics["seconds_per_epoch"] is None  # no whole epoch to time
 
 
 def test_same_seed_same_model(split):
