@@ -70,10 +70,13 @@ bench: setup
 bench-e2e: setup
 	$(PY) bench/e2e.py --engine kafka tansu --rates 250 500 1000 2000 3000 4000 --seconds 8 --workers 1 2
 
-# Trains and registers a model if the registry has none yet, then runs the live demo.
+# Registers the zero-training baseline if the registry has no model yet, then runs the live demo: broker,
+# worker (serving at once), console, replay and table, while a model trains in the background (a 3-minute
+# budget) and is hot-swapped in (docs/operations.md, "Demo"). E.g. DEMO_ARGS=--no-train, --train-minutes 1.
+DEMO_ARGS ?=
 demo: setup
-	$(STREAMREC) models ensure --data $(DATA)
-	$(STREAMREC) demo --data $(DATA)
+	$(STREAMREC) models ensure --baseline --data $(DATA)
+	$(STREAMREC) demo --data $(DATA) $(DEMO_ARGS)
 
 train: setup
 	$(STREAMREC) train --data $(DATA)

@@ -176,7 +176,7 @@ def main() -> int:
                     continue
                 metrics = json.loads((Path(out) / "metrics.json").read_text())
                 say(
-                    f"- one training epoch on {device}: {metrics.get('seconds_per_epoch', float('nan')):.1f} s "
+                    f"- one training epoch on {device}: {metrics.get('seconds_per_epoch') or float('nan'):.1f} s "
                     f"(the whole command {seconds:.0f} s, with data loading and the text cache)"
                 )
 

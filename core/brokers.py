@@ -12,6 +12,7 @@ Every process started here is stopped here, by the handle (PID) we hold.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import signal
 import socket
@@ -102,8 +103,8 @@ class TansuBroker(_Broker):
         return f"kafka://{self.host}:{self.port}"
 
     def start(self) -> "TansuBroker":
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(tansu_command(self.host, self.port), stdout=log, stderr=subprocess.STDOUT)
+        with open(self.log_path or os.devnull, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(tansu_command(self.host, self.port), stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(self.host, self.port, process=self.process)
         except (TimeoutError, BrokerError):

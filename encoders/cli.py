@@ -157,7 +157,8 @@ def train_and_register(
     if register:
         from export.pipeline import export_and_register
 
-        typer.echo(f"registered: {export_and_register(checkpoint, settings.registry.path, data_dir=data)}")
+        version = export_and_register(checkpoint, settings.registry.path, data_dir=data)
+        typer.echo(f"registered {version.name} at {version.path} (latest)")
 
 
 @app.command()

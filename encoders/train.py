@@ -184,12 +184,15 @@ def train(
     log_q = torch.from_numpy(np.log(counts / counts.sum())).float().to(config.device)  # [N] for "sampled"
 
     history, best_ndcg, best_epoch, best_state = History(), -1.0, -1, None
-    epoch_seconds = []  # the training steps of each epoch, without validation
+    epoch_seconds = []  # the training steps of each whole epoch, without validation
     start = time.monotonic()
     # The bar counts the seconds of the wall-clock budget, so its remaining time is the budget's (not that of
-    # `config.epochs`, a cap rarely reached); early stopping may end it sooner.
+    # `config.epochs`, a cap rarely reached); early stopping may end it sooner. The budget is checked after every
+    # step, so the last epoch may be partial (it is validated like the others): on ml-100k, with 2 cores
+    # shared, one epoch takes about a minute, which a check per epoch would overrun.
+    budget_s = config.max_minutes * 60
     bar = tqdm(
-        total=round(config.max_minutes * 60),
+        total=round(budget_s),
         desc="train",
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of the budget [{elapsed}<{remaining}{postfix}]",
         disable=not progress,
@@ -217,7 +220,11 @@ def train(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        epoch_seconds.append(time.monotonic() - epoch_start)
+            bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
+            if time.monotonic() - start >= budget_s:
+                break
+        else:  # a whole epoch (one the budget cut short would understate it)
+            epoch_seconds.append(time.monotonic() - epoch_start)
         if lm_params:  # refresh the cache that catalog_vectors() and evaluation read
             model.encode_catalog(train_data.item_texts)
         valid = evaluate_model(model, split, "valid")
@@ -234,8 +241,7 @@ def train(
             best=f"{best_ndcg:.4f}@{best_epoch}",
         )
         bar.update(min(round(time.monotonic() - start), bar.total) - bar.n)
-        minutes = (time.monotonic() - start) / 60
-        if epoch - best_epoch >= config.patience or minutes >= config.max_minutes:
+        if epoch - best_epoch >= config.patience or time.monotonic() - start >= budget_s:
             break
     bar.close()
 
@@ -246,7 +252,7 @@ def train(
         "best_epoch": best_epoch,
         "epochs_run": len(history.loss),
         "train_minutes": (time.monotonic() - start) / 60,
-        "seconds_per_epoch": float(np.mean(epoch_seconds)),
+        "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,  # None: budget < 1 epoch
         "valid": asdict(valid),
         "test": asdict(test),
         "curves": asdict(history),

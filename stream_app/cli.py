@@ -148,17 +148,22 @@ def predict(
 @app.command()
 def demo(
     data: Path = typer.Option(..., help="MovieLens-100k RecBole directory"),
-    rate: float = 300.0,
-    events: int = 6000,
-    users: int = 4,
-    port: int = 0,
+    rate: float = typer.Option(100.0, help="events per second (a low rate leaves CPU to the training)"),
+    events: int = typer.Option(20_000, help="events to replay"),
+    users: int = typer.Option(4, help="users shown in the table: the most active of the replay"),
+    port: int = typer.Option(0, help="the broker's port (0: any free one)"),
+    train: bool = typer.Option(True, "--train/--no-train", help="train in the background and hot-swap it in"),
+    train_minutes: float = typer.Option(3.0, help="the training's wall-clock budget (export and swap follow)"),
+    console_port: Optional[int] = setting_option("console.port", "--console-port", help="the console's port"),
     registry: Optional[Path] = RegistryOption,
 ):
-    """Embedded broker + worker + replay, with a live table of a few users' top-10."""
-    settings = command_settings({"registry.path": registry})
+    """Embedded broker + worker + console + replay, with a live table of a few users' top-10; the worker
+    serves the registry's latest version at once while a model trains in the background, then swaps to it."""
+    settings = command_settings({"registry.path": registry, "console.port": console_port})
     from stream_app.demo import run_demo
 
-    sys.exit(run_demo(settings, data, rate=rate, n_events=events, n_users=users, port=port))
+    result = run_demo(settings, data, rate, events, users, port=port, train_minutes=train_minutes if train else None)
+    sys.exit(result.exit_code)
 
 
 @app.command()

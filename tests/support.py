@@ -48,3 +48,16 @@ def small_two_tower_checkpoint(out: Path, n_items: int = 60, max_len: int = 12) 
             model.id_emb.weight.normal_(0, 0.05)
     save_checkpoint(model, ids, texts, out, {"NDCG@10": 0.05, "curves": {"loss": [1.0]}})
     return out
+
+
+def ml100k_subset(out: Path, n_users: int) -> Path:
+    """ml-100k's first `n_users` users' interactions and the items they touched, as RecBole atomic files."""
+    out.mkdir(parents=True, exist_ok=True)
+    header, *rows = (ML100K / "ml-100k.inter").read_text().splitlines()
+    kept = [row for row in rows if int(row.split("\t")[0]) <= n_users]
+    items = {row.split("\t")[1] for row in kept}
+    (out / "ml-100k.inter").write_text("\n".join([header, *kept]) + "\n")
+    item_header, *item_rows = (ML100K / "ml-100k.item").read_text(encoding="utf-8").splitlines()
+    item_rows = [row for row in item_rows if row.split("\t")[0] in items]
+    (out / "ml-100k.item").write_text("\n".join([item_header, *item_rows]) + "\n", encoding="utf-8")
+    return out

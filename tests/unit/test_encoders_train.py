@@ -1,10 +1,12 @@
 """Training on a small fixture: loss goes down, seeds reproduce, checkpoints round-trip."""
 
+import itertools
 import json
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,6 +68,26 @@ def test_training_lowers_loss_and_beats_popularity(split):
     loss = metrics["curves"]["loss"]
     assert loss[-1] < loss[0] - 0.5
     assert metrics["valid"]["recbole"]["HR@10"] > evaluate_popularity(split).recbole["HR@10"]
+
+
+def test_the_progress_bar_counts_down_the_time_budget_not_the_epochs(split, capsys):
+    train(configured(split), replace(FAST, epochs=2, max_minutes=0.5), split)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "/30 s of the budget" in bar and "epoch=2" in bar, bar
+
+
+def test_the_budget_stops_training_mid_epoch(split, monkeypatch: pytest.MonkeyPatch):
+    """A clock that moves 1 s per reading: the 3 s budget ends the first epoch after a few of its steps."""
+    import encoders.train
+
+    clock, steps = itertools.count(), []
+    monkeypatch.setattr(encoders.train, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    loss = encoders.train.next_item_loss
+    monkeypatch.setattr(encoders.train, "next_item_loss", lambda *a: steps.append(1) or loss(*a))
+    _, metrics = train(configured(split), replace(FAST, batch_size=4, max_minutes=0.05), split, progress=False)
+    steps_per_epoch = -(-sum(1 for _ in split.train.items) // 4)  # at least one window per user
+    assert metrics["epochs_run"] == 1 and len(steps) < steps_per_epoch, (len(steps), steps_per_epoch)
+    assert metrics["seconds_per_epoch"] is None  # no whole epoch to time
 
 
 def test_same_seed_same_model(split):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +28,7 @@ from export.onnx_export import (
     user_example_inputs,
     user_onnx_config,
 )
-from export.parity import raise_if_failed, validate_item_tower, validate_user_tower
+from export.parity import ParityReport, compare_rankings, raise_if_failed, validate_item_tower, validate_user_tower
 from export.registry import Registry
 from export.runtime import load_runtime
 
@@ -81,6 +82,45 @@ def perturb(src: Path, dst: Path, scale: float = 1e-2) -> Path:
     target.CopyFrom(numpy_helper.from_array(w, target.name))
     onnx.save_model(model, str(dst))
     return dst
+
+
+def ranking_report(expected: np.ndarray, actual: np.ndarray) -> ParityReport:
+    """compare_rankings at top-3 over [Q, N] scores; queries are rows."""
+    report = ParityReport("item", atol=1e-4)
+    compare_rankings(report, "scores", expected, actual, dataclasses.replace(item_onnx_config(32), top_k=3))
+    return report
+
+
+def tied_scores(n_queries: int = 8) -> np.ndarray:
+    """Items 2 and 3 share the 3rd place (identical text, like ml-100k's 297 and 303, both "Ulee's Gold")."""
+    row = np.array([0.9, 0.8, 0.5, 0.5 - 1e-6, 0.1, 0.0, -0.2], dtype=np.float32)
+    return np.tile(row, (n_queries, 1))
+
+
+def test_rankings_treat_items_tied_at_the_cut_as_interchangeable():
+    expected = tied_scores()
+    actual = expected.copy()
+    actual[:, 3] += 2e-6  # ONNX Runtime's rounding puts the twin first: top-3 {0, 1, 3} vs torch's {0, 1, 2}
+    report = ranking_report(expected, actual)
+    assert report.ok, report.failures
+    assert report.rankings[0]["agreement"] == 1.0
+    assert report.rankings[0]["exact_set_agreement"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "dropped, added, new_score",
+    [(2, 4, 0.6), (0, 4, 0.95)],  # a distinct 3rd item swapped for a lower one; the best item dropped
+    ids=["below-the-cut", "best-item"],
+)
+def test_rankings_still_fail_on_a_real_difference(dropped: int, added: int, new_score: float):
+    expected = tied_scores()
+    expected[:, 3] = 0.4  # no tie
+    actual = expected.copy()
+    actual[0, added] = new_score
+    actual[0, dropped] = 0.3
+    report = ranking_report(expected, actual)
+    assert not report.ok
+    assert report.rankings[0]["agreement"] == 7 / 8
 
 
 @pytest.fixture(scope="module")
