@@ -117,3 +117,6 @@ class RetrainConfig:
     heads: int = UserTowerConfig.n_heads
     max_len: int = FeatureSpec.max_len
     progress: bool = True  # tqdm bar while training
+    # the ranking stage: None = keep what production has (a ranker iff its version has ranker.onnx)
+    ranker: bool | None = None
+    ranker_minutes: float = RankerConfig.max_minutes  # wall-clock budget of the ranker's training loop

@@ -246,6 +246,16 @@ def train_ranker(config: RankerConfig, train: RankingSet, valid: RankingSet, val
     return ranker.eval(), metrics
 
 
+def with_and_without(
+    ranker: Ranker, scores: np.ndarray, ranking: RankingSet, history: Interactions, targets: np.ndarray, warm
+) -> tuple[Evaluation, Evaluation]:
+    """The retrieval `scores` [C, I] of some cases alone and re-ranked by `ranker` (its blend) over their
+    `ranking` set -> (retrieval order, the full pipeline), both by `evaluate_scores`."""
+    order = blend(head_values(ranker, ranking.features), ranker.config.click_weight, ranker.config.purchase_weight)
+    full = reranked_scores(scores, ranking.candidates, order)
+    return evaluate_scores(scores, history, targets, warm), evaluate_scores(full, history, targets, warm)
+
+
 @dataclass
 class RankerEvaluation:
     """One retrieval checkpoint with and without its ranker, on the validation and test cases."""
@@ -272,10 +282,7 @@ def fit_and_evaluate(
     ranker, metrics = train_ranker(config, train_set, sets["valid"], split.valid_targets)
     retrieval, ranked, purchase = {}, {}, {}
     for stage, (history, targets) in stages.items():
-        order = blend(head_values(ranker, sets[stage].features), config.click_weight, config.purchase_weight)
-        full = reranked_scores(scores[stage], sets[stage].candidates, order)
-        retrieval[stage] = evaluate_scores(scores[stage], history, targets, warm)
-        ranked[stage] = evaluate_scores(full, history, targets, warm)
+        retrieval[stage], ranked[stage] = with_and_without(ranker, scores[stage], sets[stage], history, targets, warm)
         _, events = leave_one_out_cases(data, stage).targets(data)
         purchase[stage] = events == model.feature_spec.event_type_id("purchase")
     return RankerEvaluation(ranker, metrics, retrieval, ranked, purchase)
@@ -341,7 +348,14 @@ def train_checkpoint_ranker(checkpoint_dir: Path, data_dir: Path, config: Ranker
     split = split_leave_one_out(data)
     if trained.get("cold_items", 0.0) > 0:  # the split the retrieval model was trained on
         split = withhold_items(split, trained["cold_items"], trained.get("cold_seed", 0))
-    run = fit_and_evaluate(config, model, data, split, item_categories(data_dir, item_ids))
+    return save_fitted(
+        fit_and_evaluate(config, model, data, split, item_categories(data_dir, item_ids)), checkpoint_dir
+    )
+
+
+def save_fitted(run: RankerEvaluation, checkpoint_dir: Path) -> Path:
+    """A trained ranker into the retrieval checkpoint's `ranker/` directory (what the export looks for),
+    with what training measured and its validation and test metrics beside the retrieval's."""
     metrics = {k: v for k, v in run.metrics.items()}
     for stage in ("valid", "test"):
         metrics[stage] = {"retrieval": run.retrieval[stage].recbole, "ranked": run.ranked[stage].recbole}

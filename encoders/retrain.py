@@ -4,13 +4,17 @@
     hold out  the most recent slice of events by time (default the last 10%): each held-out
               event, with the user's preceding window, is one evaluation case
     train     the candidate on everything before the slice, warm-started from production
-              (transplanted onto today's catalog) when production has a checkpoint
+              (transplanted onto today's catalog) when production has a checkpoint; then, when
+              production has a ranker (or --ranker; --no-ranker: never), a ranker on the
+              candidate's candidates over the same events (encoders.ranker_train.fit_and_evaluate)
     evaluate  candidate and production (transplanted, NOT trained) on the same cases with the
-              same function: encoders.evaluate.evaluate_model, product setting (history
-              excluded), NDCG@10 and HR@10; popularity is reported beside them
-    gate      promote iff candidate NDCG@10 >= production NDCG@10 - tolerance (absolute)
-    promote   save checkpoint -> export_and_register(make_latest=True) -> announce on
-              model-updates -> advance the stored position
+              same function: encoders.evaluate.evaluate_scores, product setting (history
+              excluded), NDCG@10 and HR@10, in the retrieval order and, for a model with a
+              ranker, re-ranked by it (its own ranker: production's as served); popularity beside
+    gate      what the worker would serve: promote iff candidate NDCG@10 >= production NDCG@10
+              - tolerance (absolute), each with its ranker when it has one
+    promote   save checkpoint (+ ranker/) -> export_and_register(make_latest=True), which writes
+              ranker.onnx with its parity -> announce on model-updates -> advance the stored position
     report    report.md + report.json in the run's work dir, printed
 
 A production version without a checkpoint (kind "baseline", or an empty registry) has
@@ -28,7 +32,7 @@ import re
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,6 +96,8 @@ class Holdout:
     n_events: int  # held-out events
     n_no_history: int  # not a case: the user's first event (a cold-start user gets trending items)
     n_repeats: int  # not a case: the item is in the user's window (the product never re-recommends it)
+    users: np.ndarray  # [C] int64 each case's user row in the data
+    positions: np.ndarray  # [C] int64 the held-out event's index in that user's sequence
 
 
 def split_holdout(data: Interactions, cutoff: float, window: int) -> Holdout:
@@ -131,6 +137,8 @@ def split_holdout(data: Interactions, cutoff: float, window: int) -> Holdout:
         n_events=n_events,
         n_no_history=no_history,
         n_repeats=repeats,
+        users=np.array([u for u, _, _ in case_rows], dtype=np.int64),
+        positions=np.array([j for _, _, j in case_rows], dtype=np.int64),
     )
 
 
@@ -196,6 +204,32 @@ def _metrics(evaluation) -> dict:
         "cases": evaluation.n_cases,
         "cold_cases": evaluation.n_cold,
     }
+
+
+def _served(model, ranker, gate: Split, holdout: Holdout, data: Interactions, categories) -> dict:
+    """`model` on the gate's cases in the retrieval order ("retrieval") and, given a ranker, re-ranked by it
+    ("ranked": the full pipeline) -> {order: metrics}."""
+    from encoders.evaluate import evaluate_model, model_scores, warm_items
+    from encoders.ranker_train import Cases, ranking_set, with_and_without
+
+    if ranker is None:
+        return {"retrieval": _metrics(evaluate_model(model, gate, "test"))}
+    scores = model_scores(model, holdout.history)  # [C, I]
+    cases = Cases(holdout.users, holdout.positions)
+    ranking = ranking_set(ranker.config, model, data, cases, categories, scores)
+    retrieval, ranked = with_and_without(
+        ranker, scores, ranking, holdout.history, holdout.targets, warm_items(gate.train)
+    )
+    return {"retrieval": _metrics(retrieval), "ranked": _metrics(ranked)}
+
+
+def _evaluate(evaluations: dict, name: str, served: dict) -> str:
+    """Record `served` as `name` (retrieval order) and `name + ranker` -> the name of what the worker serves."""
+    evaluations[name] = served["retrieval"]
+    if "ranked" in served:
+        evaluations[f"{name} + ranker"] = served["ranked"]
+        return f"{name} + ranker"
+    return name
 
 
 def _load_production(registry_root: Path):
@@ -273,18 +307,22 @@ def run_once(settings: Settings, config: RetrainConfig) -> RunResult:
 def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) -> str:
     import torch
 
-    from encoders.config import ItemTowerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
-    from encoders.evaluate import evaluate_model, evaluate_popularity
+    from encoders.config import ItemTowerConfig, RankerConfig, RecommenderConfig, TrainConfig, UserTowerConfig
+    from encoders.evaluate import evaluate_popularity
+    from encoders.ranker import load_ranker
+    from encoders.ranker_train import fit_and_evaluate, item_categories, save_fitted
     from encoders.recommender import save_checkpoint, transplant
     from encoders.train import sized_for, train
     from export.registry import Registry
 
     torch.set_num_threads(config.threads)
     version, checkpoint = _load_production(settings.registry.path)
+    production_ranker = load_ranker(version.path) if checkpoint is not None and version.has("ranker.onnx") else None
     report["production"] = {
         "version": version.name if version else None,
         "kind": version.kind if version else None,
         "has_checkpoint": checkpoint is not None,
+        "has_ranker": production_ranker is not None,
     }
     log.info("production: %s", report["production"])
 
@@ -315,11 +353,15 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     gate = gate_split(holdout)
     log.info("held out %s", report["holdout"])
 
+    categories = item_categories(data_dir, data.item_ids)  # [I, C]
     evaluations = {"popularity": _metrics(evaluate_popularity(gate))}
+    against = "popularity"  # what production serves, as named in `evaluations`
     if checkpoint is not None:
         source, source_ids, _ = checkpoint
         production = transplant(source, source_ids, data.item_ids, data.item_texts)
-        evaluations["production"] = _metrics(evaluate_model(production, gate, "test"))
+        against = _evaluate(
+            evaluations, "production", _served(production, production_ranker, gate, holdout, data, categories)
+        )
         known = set(source_ids)
         report["holdout"]["cases_with_items_new_since_production"] = int(
             sum(data.item_ids[t] not in known for t in holdout.targets)
@@ -352,7 +394,33 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
         len(train_split.train.items),
     )
     candidate, train_metrics = train(model_config, train_config, train_split, progress=config.progress, init=init)
-    evaluations["candidate"] = _metrics(evaluate_model(candidate, gate, "test"))
+    with_ranker = config.ranker if config.ranker is not None else production_ranker is not None
+    report["ranker"] = {
+        "train": with_ranker,
+        "rule": "keep what production has"
+        if config.ranker is None
+        else ("--ranker" if config.ranker else "--no-ranker"),
+    }
+    fitted = None
+    if with_ranker:
+        ranker_config = replace(
+            production_ranker.config if production_ranker is not None else RankerConfig(),
+            seed=config.seed,
+            max_minutes=config.ranker_minutes,
+        )
+        log.info("training the candidate's ranker (%.1f min at most)", ranker_config.max_minutes)
+        fitted = fit_and_evaluate(ranker_config, candidate, holdout.train, train_split, categories)
+        report["ranker"]["training"] = {
+            "best_epoch": fitted.metrics["best_epoch"],
+            "train_cases": fitted.metrics["train_cases"],
+            "minutes": round(fitted.metrics["train_minutes"], 2),
+            "valid_NDCG@10": fitted.metrics["valid_ndcg10"],
+        }
+    served = _evaluate(
+        evaluations,
+        "candidate",
+        _served(candidate, None if fitted is None else fitted.ranker, gate, holdout, data, categories),
+    )
     report["training"] = {
         "warm_start": init is not None,
         "best_epoch": train_metrics.get("best_epoch"),
@@ -362,12 +430,10 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     }
     report["evaluation"] = evaluations
 
-    against = "production" if "production" in evaluations else "popularity"
-    decision = decide(
-        evaluations["candidate"][GATE_METRIC], evaluations[against][GATE_METRIC], config.tolerance, against
-    )
+    decision = decide(evaluations[served][GATE_METRIC], evaluations[against][GATE_METRIC], config.tolerance, against)
     report["gate"] = {
         "metric": f"{GATE_METRIC} (history excluded)",
+        "candidate": served,
         "against": against,
         "tolerance": config.tolerance,
         "promote": decision.promote,
@@ -402,12 +468,16 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
             },
         },
     )
+    if fitted is not None:
+        save_fitted(fitted, checkpoint_dir)
     from core.kafka import client_security
     from export.model_updates import announce
     from export.pipeline import export_and_register
 
     new = export_and_register(checkpoint_dir, settings.registry.path, make_latest=True, data_dir=data_dir)
     report["promoted_version"] = new.name
+    if new.has("ranker.onnx"):
+        report["ranker"]["parity"] = new.metrics["parity"]["ranker"]
     log.info("registered %s as latest", new.name)
     try:
         announce(
@@ -441,7 +511,8 @@ def render_markdown(report: dict) -> str:
         lines += [f"**{report['reason'].splitlines()[0]}**", ""]
     if production:
         start = "warm start" if production.get("has_checkpoint") else "no checkpoint: candidate from scratch"
-        lines.append(f"- production: `{production.get('version')}` ({production.get('kind')}, {start})")
+        ranker = ", with a ranker" if production.get("has_ranker") else ""
+        lines.append(f"- production: `{production.get('version')}` ({production.get('kind')}, {start}{ranker})")
     if data := report.get("data"):
         lines.append(
             f"- data: {data['events']} events ({data['topic_events']} from the topic, {data['base_events']} "
@@ -461,13 +532,24 @@ def render_markdown(report: dict) -> str:
             f"- training: {'warm start' if t['warm_start'] else 'from scratch'}, {t['epochs_run']} epochs, "
             f"best {t['best_epoch']}, {t['minutes']} min"
         )
+    if r := report.get("ranker"):
+        trained = r.get("training")
+        lines.append(
+            f"- ranker ({r['rule']}): "
+            + (
+                f"trained on {trained['train_cases']} cases, best epoch {trained['best_epoch']}, {trained['minutes']} min"
+                if trained
+                else "none"
+            )
+            + (f"; exported, parity {'OK' if r['parity']['ok'] else 'FAILED'}" if "parity" in r else "")
+        )
     if ev := report.get("evaluation"):
         lines += [
             "",
             "| model | NDCG@10 | HR@10 | NDCG@10 (history kept) | cold HR@10 |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for name in ("production", "candidate", "popularity"):
+        for name in ("production", "production + ranker", "candidate", "candidate + ranker", "popularity"):
             if name in ev:
                 m = ev[name]
                 cold = "n/a" if m["cold_HR@10"] is None else f"{m['cold_HR@10']:.4f}"
@@ -477,7 +559,8 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     if g := report.get("gate"):
         lines.append(
-            f"Gate ({g['metric']}, tolerance {g['tolerance']:g}): {g['reason']} -> "
+            f"Gate ({g['metric']}, what the worker would serve: `{g['candidate']}` vs `{g['against']}`, "
+            f"tolerance {g['tolerance']:g}): {g['reason']} -> "
             f"{'promote' if g['promote'] else 'reject'}."
         )
     if report.get("promoted_version"):

@@ -65,6 +65,13 @@ def retrain(
     heads: int = typer.Option(R.heads, help="Attention heads when training from scratch."),
     max_len: int = typer.Option(R.max_len, help="Window length when training from scratch."),
     progress: bool = typer.Option(R.progress, help="Show a training progress bar."),
+    ranker: Optional[bool] = typer.Option(
+        R.ranker,
+        "--ranker/--no-ranker",
+        help="Train a ranking stage on the candidate's candidates (--ranker) or not (--no-ranker); default: "
+        "keep what production has. The gate then compares what the worker would serve.",
+    ),
+    ranker_minutes: float = typer.Option(R.ranker_minutes, help="The ranker's training budget."),
     broker: Optional[str] = setting_option("kafka.broker", "--broker"),
     registry: Optional[Path] = setting_option("registry.path", "--registry"),
 ) -> None:
@@ -98,6 +105,8 @@ def retrain(
         heads=heads,
         max_len=max_len,
         progress=progress,
+        ranker=ranker,
+        ranker_minutes=ranker_minutes,
     )
     if since is not None:
         parse_duration(since)  # a typo fails now, not at the first run
