@@ -11,6 +11,10 @@ a matter of noise:
 - reject: production is now that A-model. New users walk pattern B (another cycle) and
   only their newest 10% of events follow A again. Fine-tuning on B makes the candidate
   forget A, so on the held-out A events it is genuinely worse -> exit 3, nothing changes.
+- the ranking stage: production in "promote" has no ranker, so neither has the version it
+  promotes; a production version WITH a (untrained) ranker, retrained on the same A-walks,
+  promotes a version whose ranker was trained on the candidate's candidates and exported as
+  ranker.onnx with its parity, judged on what the worker serves (retrieval + ranker, both sides).
 """
 
 import json
@@ -92,25 +96,11 @@ def model_updates(settings) -> list[dict]:
         consumer.close()
 
 
-def retrain(settings, *args: str):
-    result = CliRunner().invoke(standalone(), ["retrain", *args, *FAST], env=settings_env(settings))
-    reports = sorted((settings.registry.path.parent / "work").glob("*/report.json"))
-    assert reports, f"no report; exit {result.exit_code}: {result.output}\n{result.exception!r}"
-    return result, json.loads(reports[-1].read_text())
-
-
-@pytest.fixture(scope="module")
-def promoted(broker, two_tower_registry, tmp_path_factory):
-    """Scenario A, run once for the module: the promotion every later test starts from."""
+def retrain_settings(broker, root, tmp):
     from core.settings import Settings, Topics
 
-    tmp = tmp_path_factory.mktemp("retrain")
-    root = tmp / "registry"
-    root.mkdir()
-    production = copy_version(two_tower_registry, root)
-    Registry(root).set_latest(production)
     tag = tmp.name[-8:].replace("-", "")
-    settings = Settings(
+    return Settings(
         kafka={"broker": broker.url},
         registry={"path": root},
         topics=Topics(
@@ -122,6 +112,24 @@ def promoted(broker, two_tower_registry, tmp_path_factory):
             control=f"control-rt{tag}",
         ),
     )
+
+
+def retrain(settings, *args: str):
+    result = CliRunner().invoke(standalone(), ["retrain", *args, *FAST], env=settings_env(settings))
+    reports = sorted((settings.registry.path.parent / "work").glob("*/report.json"))
+    assert reports, f"no report; exit {result.exit_code}: {result.output}\n{result.exception!r}"
+    return result, json.loads(reports[-1].read_text())
+
+
+@pytest.fixture(scope="module")
+def promoted(broker, two_tower_registry, tmp_path_factory):
+    """Scenario A, run once for the module: the promotion every later test starts from."""
+    tmp = tmp_path_factory.mktemp("retrain")
+    root = tmp / "registry"
+    root.mkdir()
+    production = copy_version(two_tower_registry, root)
+    Registry(root).set_latest(production)
+    settings = retrain_settings(broker, root, tmp)
     run(publish_catalog(settings, CATALOG))
     publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
     invalid = [(b"x", b"{not json"), event(999, "a1", "1", "teleport"), (b"a2", dumps({"user_id": "a2"}))]
@@ -146,6 +154,12 @@ def test_a_better_candidate_is_promoted_registered_and_announced(promoted):
     assert registry.versions() == [promoted.production, new]
     version = registry.load(new)
     assert version.metrics["retrain"]["production_version"] == promoted.production
+    # production has no ranker: neither has the new version, and the gate compared the retrieval orders
+    assert report["production"]["has_ranker"] is False
+    assert report["ranker"] == {"train": False, "rule": "keep what production has"}
+    assert not version.has("ranker.onnx") and version.model_config.ranker is None
+    assert (report["gate"]["candidate"], report["gate"]["against"]) == ("candidate", "production")
+    assert not {"candidate + ranker", "production + ranker"} & set(report["evaluation"])
 
     (update,) = model_updates(promoted.settings)
     assert update["version"] == new and update["sha256"] == version.sha256
@@ -187,3 +201,54 @@ def test_data_that_makes_the_candidate_worse_is_rejected_and_nothing_changes(pro
     assert evaluation["candidate"]["NDCG@10"] < evaluation["production"]["NDCG@10"] - 0.3
     assert not report["gate"]["promote"] and report["gate"]["tolerance"] == 0.005
     assert "promoted_version" not in report and not list(promoted.root.glob(".staging-*"))
+
+
+@pytest.fixture(scope="module")
+def ranked(broker, tmp_path_factory):
+    """Scenario A again, from a production version with a ranker (untrained, standardised on noise)."""
+    import torch
+
+    from encoders.config import RankerConfig
+    from encoders.ranker import Ranker, save_ranker
+    from export.pipeline import export_and_register
+    from tests.support import small_two_tower_checkpoint
+
+    tmp = tmp_path_factory.mktemp("retrain-ranked")
+    root = tmp / "registry"
+    root.mkdir()
+    checkpoint = small_two_tower_checkpoint(tmp / "checkpoint")
+    torch.manual_seed(0)
+    ranker = Ranker(RankerConfig())
+    ranker.fit_standardisation(np.random.default_rng(0).normal(size=(50, ranker.config.features.n_features)))
+    save_ranker(ranker, checkpoint / "ranker", {})
+    production = export_and_register(checkpoint, root).name
+    settings = retrain_settings(broker, root, tmp)
+    run(publish_catalog(settings, CATALOG))
+    publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
+    result, report = retrain(settings, "--ranker-minutes", "0.5", "--work-dir", str(tmp / "work"))
+    return SimpleNamespace(root=root, production=production, result=result, report=report)
+
+
+def test_a_production_ranker_is_retrained_exported_with_parity_and_gated_as_served(ranked):
+    from export.runtime import load_runtime
+
+    result, report, registry = ranked.result, ranked.report, Registry(ranked.root)
+    assert result.exit_code == 0, result.output + json.dumps(report, indent=1)[:3000]
+    assert report["production"]["has_ranker"] is True
+    assert report["ranker"]["train"] is True and report["ranker"]["rule"] == "keep what production has"
+    assert report["ranker"]["training"]["train_cases"] > 0
+
+    # both orders of both models on the same held-out cases; the gate compares the full pipelines
+    evaluation = report["evaluation"]
+    for name in ("production", "production + ranker", "candidate", "candidate + ranker"):
+        assert evaluation[name]["cases"] == report["holdout"]["cases"]
+    assert (report["gate"]["candidate"], report["gate"]["against"]) == ("candidate + ranker", "production + ranker")
+    assert evaluation["candidate + ranker"]["NDCG@10"] > evaluation["production + ranker"]["NDCG@10"] + 0.3
+    assert "candidate + ranker" in result.output and "production + ranker" in result.output
+
+    new = registry.load(registry.latest())
+    assert new.name == report["promoted_version"] != ranked.production
+    assert new.has("ranker.onnx") and new.model_config.ranker is not None
+    parity = new.metrics["parity"]["ranker"]
+    assert parity["ok"] and parity["rankings"] and parity == report["ranker"]["parity"]  # grid and real sets
+    assert load_runtime(new).ranker is not None  # what the worker loads on the announcement
