@@ -163,20 +163,23 @@ class Decision:
     reason: str
 
 
-def decide(candidate: float, production: float, tolerance: float, against: str = "production") -> Decision:
-    """Promote iff candidate >= production - tolerance (NDCG@10, absolute). NaN never promotes."""
+def decide(
+    candidate: float, production: float, tolerance: float, against: str = "production", served: str = "candidate"
+) -> Decision:
+    """Promote iff candidate >= production - tolerance (NDCG@10, absolute). NaN never promotes.
+    `against` and `served` name the two sides in the reason ("production + ranker", ...)."""
     bar = production - tolerance
     if not (math.isfinite(candidate) and math.isfinite(production)):
-        return Decision(False, f"non-finite metric (candidate {candidate}, {against} {production})")
+        return Decision(False, f"non-finite metric ({served} {candidate}, {against} {production})")
     if candidate >= bar:
         return Decision(
             True,
-            f"candidate {GATE_METRIC} {candidate:.4f} >= {against} {production:.4f} "
+            f"{served} {GATE_METRIC} {candidate:.4f} >= {against} {production:.4f} "
             f"- tolerance {tolerance:g} = {bar:.4f}",
         )
     return Decision(
         False,
-        f"candidate {GATE_METRIC} {candidate:.4f} < {against} {production:.4f} - tolerance {tolerance:g} = {bar:.4f}",
+        f"{served} {GATE_METRIC} {candidate:.4f} < {against} {production:.4f} - tolerance {tolerance:g} = {bar:.4f}",
     )
 
 
@@ -430,7 +433,9 @@ def _run(settings: Settings, config: RetrainConfig, work: Path, report: dict) ->
     }
     report["evaluation"] = evaluations
 
-    decision = decide(evaluations[served][GATE_METRIC], evaluations[against][GATE_METRIC], config.tolerance, against)
+    decision = decide(
+        evaluations[served][GATE_METRIC], evaluations[against][GATE_METRIC], config.tolerance, against, served
+    )
     report["gate"] = {
         "metric": f"{GATE_METRIC} (history excluded)",
         "candidate": served,

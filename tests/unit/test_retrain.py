@@ -123,6 +123,7 @@ def test_split_holdout_cases_are_held_out_events_with_the_preceding_window():
     assert h.targets.tolist() == [4, 5]
     assert [s.tolist() for s in h.history.items] == [[1, 2, 3], [2, 3, 4]]  # window of 3, held-out 4 included
     assert h.history.user_ids == ["a", "a"]
+    assert (h.users.tolist(), h.positions.tolist()) == ([0, 0], [3, 4])  # where each case is in the data
     assert (h.n_events, h.n_no_history, h.n_repeats) == (4, 1, 1)
     assert all(t.max() < 10.0 for t in h.train.times)
 
@@ -157,6 +158,54 @@ def test_gate(candidate, production, tolerance, promote):
     decision = decide(candidate, production, tolerance)
     assert decision.promote is promote
     assert f"{production:.4f}" in decision.reason or "non-finite" in decision.reason
+
+
+def test_the_gate_names_what_each_side_serves():
+    decision = decide(0.30, 0.20, 0.005, "production + ranker", "candidate + ranker")
+    assert decision.reason.startswith("candidate + ranker NDCG@10 0.3000 >= production + ranker 0.2000")
+
+
+def test_the_report_shows_both_orders_and_the_ranker():
+    metrics = {"NDCG@10": 0.2, "HR@10": 0.3, "recbole_NDCG@10": 0.1, "cold_HR@10": None}
+    report = {
+        "run": "r",
+        "work_dir": "w",
+        "decision": "promoted",
+        "evaluation": {name: metrics for name in ("production", "production + ranker", "candidate", "popularity")},
+        "ranker": {"train": False, "rule": "--no-ranker"},
+        "gate": {
+            "metric": "NDCG@10",
+            "candidate": "candidate",
+            "against": "production + ranker",
+            "tolerance": 0.005,
+            "promote": True,
+            "reason": "...",
+        },
+    }
+    text = render_markdown(report)
+    assert "| production + ranker | 0.2000 |" in text and "| candidate + ranker" not in text
+    assert "- ranker (--no-ranker): none" in text
+    assert "`candidate` vs `production + ranker`" in text
+
+
+@pytest.mark.parametrize("flags, ranker", [([], None), (["--ranker"], True), (["--no-ranker"], False)])
+def test_the_ranker_flags_reach_the_run(monkeypatch, tmp_path, flags, ranker):
+    from typer.testing import CliRunner
+
+    import encoders.retrain as retrain
+    from encoders.retrain_cli import standalone
+
+    configs = []
+
+    def fake_run_once(settings, config):
+        configs.append(config)
+        (tmp_path / "report.md").write_text("# Retrain r: SKIPPED\n")
+        return retrain.RunResult(retrain.SKIPPED, tmp_path)
+
+    monkeypatch.setattr(retrain, "run_once", fake_run_once)
+    result = CliRunner().invoke(standalone(), ["retrain", *flags, "--ranker-minutes", "0.25"])
+    assert result.exit_code == 4, result.output
+    assert (configs[0].ranker, configs[0].ranker_minutes) == (ranker, 0.25)
 
 
 def test_exit_codes_tell_outcomes_apart():
