@@ -58,7 +58,7 @@ from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from export.registry import Registry  # noqa: E402
 from stream_app.app import freeze_heap  # noqa: E402
-from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
+from stream_app.demo import WORKER_COMMAND, free_port, publish_catalog, start_child  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -221,9 +221,9 @@ def fresh_broker(engine: str, work: Path):
 
 def start_system(system: System, settings: Settings, log_path: Path) -> subprocess.Popen:
     if not system.bare:
-        return start_worker(settings, log_path)
+        return start_child(settings, log_path, WORKER_COMMAND)
     agent = (str(ROOT / "bench" / "bare_agent.py"),) + (("--per-batch",) if system.per_batch else ())
-    return start_worker(settings, log_path, command=agent)
+    return start_child(settings, log_path, agent)
 
 
 def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_TIMEOUT_S) -> None:
