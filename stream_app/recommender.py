@@ -246,35 +246,33 @@ class Recommender:
     def _rank(self, rows, windows, users, vectors, known, exclude, allowed, rules: Rules) -> dict[int, list[tuple]]:
         """The ranking stage for the windows `rows`: the best `ranker_candidates` under the rules, re-scored,
         ordered by the blend of the heads, cut to k (the cap per category on that order) -> {row: [(item id,
-        blend, P(click), P(purchase)), ...]}. NumPy over [B, N] arrays of index rows: the only per-id Python
-        work is one dict lookup per candidate (index row and activity row) and per window event."""
-        pools = self.index.top_k(users[rows], self.ranker_candidates, [exclude[b] for b in rows], allowed)
+        blend, P(click), P(purchase)), ...]}. NumPy over [B, N] arrays of index rows: the per-id Python work
+        left is one list and one dict lookup per candidate (its id, its activity row) and one per window event."""
+        top, scores = self.index.top_k_rows(users[rows], self.ranker_candidates, [exclude[b] for b in rows], allowed)
         out: dict[int, list[tuple]] = {b: [] for b in rows}
-        live = [(b, pool) for b, pool in zip(rows, pools) if pool]
+        sizes = (top >= 0).sum(1)  # [B] candidates per window: fewer where the rules leave fewer
+        live = [b for b, size in zip(rows, sizes.tolist()) if size]
         if not live:
             return out
-        B, N, T = len(live), max(len(p) for _, p in live), max(len(vectors[b]) for b, _ in live)
-        sizes = np.array([len(p) for _, p in live])  # [B]
+        top, scores, sizes = top[sizes > 0], scores[sizes > 0], sizes[sizes > 0]
+        B, N, T = len(live), int(sizes.max()), max(len(vectors[b]) for b in live)
         # Short pools: the last candidate repeated (its features are computed, its position never picked).
-        ids = [[i for i, _ in p] + [p[-1][0]] * (N - len(p)) for _, p in live]  # [B][N]
-        retrieval = np.array([[s for _, s in p] + [p[-1][1]] * (N - len(p)) for _, p in live], dtype=np.float32)
+        last = np.minimum(np.arange(N), sizes[:, None] - 1)  # [B, N]
+        candidates, retrieval = np.take_along_axis(top, last, 1), np.take_along_axis(scores, last, 1)  # [B, N]
+        ids = [list(map(self.index.ids.__getitem__, row)) for row in candidates.tolist()]  # [B][N]
         row_of = self.index.row_of
-        candidates = np.fromiter(map(row_of.__getitem__, chain.from_iterable(ids)), np.int64, B * N).reshape(B, N)
         window_rows = left_pad(
-            [
-                np.fromiter(map(row_of.get, windows[b].item_ids[-len(vectors[b]) :], repeat(-1)), np.int64)
-                for b, _ in live
-            ],
+            [np.fromiter(map(row_of.get, windows[b].item_ids[-len(vectors[b]) :], repeat(-1)), np.int64) for b in live],
             T,
             -1,
         )  # [B, T], -1: padding or an item not in the index
         spec = self.runtime.feature_spec
-        mask = left_pad([known[b] for b, _ in live], T, False)  # [B, T]
+        mask = left_pad([known[b] for b in live], T, False)  # [B, T]
         types = left_pad(
-            [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b, _ in live], T
+            [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b in live], T
         )
-        times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b, _ in live], T, 0.0)
-        window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b, _ in live])
+        times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b in live], T, 0.0)
+        window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b in live])
         categories = self._category_matrix(np.concatenate([candidates.ravel(), window_rows.ravel()]))
         in_window = (candidates[:, :, None] == window_rows[:, None, :]).any(2)  # [B, N]
         counts, first_seen = self.activity.at(ids, times[:, -1])
@@ -286,8 +284,8 @@ class Recommender:
         order = np.where(np.arange(N) < sizes[:, None], blend(heads, *self.ranker_weights), -np.inf)  # [B, N]
         cap = rules.max_per_category
         best = np.argsort(-order, axis=1, kind="stable")[:, : N if cap else self.k]  # [B, N or k]
-        for r, (b, pool) in enumerate(live):
-            picked = best[r, : len(pool)]
+        for r, (b, size) in enumerate(zip(live, sizes.tolist())):
+            picked = best[r, :size]
             scored = zip(
                 (ids[r][n] for n in picked.tolist()),
                 order[r, picked].tolist(),

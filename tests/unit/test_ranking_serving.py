@@ -41,11 +41,11 @@ def registry(tmp_path_factory) -> Registry:
     return Registry(root)
 
 
-def recommender_of(registry: Registry, ranker: bool = True) -> Recommender:
-    """The version served as is, or as a version without a ranker would be."""
+def recommender_of(registry: Registry, ranker: bool = True, **settings) -> Recommender:
+    """The version served as is, or as a version without a ranker would be (`settings`: Recommender.create's)."""
     runtime = load_runtime(registry.load("ranked"))
     runtime = runtime if ranker else replace(runtime, ranker=None)
-    recommender = Recommender.create(runtime, {"view": 1.0, "click": 2.0, "purchase": 4.0}, 5, 3_600.0)
+    recommender = Recommender.create(runtime, {"view": 1.0, "click": 2.0, "purchase": 4.0}, 5, 3_600.0, **settings)
     items = [Item(item_id=i, title=i, categories=["A" if n % 2 else "B"]) for n, i in enumerate(runtime.catalog_ids)]
     recommender.add_items(items, recommender.embed_items(items))
     for n, item in enumerate(runtime.catalog_ids[:20]):
@@ -82,6 +82,15 @@ def test_a_ranked_version_orders_by_the_blend_and_carries_the_heads(registry: Re
     plain = recommender_of(registry, ranker=False).recommend(windows)
     assert [[i.item_id for i in items] for items in plain] == [[i.item_id for i in items] for items in retrieval]
     assert [i.item_id for i in full[0]] != [i.item_id for i in retrieval[0]]  # the ranker changed the order
+
+
+def test_no_ranker_candidates_turn_the_ranking_stage_off(registry: Registry):
+    ids = recommender_of(registry).runtime.catalog_ids
+    windows = [window(ids[:6]), window(ids[10:13])]
+    off = recommender_of(registry, ranker_candidates=0).recommend(windows)
+    retrieval = recommender_of(registry).recommend(windows, stage="retrieval")
+    assert [[i.item_id for i in items] for items in off] == [[i.item_id for i in items] for items in retrieval]
+    assert all(i.p_click is None for items in off for i in items)
 
 
 def test_the_ranker_sees_the_streams_popularity(registry: Registry, monkeypatch: pytest.MonkeyPatch):
