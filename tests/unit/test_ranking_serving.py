@@ -155,16 +155,16 @@ def rank_one_id_at_a_time(self: Recommender, rows, windows, users, vectors, know
     return out
 
 
-@pytest.mark.parametrize("cap", [0, 3])  # 3: two categories, k = 5, so the cap bites and lists stay full
+# A cap of 3 (two categories, k = 5) bites and leaves the lists full; "allow" lets window items be candidates.
+@pytest.mark.parametrize("rules", [Rules(), Rules(max_per_category=3), Rules(repeat_policy="allow")])
 def test_the_vectorised_ranking_stage_matches_the_one_id_at_a_time_reference(
-    registry: Registry, monkeypatch: pytest.MonkeyPatch, cap: int
+    registry: Registry, monkeypatch: pytest.MonkeyPatch, rules: Rules
 ):
     recommender = recommender_of(registry)
     ids = recommender.runtime.catalog_ids
     rng = np.random.default_rng(0)
     # Windows of 1..50 events (some of items outside the index), so pools and windows differ in length.
     windows = [window([*rng.choice(ids, size=n).tolist(), "not-in-the-catalog"]) for n in rng.integers(1, 50, 12)]
-    rules = Rules(max_per_category=cap)
     fast = recommender.recommend(windows, rules=rules)
     monkeypatch.setattr(Recommender, "_rank", rank_one_id_at_a_time)
     reference = recommender.recommend(windows, rules=rules)
