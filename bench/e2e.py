@@ -684,6 +684,11 @@ def header(runs, args, command: str, load: tuple[float, float], settings: Settin
         {"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)", "tansu": "the embedded Tansu"}[engine]
         for engine, *_ in runs
     )
+    plain = any(s.ranker_candidates == 0 for _, results, *_ in runs for s in results)
+    plain_text = (
+        "\n- **streamrec, retrieval only** (`--retrieval-only`): the same worker and version with"
+        " `worker.ranker_candidates` 0, the ranking stage off: the ranker's cost end to end."
+    )
     return f"""## End to end
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
@@ -697,7 +702,7 @@ brackets; unanswered and duplicates: the worst round). Events: {stream_text(args
 
 - **streamrec**: `streamrec worker`, micro-batches of up to {settings.worker.batch_size} events or
   {settings.worker.batch_window_s * 1000:g} ms, one record per user touched by a batch, sent and acknowledged before
-  the user's window is written; on Apache Kafka its producer is idempotent with acks=all.
+  the user's window is written; on Apache Kafka its producer is idempotent with acks=all.{plain_text if plain else ""}
 - **bare agent per event** (`bench/bare_agent.py`): the ceiling of the bare Faust idiom: the same Faust app
   settings (RocksDB store, fetch wait {settings.kafka.fetch_max_wait_ms} ms, linger {settings.kafka.producer_linger_ms} ms), the same
   `windows` table updated with `UserWindow.with_events` per event, one output record per event; no validation, no model.
