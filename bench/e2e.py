@@ -20,7 +20,9 @@ uniformly, items from the ml-100k catalog (so the worker knows them) with Zipf p
 in per-user bursts (`--sessions` users active at once, bursts of geometric length with mean
 `--burst`; `--burst 1`: no user repeats within a batch, the stream without bursts). `--workers 1 2 4`
 adds streamrec with that many workers in one consumer group on a `--scale-partitions`-partition
-events topic. `--profile` runs each system once more under py-spy (flame graphs in docs/img/).
+events topic. `--retrieval-only` adds streamrec on the same version with its ranking stage off
+(`worker.ranker_candidates=0`): the ranker's cost end to end. `--profile` runs each system once more under
+py-spy (flame graphs in docs/img/).
 `--write-docs` rewrites "## End to end" in docs/benchmarks.md and the plots docs/img/e2e_*.png.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py [--engine kafka tansu] [--stream ml100k|synthetic] \\
@@ -56,7 +58,7 @@ from core.brokers import KafkaCluster, TansuBroker, stop_process  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from export.registry import Registry  # noqa: E402
 from stream_app.app import freeze_heap  # noqa: E402
-from stream_app.demo import free_port, publish_catalog, start_worker  # noqa: E402
+from stream_app.demo import WORKER_COMMAND, free_port, publish_catalog, start_child  # noqa: E402
 from stream_app.replay import dataset_records, event_record, producer  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -77,6 +79,7 @@ class System:
     per_batch: bool = False  # the bare agent's micro-batch idiom (`bare_agent.py --per-batch`)
     workers: int = 1
     partitions: int = 1
+    ranker_candidates: int | None = None  # streamrec: `worker.ranker_candidates` (0: no ranking stage); None: as set
 
     def output_topic(self, settings: Settings) -> str:
         return BARE_OUTPUT_TOPIC if self.bare else settings.topics.recommendations
@@ -218,9 +221,9 @@ def fresh_broker(engine: str, work: Path):
 
 def start_system(system: System, settings: Settings, log_path: Path) -> subprocess.Popen:
     if not system.bare:
-        return start_worker(settings, log_path)
+        return start_child(settings, log_path, WORKER_COMMAND)
     agent = (str(ROOT / "bench" / "bare_agent.py"),) + (("--per-batch",) if system.per_batch else ())
-    return start_worker(settings, log_path, command=agent)
+    return start_child(settings, log_path, agent)
 
 
 def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -258,6 +261,8 @@ def run_system(
     rows: list[dict] = []
     with fresh_broker(system.engine, work) as broker:
         settings = settings.replace(kafka={"broker": broker.url, "partitions": system.partitions})
+        if system.ranker_candidates is not None:
+            settings = settings.replace(worker={"ranker_candidates": system.ranker_candidates})
         asyncio.run(publish_catalog(settings, items))
         each = [
             settings.replace(worker={"data_dir": work / f"state-{n}", "web_port": free_port()})
@@ -329,7 +334,9 @@ def run_rounds(
 
 
 def slug(system: System) -> str:
-    return "streamrec" if not system.bare else ("bare-batch" if system.per_batch else "bare-event")
+    if not system.bare:
+        return "streamrec-retrieval" if system.ranker_candidates == 0 else "streamrec"
+    return "bare-batch" if system.per_batch else "bare-event"
 
 
 MEDIAN_KEYS = ("events_per_s", "sent_per_s", "p50", "p95", "p99", "records", "worker_cpu_ms", "broker_cpu_ms")
@@ -456,6 +463,12 @@ def verdicts(results: dict[System, list[dict]], real: System) -> list[str]:
             f"(target ≤ 1.25: {ok(worst <= 1.25)}); worker CPU per event streamrec / ceiling "
             f"{', '.join(f'{x:.2f}' for x in cpu_ratio) or '—'}",
         ]
+    for other in (s for s in results if not s.bare and s != real):  # --retrieval-only: the ranker's cost
+        ratio = best(results[real]) / best(results[other])
+        lines.append(
+            f"- against {other.label}: max sustained {best(results[real]):.0f}/s vs {best(results[other]):.0f}/s "
+            f"= {ratio:.2f} (target ≥ 0.7: {ok(ratio >= 0.7)})"
+        )
     quarter = results[real][-1]  # the last slice is offered at a quarter of streamrec's best
     lines.append(
         f"- streamrec p99 at a quarter of its best ({quarter['rate']:.0f}/s): {quarter['p99']:.1f} ms "
@@ -544,6 +557,12 @@ def main() -> None:
         action="store_true",
         help="then each system once more at the quarter point under py-spy: docs/img/flame_<engine>_<system>_<stream>.svg",
     )
+    parser.add_argument(
+        "--retrieval-only",
+        action="store_true",
+        help="also streamrec with the ranking stage off (worker.ranker_candidates=0) on the same version: "
+        "the ranker's cost end to end",
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
 
@@ -572,7 +591,9 @@ def main() -> None:
             System(f"bare agent per {mode}", bare=True, engine=engine, per_batch=mode == "batch")
             for mode in args.ceilings
         ]
-        results = run_rounds([real, *ceilings], settings, items, stream, args.rates, args.seconds, work, args.repeats)
+        plain = System("streamrec, retrieval only", bare=False, engine=engine, ranker_candidates=0)
+        systems = [real, *([plain] if args.retrieval_only else []), *ceilings]
+        results = run_rounds(systems, settings, items, stream, args.rates, args.seconds, work, args.repeats)
         scale: dict[System, list[dict]] = {}
         for n in args.workers:
             system = System(
@@ -663,6 +684,11 @@ def header(runs, args, command: str, load: tuple[float, float], settings: Settin
         {"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)", "tansu": "the embedded Tansu"}[engine]
         for engine, *_ in runs
     )
+    plain = any(s.ranker_candidates == 0 for _, results, *_ in runs for s in results)
+    plain_text = (
+        "\n- **streamrec, retrieval only** (`--retrieval-only`): the same worker and version with"
+        " `worker.ranker_candidates` 0, the ranking stage off: the ranker's cost end to end."
+    )
     return f"""## End to end
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
@@ -676,7 +702,7 @@ brackets; unanswered and duplicates: the worst round). Events: {stream_text(args
 
 - **streamrec**: `streamrec worker`, micro-batches of up to {settings.worker.batch_size} events or
   {settings.worker.batch_window_s * 1000:g} ms, one record per user touched by a batch, sent and acknowledged before
-  the user's window is written; on Apache Kafka its producer is idempotent with acks=all.
+  the user's window is written; on Apache Kafka its producer is idempotent with acks=all.{plain_text if plain else ""}
 - **bare agent per event** (`bench/bare_agent.py`): the ceiling of the bare Faust idiom: the same Faust app
   settings (RocksDB store, fetch wait {settings.kafka.fetch_max_wait_ms} ms, linger {settings.kafka.producer_linger_ms} ms), the same
   `windows` table updated with `UserWindow.with_events` per event, one output record per event; no validation, no model.

@@ -140,14 +140,15 @@ def ranking_features(
     recent = mask.copy()
     recent[:, : -spec.recent] = False
     recent_mean = _unit((win * recent[..., None]).sum(1))  # [B, D]
-    sim = np.einsum("bnd,btd->bnt", cand, win)  # [B, N, T]
+    sim = cand @ np.ascontiguousarray(win.transpose(0, 2, 1))  # [B, N, T] (batched BLAS, unlike einsum)
     sim_of = [_best_over(sim, mask & (window_types == t)) for t in range(1, spec.n_event_types + 1)]
 
     log_counts = np.log1p(counts)  # [B, N, 2]
     age_days = (now[:, None] - first_seen) / 86_400.0  # [B, N], NaN: never seen
     never = np.isnan(first_seen)
 
-    shares_category = np.einsum("bnc,btc->bnt", candidate_categories.astype(np.float32), window_categories) > 0
+    categories = candidate_categories.astype(np.float32), window_categories.astype(np.float32)
+    shares_category = categories[0] @ categories[1].transpose(0, 2, 1) > 0  # [B, N, T]
     overlap = (shares_category & mask[:, None, :]).sum(2) / n_events[:, None]  # [B, N]
 
     previous = np.where(mask[:, -2], window_times[:, -2], now) if mask.shape[1] > 1 else now  # [B]

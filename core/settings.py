@@ -158,8 +158,9 @@ class WorkerSettings(_Section):
     exclude_categories: list[str] = []  # never items in one of these
     max_per_category: int = Field(0, ge=0)  # at most this many items of one category in a list; 0: no cap
     # The ranking stage, when the model version has one: it re-scores the retrieval's best this many
-    # candidates and orders them by click_weight x P(click) + purchase_weight x P(purchase).
-    ranker_candidates: int = Field(DEFAULT_RANKER_CANDIDATES, ge=1)
+    # candidates and orders them by click_weight x P(click) + purchase_weight x P(purchase). 0: the stage is
+    # off, every list is in the retrieval order (a version with a ranker served as one without).
+    ranker_candidates: int = Field(DEFAULT_RANKER_CANDIDATES, ge=0)
     ranker_click_weight: float = Field(DEFAULT_RANKER_CLICK_WEIGHT, ge=0)
     ranker_purchase_weight: float = Field(DEFAULT_RANKER_PURCHASE_WEIGHT, ge=0)
 

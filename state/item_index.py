@@ -116,9 +116,20 @@ class ItemIndex:
         given a row mask `allowed` (`category_mask`), the rows outside it. Approximate once the catalog has
         `ann_min_items` items and the IVF is built, else exact; always exact with a mask (a filter
         masks the scores, it does not over-fetch from the IVF and hope enough pass)."""
+        rows, scores = self.top_k_rows(queries, k, exclude, allowed)
+        return [
+            [(self.ids[r], s) for r, s in zip(row, row_scores) if r >= 0]
+            for row, row_scores in zip(rows.tolist(), scores.tolist())
+        ]
+
+    def top_k_rows(
+        self, queries: np.ndarray, k: int, exclude: list[set[str]], allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`top_k` as arrays, for callers that go on in NumPy: rows [B, k'] of the index (k' <= k) and their
+        scores [B, k'] float32, best first; where a query has fewer than k' items, row -1 and score -inf."""
         self._last_search_ann = False
         if not len(self) or not len(queries):
-            return [[] for _ in range(len(queries))]
+            return np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), dtype=np.float32)
         excluded = [[row for row in map(self.row_of.get, ids) if row is not None] for ids in exclude]
         ann = self._ann.ready(self.vectors, self.live, len(self)) if self._ann is not None else None
         if ann is None or allowed is not None:
@@ -130,17 +141,19 @@ class ItemIndex:
         # Over-fetch by the longest exclusion list in the batch so that k survive the filter
         # unless the probed lists hold too few items; such queries are answered exactly.
         scores, rows = ann.search(queries, k + max(map(len, excluded)))  # [B, k'] each
-        results, short = [], []
+        top, best = np.full((len(queries), k), -1, dtype=np.int64), np.full((len(queries), k), -np.inf, np.float32)
+        short = []
         for b, skip in enumerate(map(set, excluded)):
             kept = [(r, s) for r, s in zip(rows[b].tolist(), scores[b].tolist()) if r >= 0 and r not in skip][:k]
-            results.append([(self.ids[r], s) for r, s in kept])
+            if kept:
+                top[b, : len(kept)], best[b, : len(kept)] = zip(*kept)
             if len(kept) < min(k, len(self) - len(skip)):
                 short.append(b)
         if short:
-            exact = self._exact_top_k(queries[short], k, [excluded[b] for b in short])
-            for b, ranked in zip(short, exact):
-                results[b] = ranked
-        return results
+            exact_top, exact_best = self._exact_top_k(queries[short], k, [excluded[b] for b in short])
+            top[short], best[short] = -1, -np.inf
+            top[short, : exact_top.shape[1]], best[short, : exact_top.shape[1]] = exact_top, exact_best
+        return top, best
 
     def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list[list[int]], allowed=None):
         scores = queries.astype(np.float32) @ self.vectors.T  # [B, capacity]
@@ -152,11 +165,7 @@ class ItemIndex:
         best = np.take_along_axis(scores, top, axis=1)  # [B, k]
         order = np.argsort(-best, axis=1)
         top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
-        finite = np.isfinite(best)  # fewer than k live, non-excluded items: the rest are -inf
-        return [
-            [(self.ids[r], s) for r, s, f in zip(rows.tolist(), row_scores.tolist(), ok.tolist()) if f]
-            for rows, row_scores, ok in zip(top, best, finite)
-        ]
+        return np.where(np.isfinite(best), top, -1), best  # fewer than k live, non-excluded items: -1, -inf
 
     def _grow(self) -> None:
         old = len(self.live)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Collection, Sequence
 
 import numpy as np
@@ -57,7 +57,7 @@ class Recommender:
     rules: Rules = Rules()  # the configured rules; a request may bring its own
     ranker_candidates: int = DEFAULT_RANKER_CANDIDATES  # the retrieval's best N the ranker re-scores
     ranker_weights: tuple[float, float] = (DEFAULT_RANKER_CLICK_WEIGHT, DEFAULT_RANKER_PURCHASE_WEIGHT)
-    activity: StreamActivity | None = None  # the ranker's popularity, trend and age; None without a ranker
+    activity: StreamActivity | None = None  # the ranker's popularity, trend and age; None: no ranking stage
 
     def __post_init__(self) -> None:
         self.interest_vector = functools.lru_cache(INTEREST_CACHE_SIZE)(self._embed_interest)
@@ -79,7 +79,8 @@ class Recommender:
         index = ItemIndex(int(runtime.version.config["dim"]), ann_min_items=ann_min_items)
         catalog_row = {item_id: row for row, item_id in enumerate(runtime.catalog_ids)}
         trending = TrendingCounter(trending_half_life_s, max_trending_items)
-        activity = StreamActivity(runtime.ranker.spec) if runtime.ranker is not None else None
+        ranked = runtime.ranker is not None and ranker_candidates > 0  # 0 candidates: the stage is off
+        activity = StreamActivity(runtime.ranker.spec) if ranked else None
         return cls(
             runtime, event_weights, k, index, trending, catalog_row, interest_handover_events, rules,
             ranker_candidates, ranker_weights, activity,
@@ -143,7 +144,7 @@ class Recommender:
         allowed = self.index.category_mask(rules.categories, rules.exclude_categories)  # None: any category
         scanned = np.flatnonzero(has_history | has_interest).tolist()  # the others get trending
         reranked = [b for b in scanned if has_history[b]] if self.activity is not None and stage == "full" else []
-        retrieved = [b for b in scanned if b not in set(reranked)]
+        retrieved = sorted(set(scanned) - set(reranked))
         ranked = dict(zip(retrieved, self._top_k(users[retrieved], [exclude[b] for b in retrieved], allowed, rules)))
         ranked |= self._rank(reranked, windows, users, vectors, known, exclude, allowed, rules)
         cold_allowed = self.index.row_of.keys()  # the cold users' candidates: trending, then the catalog
@@ -245,55 +246,70 @@ class Recommender:
     def _rank(self, rows, windows, users, vectors, known, exclude, allowed, rules: Rules) -> dict[int, list[tuple]]:
         """The ranking stage for the windows `rows`: the best `ranker_candidates` under the rules, re-scored,
         ordered by the blend of the heads, cut to k (the cap per category on that order) -> {row: [(item id,
-        blend, P(click), P(purchase)), ...]}."""
-        pools = self.index.top_k(users[rows], self.ranker_candidates, [exclude[b] for b in rows], allowed)
+        blend, P(click), P(purchase)), ...]}. NumPy over [B, N] arrays of index rows: the per-id Python work
+        left is one list and one dict lookup per candidate (its id, its activity row) and one per window event."""
+        top, scores = self.index.top_k_rows(users[rows], self.ranker_candidates, [exclude[b] for b in rows], allowed)
         out: dict[int, list[tuple]] = {b: [] for b in rows}
-        live = [(b, pool) for b, pool in zip(rows, pools) if pool]
+        sizes = (top >= 0).sum(1)  # [B] candidates per window: fewer where the rules leave fewer
+        live = [b for b, size in zip(rows, sizes.tolist()) if size]
         if not live:
             return out
-        N, T = max(len(p) for _, p in live), max(len(vectors[b]) for b, _ in live)
-        ids = [[i for i, _ in p] + [p[-1][0]] * (N - len(p)) for _, p in live]  # short pools: the last repeated
-        retrieval = np.array([[s for _, s in p] + [p[-1][1]] * (N - len(p)) for _, p in live], dtype=np.float32)
-        window_ids = [windows[b].item_ids[-len(vectors[b]) :] for b, _ in live]
-        names = sorted(
-            {c for row in ids + window_ids for i in row if i in self.index for c in self.index.categories_of(i)}
-        )
-        column = {c: j for j, c in enumerate(names)}
-
-        def categories(rows_of_ids: list[list[str]], width: int) -> np.ndarray:
-            out = np.zeros((len(rows_of_ids), width, max(len(names), 1)), dtype=bool)  # left-aligned to the end
-            for r, row in enumerate(rows_of_ids):
-                for t, i in enumerate(row, width - len(row)):
-                    out[r, t, [column[c] for c in self.index.categories_of(i)] if i in self.index else []] = True
-            return out
-
+        top, scores, sizes = top[sizes > 0], scores[sizes > 0], sizes[sizes > 0]
+        B, N, T = len(live), int(sizes.max()), max(len(vectors[b]) for b in live)
+        # Short pools: the last candidate repeated (its features are computed, its position never picked).
+        last = np.minimum(np.arange(N), sizes[:, None] - 1)  # [B, N]
+        candidates, retrieval = np.take_along_axis(top, last, 1), np.take_along_axis(scores, last, 1)  # [B, N]
+        ids = [list(map(self.index.ids.__getitem__, row)) for row in candidates.tolist()]  # [B][N]
+        row_of = self.index.row_of
+        window_rows = left_pad(
+            [np.fromiter(map(row_of.get, windows[b].item_ids[-len(vectors[b]) :], repeat(-1)), np.int64) for b in live],
+            T,
+            -1,
+        )  # [B, T], -1: padding or an item not in the index
         spec = self.runtime.feature_spec
-        mask = left_pad([known[b] for b, _ in live], T, False)  # [B, T]
+        mask = left_pad([known[b] for b in live], T, False)  # [B, T]
         types = left_pad(
-            [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b, _ in live], T
+            [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b in live], T
         )
-        times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b, _ in live], T, 0.0)
-        window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b, _ in live])
-        candidate_vectors = np.stack([self.index.vectors_of(row)[0] for row in ids])  # [B, N, D]
-        in_window = np.array([[i in set(w) for i in row] for row, w in zip(ids, window_ids)])
+        times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b in live], T, 0.0)
+        window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b in live])
+        categories = self._category_matrix(np.concatenate([candidates.ravel(), window_rows.ravel()]))
+        in_window = (candidates[:, :, None] == window_rows[:, None, :]).any(2)  # [B, N]
         counts, first_seen = self.activity.at(ids, times[:, -1])
         features = ranking_features(
-            self.runtime.ranker.spec, retrieval, candidate_vectors, categories(ids, N), counts, first_seen, in_window,
-            window_vectors, categories(window_ids, T), types, times, mask,
+            self.runtime.ranker.spec, retrieval, self.index.vectors[candidates], categories[: B * N].reshape(B, N, -1),
+            counts, first_seen, in_window, window_vectors, categories[B * N :].reshape(B, T, -1), types, times, mask,
         )  # fmt: skip
         heads = self.runtime.ranker.heads(features)  # [B, N, 2]
-        order = blend(heads, *self.ranker_weights)  # [B, N]
-        for r, (b, pool) in enumerate(live):
-            best = np.argsort(-order[r, : len(pool)], kind="stable")
-            of = {ids[r][n]: (float(heads[r, n, 0]), float(heads[r, n, 1])) for n in best}
-            picks = at_most_per_category(
-                ((ids[r][n], float(order[r, n])) for n in best),
-                self.k,
-                rules.max_per_category,
-                self.index.categories_of,
+        order = np.where(np.arange(N) < sizes[:, None], blend(heads, *self.ranker_weights), -np.inf)  # [B, N]
+        cap = rules.max_per_category
+        best = np.argsort(-order, axis=1, kind="stable")[:, : N if cap else self.k]  # [B, N or k]
+        for r, (b, size) in enumerate(zip(live, sizes.tolist())):
+            picked = best[r, :size]
+            scored = zip(
+                (ids[r][n] for n in picked.tolist()),
+                order[r, picked].tolist(),
+                heads[r, picked, 0].tolist(),
+                heads[r, picked, 1].tolist(),
             )
-            out[b] = [(i, s, *of[i]) for i, s in picks]
+            if not cap:
+                out[b] = list(scored)
+                continue
+            of = {i: rest for i, *rest in scored}  # id -> (blend, P(click), P(purchase))
+            picks = at_most_per_category(((i, s) for i, (s, *_) in of.items()), self.k, cap, self.index.categories_of)
+            out[b] = [(i, *of[i]) for i, _ in picks]
         return out
+
+    def _category_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """Index rows [M] (-1: none) -> [M, C] bool, whether each row's item is in each category (C: the
+        categories of the distinct rows, in any order; at least one column)."""
+        distinct, where = np.unique(rows, return_inverse=True)
+        of_row = [self.index.categories[r] if r >= 0 else () for r in distinct.tolist()]
+        column = {c: j for j, c in enumerate(dict.fromkeys(chain.from_iterable(of_row)))}
+        matrix = np.zeros((len(distinct), max(len(column), 1)), dtype=bool)
+        for j, names in enumerate(of_row):
+            matrix[j, [column[c] for c in names]] = True
+        return matrix[where.ravel()]
 
 
 @dataclass
@@ -313,7 +329,8 @@ class StreamActivity:
     def at(self, ids: list[list[str]], now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ids [B][N], now [B] -> (counts [B, N, 2], first seen [B, N]) (`ItemActivity.at`)."""
         never = np.iinfo(np.int64).max  # beyond every row: not counted yet
-        return self.activity.at(np.array([[self.rows.get(i, never) for i in row] for row in ids]), now)
+        rows = np.fromiter(map(self.rows.get, chain.from_iterable(ids), repeat(never)), np.int64)
+        return self.activity.at(rows.reshape(len(ids), -1), now)
 
 
 def blend_interest(
