@@ -229,6 +229,7 @@ def ranked(broker, tmp_path_factory):
     return SimpleNamespace(root=root, production=production, result=result, report=report)
 
 
+@pytest.mark.slow  # a second export and retrain run (about 45 s): `make test-slow`
 def test_a_production_ranker_is_retrained_exported_with_parity_and_gated_as_served(ranked):
     from export.runtime import load_runtime
 
