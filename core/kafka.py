@@ -249,7 +249,8 @@ async def ensure_topics(settings: Settings) -> int:
             NewTopic(t.recommendations, settings.kafka.partitions, replicas, topic_configs=compacted),
             NewTopic(t.dlq, 1, replicas, topic_configs=plain),
             NewTopic(t.model_updates, 1, replicas, topic_configs=plain),
-            NewTopic(t.experiments, 1, replicas, topic_configs=plain),
+            # compacted: each experiment's newest record outlives retention (a restart still finds it)
+            NewTopic(t.experiments, 1, replicas, topic_configs=compacted),
         ]
         existing = set(await admin.list_topics())
         for topic in wanted:
