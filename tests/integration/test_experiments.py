@@ -92,13 +92,19 @@ def expected_interleaving(settings, versions: dict[str, str], record: dict, firs
     return team_draft(lists[CONTROL], lists[TREATMENT], settings.worker.top_k, seed)
 
 
-def test_ab_interleave_report_and_refusals(settings, start_worker, baseline_registry, two_tower_registry, tmp_path):
+def two_version_registry(tmp_path, baseline_registry, two_tower_registry) -> tuple:
+    """A registry of the baseline `a` (latest, production) and the two-tower `b`: -> (root, registry, a, b)."""
     root = tmp_path / "registry"
     root.mkdir()
     registry = Registry(root)
     a = copy_version(baseline_registry, root)
     b = register_as_newest(two_tower_registry, registry)
     registry.set_latest(a)
+    return root, registry, a, b
+
+
+def test_ab_interleave_report_and_refusals(settings, start_worker, baseline_registry, two_tower_registry, tmp_path):
+    root, registry, a, b = two_version_registry(tmp_path, baseline_registry, two_tower_registry)
     corrupt = copy_version(root, root, name=b, as_name="corrupt-copy")
     with open(root / corrupt / "user.onnx", "r+b") as f:
         f.write(b"garbage")
@@ -206,12 +212,7 @@ def test_ab_interleave_report_and_refusals(settings, start_worker, baseline_regi
 def test_a_restart_keeps_every_user_in_their_variant_and_a_swap_changes_production_only(
     settings, start_worker, baseline_registry, two_tower_registry, tmp_path
 ):
-    root = tmp_path / "registry"
-    root.mkdir()
-    registry = Registry(root)
-    a = copy_version(baseline_registry, root)
-    b = register_as_newest(two_tower_registry, registry)
-    registry.set_latest(a)
+    root, registry, a, b = two_version_registry(tmp_path, baseline_registry, two_tower_registry)
     settings = settings.replace(registry={"path": root})
     run(publish_catalog(settings, CATALOG))
     worker = start_worker(settings)
