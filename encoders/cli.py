@@ -65,6 +65,10 @@ def train(
         M.align_weight,
         help="Training: weight of the loss pulling warm items' text vectors onto their trained vectors (0 = off).",
     ),
+    align_loss: str = typer.Option(
+        M.align_loss, help="That loss: 'mse' (squared distance) or 'infonce' (contrastive over the warm items)."
+    ),
+    align_temperature: float = typer.Option(M.align_temperature, help="With --align-loss infonce: its temperature."),
     text_mlp: int = typer.Option(
         I.text_mlp, help="Hidden width of a residual MLP beside the item tower's linear projection (0 = linear only)."
     ),
@@ -98,6 +102,8 @@ def train(
     """Train on --data, keep the best validation checkpoint, then export and register it."""
     if loss not in ("full", "sampled"):
         raise typer.BadParameter(f"--loss must be 'full' or 'sampled', got {loss!r}")
+    if align_loss not in ("mse", "infonce"):
+        raise typer.BadParameter(f"--align-loss must be 'mse' or 'infonce', got {align_loss!r}")
     settings = command_settings({"registry.path": registry})
     model_config = RecommenderConfig(
         item_tower=ItemTowerConfig(
@@ -112,6 +118,8 @@ def train(
         id_residual=id_residual,
         residual_dropout=residual_dropout,
         align_weight=align_weight,
+        align_loss=align_loss,
+        align_temperature=align_temperature,
         repeat_bias=repeat,
     )
     config = TrainConfig(
@@ -280,7 +288,7 @@ def _variant_name(model) -> str:
     dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.id_residual else ""
     mlp = f", text MLP {c.item_tower.text_mlp}" if c.use_text and c.item_tower.text_mlp else ""
     mlp += f", cold scale {c.item_tower.cold_scale:g}" if c.use_text and c.item_tower.cold_scale != 1 else ""
-    aligned = f", align {c.align_weight:g}" if c.use_text and c.align_weight else ""
+    aligned = f", align {c.align_loss} {c.align_weight:g}" if c.use_text and c.align_weight else ""
     encoder = f", {text_model_name(c.item_tower.text_model_dir)}" if c.use_text and c.item_tower.text_model_dir else ""
     return (
         f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}"

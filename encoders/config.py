@@ -45,6 +45,8 @@ class RecommenderConfig:
     id_residual: bool = True  # learned per-item residual for warm items (text mode)
     residual_dropout: float = 0.2  # training: share of warm items scored text-only in a step (cold-item recall)
     align_weight: float = 0.0  # training: weight of the loss pulling warm items' text vectors onto their full vectors
+    align_loss: str = "mse"  # that loss: "mse" (squared distance) or "infonce" (contrastive, cosine / temperature)
+    align_temperature: float = 0.1  # "infonce": softmax temperature of the cosine similarities
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 
