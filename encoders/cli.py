@@ -61,6 +61,9 @@ def train(
     residual_dropout: float = typer.Option(
         M.residual_dropout, help="Training: share of warm items scored text-only per step (cold-item recall; 0 = off)."
     ),
+    residual_dropout_warmup: int = typer.Option(
+        T.residual_dropout_warmup, help="Epochs over which residual dropout rises linearly to its rate (0 = constant)."
+    ),
     align_weight: float = typer.Option(
         M.align_weight,
         help="Training: weight of the loss pulling warm items' text vectors onto their trained vectors (0 = off).",
@@ -131,6 +134,7 @@ def train(
         batch_size=batch_size,
         threads=threads,
         device=device,
+        residual_dropout_warmup=residual_dropout_warmup,
         loss=loss,
         cold_items=cold_items,
         cold_seed=cold_seed,

@@ -84,6 +84,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 20  # epochs without a better validation NDCG@10 before stopping
     max_minutes: float = 10.0  # wall-clock budget for the training loop
+    residual_dropout_warmup: int = 0  # epochs over which residual dropout rises linearly to its rate (0 = constant)
     loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
     n_negatives: int = 256  # shared negatives per step for the sampled softmax
     cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)

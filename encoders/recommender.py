@@ -72,11 +72,13 @@ class Recommender(nn.Module):
         text, residual = self.item_parts(sentence)
         return text if residual is None else text + residual
 
-    def item_parts(self, sentence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def item_parts(
+        self, sentence: torch.Tensor | None = None, residual_dropout: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(text vectors [N, D], ID residuals [N, D] or None): the item vector is their sum. An item never
         trained on has no residual and its text vector is `ItemTower.new_item_vectors`, what item.onnx serves
-        for a new item; in training, a random `residual_dropout` share of the warm items also goes without
-        its residual. ID-only: the ID embedding is the "text" part."""
+        for a new item; in training, a random `residual_dropout` share (default: the config's) of the warm
+        items also goes without its residual. ID-only: the ID embedding is the "text" part."""
         if self.item_tower is None:
             return self.id_emb.weight * self.warm.unsqueeze(-1), None
         sentence = self.text_emb if sentence is None else sentence
@@ -85,9 +87,10 @@ class Recommender(nn.Module):
             text = torch.where(self.warm.unsqueeze(-1), text, self.item_tower.new_item_vectors(sentence))
         if self.id_emb is None:
             return text, None
+        rate = self.config.residual_dropout if residual_dropout is None else residual_dropout
         residual = self.warm
-        if self.training and self.config.residual_dropout > 0:  # these items must score well by their text alone
-            residual = residual & (torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout)
+        if self.training and rate > 0:  # these items must score well by their text alone
+            residual = residual & (torch.rand(len(residual), device=residual.device) >= rate)
         return text, self.id_emb.weight * residual.unsqueeze(-1)
 
     def alignment_loss(self, text: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from core.features import FeatureSpec
 from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items
 from encoders.item_tower import ItemTowerConfig
 from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
-from encoders.train import TrainConfig, run, train
+from encoders.train import TrainConfig, residual_dropout_at, run, train
 from encoders.user_tower import UserTowerConfig
 from tests.support import ML100K
 
@@ -151,6 +151,13 @@ def test_residual_dropout_only_in_training(split):
         text_only = model.item_tower.project(model.text_emb)
         torch.testing.assert_close(model.train().item_vectors(), text_only)  # every residual dropped
         torch.testing.assert_close(model.eval().item_vectors(), text_only + model.id_emb.weight)
+
+
+def test_residual_dropout_warms_up_linearly_then_stays():
+    model_config = replace(MODEL, residual_dropout=0.5)
+    rates = [residual_dropout_at(e, model_config, replace(FAST, residual_dropout_warmup=4)) for e in range(6)]
+    assert rates == [0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+    assert residual_dropout_at(0, model_config, FAST) == 0.5  # no warm-up: the rate from the first epoch
 
 
 def test_infonce_alignment_asks_each_text_vector_for_its_own_item():
