@@ -257,14 +257,15 @@ def evaluate(
         want = {"cold_items": cold_items, "cold_seed": cold_seed if cold_items > 0 else 0}
         if got != want:
             raise typer.BadParameter(f"{ckpt} was trained with {got}, not {want}: evaluate with the same options")
-        models.setdefault(_variant_name(model), []).append(evaluate_model(model, split_of(data_set), "test"))
+        variant = _variant_name(model, trained)
+        models.setdefault(variant, []).append(evaluate_model(model, split_of(data_set), "test"))
         if ranker:
             from encoders.ranker_train import fit_and_evaluate, item_categories
 
             config = RankerConfig(seed=trained.get("seed", 0), max_minutes=ranker_minutes)
             run = fit_and_evaluate(config, model, data_set, split_of(data_set), item_categories(data, item_ids))
-            ranked.setdefault(_variant_name(model), []).append(run)
-            models.setdefault(f"{_variant_name(model)} + ranker", []).append(run.ranked["test"])
+            ranked.setdefault(variant, []).append(run)
+            models.setdefault(f"{variant} + ranker", []).append(run.ranked["test"])
         if cold_scale and cold_items > 0:
             sweeps += [
                 "",
@@ -282,7 +283,9 @@ def evaluate(
     typer.echo(write_report(results | models, title, out, notes).read_text())
 
 
-def _variant_name(model) -> str:
+def _variant_name(model, train_config: dict) -> str:
+    """A report row's name: the model's configuration, and what of the training run's (metrics.json
+    "train_config") changes the model."""
     from encoders.item_tower import text_model_name
 
     c = model.config
@@ -290,6 +293,8 @@ def _variant_name(model) -> str:
     tuned = f", LM top {c.item_tower.train_top_layers} tuned" if c.item_tower.train_top_layers else ""
     repeat = " + repeat" if c.repeat_bias else ""
     dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.id_residual else ""
+    warmup = train_config.get("residual_dropout_warmup", 0)
+    dropped += f" (warm-up {warmup} epochs)" if dropped and warmup else ""
     mlp = f", text MLP {c.item_tower.text_mlp}" if c.use_text and c.item_tower.text_mlp else ""
     mlp += f", cold scale {c.item_tower.cold_scale:g}" if c.use_text and c.item_tower.cold_scale != 1 else ""
     aligned = f", align {c.align_loss} {c.align_weight:g}" if c.use_text and c.align_weight else ""
