@@ -160,6 +160,15 @@ def test_residual_dropout_warms_up_linearly_then_stays():
     assert residual_dropout_at(0, model_config, FAST) == 0.5  # no warm-up: the rate from the first epoch
 
 
+def test_report_rows_name_the_residual_dropout_warm_up(split):
+    """A warm-up run trains another model from the same config: `evaluate` must not pool it with the others."""
+    from encoders.cli import _variant_name
+
+    model = Recommender(configured(split), SPEC)
+    constant, warmed = _variant_name(model, {}), _variant_name(model, {"residual_dropout_warmup": 10})
+    assert "warm-up" not in constant and "residual dropout 0.2 (warm-up 10 epochs)" in warmed
+
+
 def test_infonce_alignment_asks_each_text_vector_for_its_own_item():
     """The contrastive alignment is low when every warm item's text vector points at its own full vector
     and high when they point at other items'; it trains the text side only, and ignores cold items."""
