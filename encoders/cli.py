@@ -61,10 +61,17 @@ def train(
     residual_dropout: float = typer.Option(
         M.residual_dropout, help="Training: share of warm items scored text-only per step (cold-item recall; 0 = off)."
     ),
+    residual_dropout_warmup: int = typer.Option(
+        T.residual_dropout_warmup, help="Epochs over which residual dropout rises linearly to its rate (0 = constant)."
+    ),
     align_weight: float = typer.Option(
         M.align_weight,
         help="Training: weight of the loss pulling warm items' text vectors onto their trained vectors (0 = off).",
     ),
+    align_loss: str = typer.Option(
+        M.align_loss, help="That loss: 'mse' (squared distance) or 'infonce' (contrastive over the warm items)."
+    ),
+    align_temperature: float = typer.Option(M.align_temperature, help="With --align-loss infonce: its temperature."),
     text_mlp: int = typer.Option(
         I.text_mlp, help="Hidden width of a residual MLP beside the item tower's linear projection (0 = linear only)."
     ),
@@ -98,6 +105,8 @@ def train(
     """Train on --data, keep the best validation checkpoint, then export and register it."""
     if loss not in ("full", "sampled"):
         raise typer.BadParameter(f"--loss must be 'full' or 'sampled', got {loss!r}")
+    if align_loss not in ("mse", "infonce"):
+        raise typer.BadParameter(f"--align-loss must be 'mse' or 'infonce', got {align_loss!r}")
     settings = command_settings({"registry.path": registry})
     model_config = RecommenderConfig(
         item_tower=ItemTowerConfig(
@@ -112,6 +121,8 @@ def train(
         id_residual=id_residual,
         residual_dropout=residual_dropout,
         align_weight=align_weight,
+        align_loss=align_loss,
+        align_temperature=align_temperature,
         repeat_bias=repeat,
     )
     config = TrainConfig(
@@ -123,6 +134,7 @@ def train(
         batch_size=batch_size,
         threads=threads,
         device=device,
+        residual_dropout_warmup=residual_dropout_warmup,
         loss=loss,
         cold_items=cold_items,
         cold_seed=cold_seed,
@@ -245,14 +257,15 @@ def evaluate(
         want = {"cold_items": cold_items, "cold_seed": cold_seed if cold_items > 0 else 0}
         if got != want:
             raise typer.BadParameter(f"{ckpt} was trained with {got}, not {want}: evaluate with the same options")
-        models.setdefault(_variant_name(model), []).append(evaluate_model(model, split_of(data_set), "test"))
+        variant = _variant_name(model, trained)
+        models.setdefault(variant, []).append(evaluate_model(model, split_of(data_set), "test"))
         if ranker:
             from encoders.ranker_train import fit_and_evaluate, item_categories
 
             config = RankerConfig(seed=trained.get("seed", 0), max_minutes=ranker_minutes)
             run = fit_and_evaluate(config, model, data_set, split_of(data_set), item_categories(data, item_ids))
-            ranked.setdefault(_variant_name(model), []).append(run)
-            models.setdefault(f"{_variant_name(model)} + ranker", []).append(run.ranked["test"])
+            ranked.setdefault(variant, []).append(run)
+            models.setdefault(f"{variant} + ranker", []).append(run.ranked["test"])
         if cold_scale and cold_items > 0:
             sweeps += [
                 "",
@@ -270,7 +283,9 @@ def evaluate(
     typer.echo(write_report(results | models, title, out, notes).read_text())
 
 
-def _variant_name(model) -> str:
+def _variant_name(model, train_config: dict) -> str:
+    """A report row's name: the model's configuration, and what of the training run's (metrics.json
+    "train_config") changes the model."""
     from encoders.item_tower import text_model_name
 
     c = model.config
@@ -278,9 +293,11 @@ def _variant_name(model) -> str:
     tuned = f", LM top {c.item_tower.train_top_layers} tuned" if c.item_tower.train_top_layers else ""
     repeat = " + repeat" if c.repeat_bias else ""
     dropped = f", residual dropout {c.residual_dropout}" if c.use_text and c.id_residual else ""
+    warmup = train_config.get("residual_dropout_warmup", 0)
+    dropped += f" (warm-up {warmup} epochs)" if dropped and warmup else ""
     mlp = f", text MLP {c.item_tower.text_mlp}" if c.use_text and c.item_tower.text_mlp else ""
     mlp += f", cold scale {c.item_tower.cold_scale:g}" if c.use_text and c.item_tower.cold_scale != 1 else ""
-    aligned = f", align {c.align_weight:g}" if c.use_text and c.align_weight else ""
+    aligned = f", align {c.align_loss} {c.align_weight:g}" if c.use_text and c.align_weight else ""
     encoder = f", {text_model_name(c.item_tower.text_model_dir)}" if c.use_text and c.item_tower.text_model_dir else ""
     return (
         f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}"

@@ -45,6 +45,8 @@ class RecommenderConfig:
     id_residual: bool = True  # learned per-item residual for warm items (text mode)
     residual_dropout: float = 0.2  # training: share of warm items scored text-only in a step (cold-item recall)
     align_weight: float = 0.0  # training: weight of the loss pulling warm items' text vectors onto their full vectors
+    align_loss: str = "mse"  # that loss: "mse" (squared distance) or "infonce" (contrastive, cosine / temperature)
+    align_temperature: float = 0.1  # "infonce": softmax temperature of the cosine similarities
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 
@@ -82,6 +84,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     patience: int = 20  # epochs without a better validation NDCG@10 before stopping
     max_minutes: float = 10.0  # wall-clock budget for the training loop
+    residual_dropout_warmup: int = 0  # epochs over which residual dropout rises linearly to its rate (0 = constant)
     loss: str = "full"  # "full" softmax over the catalog, or "sampled" with logQ correction
     n_negatives: int = 256  # shared negatives per step for the sampled softmax
     cold_items: float = 0.0  # `run`: fraction of the catalog withheld from training (cold-item evaluation)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from core.errors import DataError
@@ -71,11 +72,13 @@ class Recommender(nn.Module):
         text, residual = self.item_parts(sentence)
         return text if residual is None else text + residual
 
-    def item_parts(self, sentence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def item_parts(
+        self, sentence: torch.Tensor | None = None, residual_dropout: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(text vectors [N, D], ID residuals [N, D] or None): the item vector is their sum. An item never
         trained on has no residual and its text vector is `ItemTower.new_item_vectors`, what item.onnx serves
-        for a new item; in training, a random `residual_dropout` share of the warm items also goes without
-        its residual. ID-only: the ID embedding is the "text" part."""
+        for a new item; in training, a random `residual_dropout` share (default: the config's) of the warm
+        items also goes without its residual. ID-only: the ID embedding is the "text" part."""
         if self.item_tower is None:
             return self.id_emb.weight * self.warm.unsqueeze(-1), None
         sentence = self.text_emb if sentence is None else sentence
@@ -84,19 +87,29 @@ class Recommender(nn.Module):
             text = torch.where(self.warm.unsqueeze(-1), text, self.item_tower.new_item_vectors(sentence))
         if self.id_emb is None:
             return text, None
+        rate = self.config.residual_dropout if residual_dropout is None else residual_dropout
         residual = self.warm
-        if self.training and self.config.residual_dropout > 0:  # these items must score well by their text alone
-            residual = residual & (torch.rand(len(residual), device=residual.device) >= self.config.residual_dropout)
+        if self.training and rate > 0:  # these items must score well by their text alone
+            residual = residual & (torch.rand(len(residual), device=residual.device) >= rate)
         return text, self.id_emb.weight * residual.unsqueeze(-1)
 
     def alignment_loss(self, text: torch.Tensor) -> torch.Tensor:
-        """Mean squared distance from warm items' text vectors [N, D] to their full vectors (text + ID
-        residual), the full vectors held fixed: the text projection learns to put an item where its trained
-        vector is, which is where an item without a trained vector should land. -> []."""
+        """Pulls warm items' text vectors [N, D] towards their full vectors (text + ID residual, held fixed):
+        the text projection learns to put an item where its trained vector is, which is where an item without
+        a trained vector should land. -> [].
+
+        "mse": mean squared distance to the item's own full vector. "infonce" (contrastive, as in CLIP:
+        Radford et al., 2021): each warm item's text vector must pick its own full vector out of all warm
+        items' by cosine / temperature, so only directions are aligned and the norms stay the ranking
+        loss's to set."""
         if self.id_emb is None or not self.warm.any():
             return text.new_zeros(())
-        warm_text = text[self.warm]
-        return ((warm_text - (warm_text + self.id_emb.weight[self.warm]).detach()) ** 2).sum(-1).mean()
+        warm_text = text[self.warm]  # [W, D]
+        full = (warm_text + self.id_emb.weight[self.warm]).detach()  # [W, D]
+        if self.config.align_loss == "mse":
+            return ((warm_text - full) ** 2).sum(-1).mean()
+        logits = F.normalize(warm_text, dim=-1) @ F.normalize(full, dim=-1).T / self.config.align_temperature
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))  # [W, W], own item
 
     def catalog_vectors(self) -> torch.Tensor:
         """What the worker scores against: [N, D] in the checkpoint's item order."""
@@ -216,6 +229,8 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
         repeat_bias=rc.get("repeat_bias", False),  # checkpoints from before the repeat term have none
         residual_dropout=rc.get("residual_dropout", 0.0),
         align_weight=rc.get("align_weight", 0.0),
+        align_loss=rc.get("align_loss", "mse"),
+        align_temperature=rc.get("align_temperature", 0.1),
     )
     spec = FeatureSpec.from_dict(raw["features"])
     model = Recommender(config, spec)

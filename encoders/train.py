@@ -118,18 +118,24 @@ def build_model(
     return model
 
 
+def residual_dropout_at(epoch: int, model_config: RecommenderConfig, config: TrainConfig) -> float:
+    """The residual dropout rate of a (zero-based) epoch: the model's rate, reached linearly over the first
+    `residual_dropout_warmup` epochs, so the ID residuals and the user tower first learn the warm items."""
+    return model_config.residual_dropout * min(1.0, (epoch + 1) / max(config.residual_dropout_warmup, 1))
+
+
 def catalog_fn(model: Recommender, item_texts: list[str]):
-    """-> a function returning the catalog's (text vectors, ID residuals) with gradients for one step
-    (`Recommender.item_parts`).
+    """-> a function of the residual dropout rate (None: the model's) returning the catalog's (text vectors,
+    ID residuals) with gradients for one step (`Recommender.item_parts`).
 
     Frozen LM: projection of the cached sentence embeddings. Fine-tuning: token states
     below the trainable layers are cached once; the top layers run over the catalog every step.
     """
     if model.item_tower is None or model.config.item_tower.train_top_layers == 0:
-        return model.item_parts
+        return lambda rate=None: model.item_parts(residual_dropout=rate)
     input_ids, attention_mask = model.item_tower.tokenize(item_texts)
     states = model.item_tower.frozen_states(input_ids, attention_mask)  # [N, L, H]
-    return lambda: model.item_parts(model.item_tower.top_sentence_embedding(states, attention_mask))
+    return lambda rate=None: model.item_parts(model.item_tower.top_sentence_embedding(states, attention_mask), rate)
 
 
 def plot_curves(history: History, png: Path) -> None:
@@ -201,13 +207,14 @@ def train(
         model.train()
         epoch_start = time.monotonic()
         windows = epoch_windows(train_data, spec.max_len, rng)
+        rate = residual_dropout_at(epoch, model.config, config)
         losses = []
         for a in range(0, len(windows), config.batch_size):
             batch = {
                 k: v.to(config.device)
                 for k, v in batch_tensors(train_data, windows[a : a + config.batch_size], spec).items()
             }
-            text, residual = catalog()  # [N, D] each
+            text, residual = catalog(rate)  # [N, D] each
             vectors = text if residual is None else text + residual
             states = model.user_states(
                 vectors, batch["items"], batch["event_types"], batch["time_buckets"], batch["mask"]

@@ -17,7 +17,7 @@ from core.features import FeatureSpec
 from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items
 from encoders.item_tower import ItemTowerConfig
 from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
-from encoders.train import TrainConfig, run, train
+from encoders.train import TrainConfig, residual_dropout_at, run, train
 from encoders.user_tower import UserTowerConfig
 from tests.support import ML100K
 
@@ -104,6 +104,7 @@ def test_same_seed_same_model(split):
         {"use_text": False},  # ID-only baseline
         {"id_residual": False},
         {"item_tower": ItemTowerConfig(proj_dim=16, train_top_layers=1)},  # fine-tune the top LM layer
+        {"align_weight": 0.1, "align_loss": "infonce"},
     ],
 )
 def test_variants_train(split, variant):
@@ -150,6 +151,39 @@ def test_residual_dropout_only_in_training(split):
         text_only = model.item_tower.project(model.text_emb)
         torch.testing.assert_close(model.train().item_vectors(), text_only)  # every residual dropped
         torch.testing.assert_close(model.eval().item_vectors(), text_only + model.id_emb.weight)
+
+
+def test_residual_dropout_warms_up_linearly_then_stays():
+    model_config = replace(MODEL, residual_dropout=0.5)
+    rates = [residual_dropout_at(e, model_config, replace(FAST, residual_dropout_warmup=4)) for e in range(6)]
+    assert rates == [0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+    assert residual_dropout_at(0, model_config, FAST) == 0.5  # no warm-up: the rate from the first epoch
+
+
+def test_report_rows_name_the_residual_dropout_warm_up(split):
+    """A warm-up run trains another model from the same config: `evaluate` must not pool it with the others."""
+    from encoders.cli import _variant_name
+
+    model = Recommender(configured(split), SPEC)
+    constant, warmed = _variant_name(model, {}), _variant_name(model, {"residual_dropout_warmup": 10})
+    assert "warm-up" not in constant and "residual dropout 0.2 (warm-up 10 epochs)" in warmed
+
+
+def test_infonce_alignment_asks_each_text_vector_for_its_own_item():
+    """The contrastive alignment is low when every warm item's text vector points at its own full vector
+    and high when they point at other items'; it trains the text side only, and ignores cold items."""
+    model = Recommender(RecommenderConfig(n_items=6, align_loss="infonce", align_weight=1.0), SPEC)
+    model.warm[:4] = True
+    with torch.no_grad():
+        model.id_emb.weight.copy_(5 * torch.eye(6, 64))  # full vector of item i: its text + 5 e_i
+    text = torch.zeros(6, 64, requires_grad=True)
+    with torch.no_grad():
+        text[:4] = torch.eye(6, 64)[:4]  # each warm item's text already points at its own full vector
+    own = model.alignment_loss(text)
+    own.backward()
+    shuffled = model.alignment_loss(text[[1, 2, 3, 0, 4, 5]].detach())
+    assert own < 0.01 < shuffled
+    assert text.grad[4:].abs().sum() == 0 and model.id_emb.weight.grad is None  # cold rows; ID side held fixed
 
 
 def test_checkpoint_round_trip(split, fixture_dir, tmp_path):
