@@ -52,7 +52,7 @@ K = 10
 HISTORY = 20
 IVF_NPROBES = (32, 64, 128)  # 64 is the default (IvfConfig)
 HNSW_M, HNSW_EF_SEARCH = 32, 256
-TARGET_MS = 5.0  # issue 7: <= 5 ms per user at 1M items
+TARGET_MS = 1.0  # issue 17: <= 1 ms per user at 1M items (issue 7 asked 5 ms)
 
 
 # -- data ------------------------------------------------------------------------------
@@ -151,7 +151,11 @@ def bench_size(n: int, args, rng: np.random.Generator) -> list[dict]:
     row, truth = measure(
         "exact",
         "exact (BLAS)",
-        lambda q, e: exact.top_k(q, K, e),  # noqa: F821 (deleted after the call) queries, exclude, calls_b1, args.repeats
+        lambda q, e: exact.top_k(q, K, e),  # noqa: F821 (deleted after the call)
+        queries,
+        exclude,
+        calls_b1,
+        args.repeats,
     )
     rows.append(row | {"build_s": 0.0, "load_s": load_s, "mb": matrix_mb})
     del exact
@@ -360,7 +364,7 @@ def markdown(rows: list[dict], tight: dict, load_avg: tuple[float, float], args,
         f"- The worker uses exact top-k below `ann_min_items` (default {DEFAULT_ANN_MIN_ITEMS:,}). Exact per user, "
         f"the worse of batch 1 and 64: {budget}, against a {TARGET_MS:g} ms budget; below the threshold it has "
         "recall 1 and needs no build or second copy of the vectors. From the threshold on: IVF-Flat, nlist = "
-        "sqrt(N) at build time, nprobe = 64 (`state/ann.py`).",
+        f"{IvfConfig().lists_per_sqrt_n:g} x sqrt(N) at build time, nprobe = {IvfConfig().nprobe} (`state/ann.py`).",
         "- IVF-Flat rather than HNSW: it deletes and re-files single vectors, HNSW cannot delete at all" + hnsw + ".",
         "- Live updates: the first search after 1,000 removals and 1,000 new items (re-filed in one batch before "
         "searching) took " + ", ".join(f"{r['refresh_ms']:.1f} ms at {r['n']:,}" for r in shipped) + ".",

@@ -34,8 +34,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class IvfConfig:
-    lists_per_sqrt_n: float = 1.0  # inverted lists = this x sqrt(items at build): ~sqrt(N) items a list
-    nprobe: int = 64  # lists scanned per query: the recall/latency knob (recall@10 0.99 at 1M, < 1 ms)
+    # Inverted lists = this x sqrt(items at build). Twice sqrt(N) halves what nprobe lists hold, so a query
+    # scans half as many vectors as with sqrt(N): under 1 ms per user at 1M items, at recall@10 0.97 instead
+    # of 0.99 and a longer build (docs/benchmarks.md, "Retrieval").
+    lists_per_sqrt_n: float = 2.0
+    nprobe: int = 64  # lists scanned per query: the recall/latency knob
     train_per_list: int = 40  # k-means sample per list (FAISS asks for >= 39); more did not raise recall
     kmeans_iters: int = 10  # 20 iterations: same recall at 1M, +1.6 s of build
     rebuild_growth: float = 2.0  # rebuild once the catalog is this many times its size at the last build
