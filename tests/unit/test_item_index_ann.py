@@ -39,7 +39,9 @@ def test_ann_top10_matches_exact_with_exclusions():
     rng = np.random.default_rng(2)
     exclude = [{str(i) for i in rng.integers(len(items), size=30)} for _ in queries]
     exact = filled(items, ann_min_items=None)
-    ann = filled(items, ann_min_items=len(items), ann=IvfConfig(nprobe=32, background=False))  # 141 lists
+    ann = filled(
+        items, ann_min_items=len(items), ann=IvfConfig(lists_per_sqrt_n=1, nprobe=32, background=False)
+    )  # 141 lists
     truth = ids(exact.top_k(queries, 10, exclude))
     found = ids(ann.top_k(queries, 10, exclude))
     assert ann.uses_ann and not exact.uses_ann
