@@ -89,13 +89,14 @@ def train(
     cold_seed: int = typer.Option(T.cold_seed, help="Which random set of items --cold-items withholds."),
     no_export: bool = typer.Option(False, "--no-export", help="Skip ONNX export and registration."),
     ranker: bool = typer.Option(
-        True,
-        help="Also train the ranking stage on the checkpoint's candidates (encoders/ranker_train.py; it beat "
-        "retrieval alone on validation, docs/model.md 'Ranking'), exported as ranker.onnx; --no-ranker: none.",
+        False,
+        help="Also train the ranking stage on the checkpoint's candidates (encoders/ranker_train.py; off by "
+        "default: over a well-trained retrieval model it did not beat retrieval alone on validation, "
+        "docs/model.md 'Ranking'); exported as ranker.onnx.",
     ),
-    ranker_minutes: float = typer.Option(R.max_minutes, help="The ranker's training budget."),
+    ranker_minutes: float = typer.Option(R.max_minutes, help="With --ranker: the ranker's training budget."),
 ) -> None:
-    """Train on --data, keep the best validation checkpoint, train a ranker on it, then export and register."""
+    """Train on --data, keep the best validation checkpoint, then export and register it."""
     if loss not in ("full", "sampled"):
         raise typer.BadParameter(f"--loss must be 'full' or 'sampled', got {loss!r}")
     settings = command_settings({"registry.path": registry})
@@ -139,10 +140,10 @@ def train_and_register(
     model_config: RecommenderConfig | None = None,
     config: TrainConfig | None = None,
     register: bool = True,
-    ranker: RankerConfig | None = R,
+    ranker: RankerConfig | None = None,
 ) -> None:
     """`streamrec train` (default: its default configs): the best checkpoint into `out` (default:
-    settings.trainer's checkpoint dir / <UTC stamp>), with a ranker unless `ranker` is None, exported and
+    settings.trainer's checkpoint dir / <UTC stamp>), with a ranker if `ranker` is given, exported and
     registered in settings.registry."""
     from encoders.train import run
 
