@@ -98,7 +98,8 @@ def train(
     ranker: bool = typer.Option(
         False,
         help="Also train the ranking stage on the checkpoint's candidates (encoders/ranker_train.py; off by "
-        "default: it did not win on validation, docs/model.md 'Ranking'); exported as ranker.onnx.",
+        "default: over a well-trained retrieval model it did not beat retrieval alone on validation, "
+        "docs/model.md 'Ranking'); exported as ranker.onnx.",
     ),
     ranker_minutes: float = typer.Option(R.max_minutes, help="With --ranker: the ranker's training budget."),
 ) -> None:

@@ -63,7 +63,9 @@ class RankerConfig:
     click_weight: float = DEFAULT_RANKER_CLICK_WEIGHT  # order = click_weight x P(click)
     purchase_weight: float = DEFAULT_RANKER_PURCHASE_WEIGHT  #       + purchase_weight x P(purchase)
     # training (encoders/ranker_train.py)
-    cases_per_user: int = 10  # training cases: each user's newest this many training events as targets
+    cases_per_user: int = 10  # training cases: each user's newest this many training events as targets (0 = all)
+    loss: str = "listwise"  # "listwise": softmax over each case's candidates; "pointwise": BCE per candidate and head
+    residual: bool = False  # logits = the retrieval gap + a learned correction starting at 0 (the retrieval order)
     epochs: int = 40  # upper bound; early stopping on validation NDCG@10
     patience: int = 6  # epochs without a better validation NDCG@10
     max_minutes: float = 2.0  # wall-clock budget of the training loop

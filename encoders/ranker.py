@@ -1,7 +1,7 @@
 """The ranking stage's model: an MLP over the ranking features with two heads, P(click) and P(purchase).
 
 Retrieval narrows the catalog to its best N candidates; the ranker (wide and deep: a linear term over
-the features plus the MLP's, per head) scores each (user, candidate) row
+the features plus the MLP's, per head; with `residual`, added to the retrieval gap) scores each (user, candidate) row
 of core/ranking_features.py (retrieval score, text similarity to the window, popularity and trend,
 age, category overlap, the user's recency and event-type mix) and a list is ordered by
 click_weight x P(click) + purchase_weight x P(purchase) (`blend`). The features are standardised
@@ -44,6 +44,13 @@ class Ranker(nn.Module):
         self.body = nn.Sequential(*layers)
         self.heads = nn.Linear(width, len(HEADS))
         self.wide = nn.Linear(F, len(HEADS))  # a linear term beside the MLP: the retrieval score's share from step 1
+        # residual: the logits are the retrieval gap (<= 0, the user's best candidate at 0, so no sigmoid saturates)
+        # plus what the layers add, zero at the start, so training starts from the retrieval order
+        self.gap_column = config.features.names.index("retrieval_gap") if config.residual else None
+        if config.residual:
+            for layer in (self.heads, self.wide):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def fit_standardisation(self, features: np.ndarray) -> None:
         """features [..., F]: the rows the model is trained on."""
@@ -54,7 +61,10 @@ class Ranker(nn.Module):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., F] raw -> [..., 2] logits of (click, purchase)."""
         x = (features - self.mean) / self.scale  # [..., F]
-        return self.heads(self.body(x)) + self.wide(x)
+        correction = self.heads(self.body(x)) + self.wide(x)  # [..., 2]
+        if self.gap_column is None:
+            return correction
+        return features[..., self.gap_column, None] + correction
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features [..., F] -> [..., 2] probabilities (P(click), P(purchase)): what ranker.onnx serves."""

@@ -69,12 +69,14 @@ def leave_one_out_cases(data: Interactions, stage: str) -> Cases:
 
 
 def training_cases(data: Interactions, per_user: int, warm: np.ndarray) -> Cases:
-    """Each evaluated user's newest `per_user` training events as targets (those of `warm` items only)."""
+    """Each evaluated user's newest `per_user` training events as targets (0: every one after the first),
+    those of `warm` items only."""
     users, positions = [], []
     for u, seq in enumerate(data.items):
         if len(seq) < 3:
             continue
-        for p in range(max(1, len(seq) - 2 - per_user), len(seq) - 2):
+        first = 1 if per_user == 0 else max(1, len(seq) - 2 - per_user)
+        for p in range(first, len(seq) - 2):
             if warm[seq[p]]:
                 users.append(u)
                 positions.append(p)
@@ -206,8 +208,22 @@ def reranked_scores(scores: np.ndarray, candidates: np.ndarray, order: np.ndarra
     return out
 
 
+def ranker_loss(loss: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, N, 2], labels [B, N, 2] (click, purchase; at most one positive per case and head) -> [].
+
+    pointwise: binary cross-entropy of every candidate, per head, summed over the heads.
+    listwise: per head, softmax cross-entropy of the picked candidate against the case's other candidates,
+    over the cases with a positive (the click head: targets clicked or bought; the purchase head: bought);
+    a viewed target is in neither head's loss, so it is not pushed down.
+    """
+    if loss == "pointwise":
+        return F.binary_cross_entropy_with_logits(logits, labels)
+    picked = -(torch.log_softmax(logits, dim=1) * labels).sum((0, 1))  # [2] summed over the cases
+    return (picked / labels.sum((0, 1)).clamp(min=1)).sum()
+
+
 def train_ranker(config: RankerConfig, train: RankingSet, valid: RankingSet, valid_targets: np.ndarray):
-    """Both heads jointly (binary cross-entropy each, summed) to the best validation NDCG@10 of the blend
+    """Both heads jointly (`ranker_loss`: config.loss) to the best validation NDCG@10 of the blend
     -> (ranker with its best weights, metrics incl. curves)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -222,7 +238,7 @@ def train_ranker(config: RankerConfig, train: RankingSet, valid: RankingSet, val
         ranker.train()
         epoch_losses = []
         for batch in np.array_split(rng.permutation(len(features)), max(1, len(features) // config.batch_size)):
-            loss = F.binary_cross_entropy_with_logits(ranker.logits(features[batch]), labels[batch])
+            loss = ranker_loss(config.loss, ranker.logits(features[batch]), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

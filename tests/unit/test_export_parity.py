@@ -17,18 +17,29 @@ from onnx import numpy_helper
 import export.baseline
 from core.errors import ParityError
 from core.features import FeatureSpec
+from encoders.config import RankerConfig
+from encoders.ranker import Ranker
 from export.baseline import SAMPLE_TEXTS, build_baseline_version, hf_tokenizer_of
 from export.onnx_export import (
     OPSET,
     export_item_tower,
     export_onnx,
+    export_ranker,
     export_user_tower,
     item_onnx_config,
+    ranker_onnx_config,
     save_tokenizer,
     user_example_inputs,
     user_onnx_config,
 )
-from export.parity import ParityReport, compare_rankings, raise_if_failed, validate_item_tower, validate_user_tower
+from export.parity import (
+    ParityReport,
+    compare_rankings,
+    raise_if_failed,
+    validate_item_tower,
+    validate_ranker,
+    validate_user_tower,
+)
 from export.registry import Registry
 from export.runtime import load_runtime
 
@@ -331,3 +342,17 @@ def test_failing_export_registers_nothing(minilm, tmp_path: Path, monkeypatch: p
         build_baseline_version(registry, [("a", "Toy Story (1995)"), ("b", "Heat (1995)")], parity_grid=SMALL_ITEM_GRID)
     assert registry.versions() == [] and registry.latest() is None
     assert list(registry.root.iterdir()) == []  # staging removed
+
+
+def test_residual_ranker_export_and_parity(tmp_path: Path):
+    """With `residual`, the logits add the raw retrieval-gap column: the exported graph does too
+    (the plain ranker's export: tests/unit/test_ranking_serving.py, a slow test)."""
+    torch.manual_seed(0)
+    ranker = Ranker(RankerConfig(residual=True))
+    ranker.fit_standardisation(np.random.default_rng(0).normal(size=(50, ranker.config.features.n_features)))
+    for p in ranker.parameters():
+        nn.init.normal_(p, std=0.3)  # as if trained: the correction starts at zero
+    config = ranker_onnx_config()
+    path = export_ranker(ranker, tmp_path / "ranker.onnx", config)
+    report = validate_ranker(ranker, path, config, grid={"batch": (1, 4), "candidates": (1, 17)})
+    assert report.ok, report.failures

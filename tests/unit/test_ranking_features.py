@@ -18,9 +18,11 @@ from encoders.ranker_train import (
     RankingSet,
     activity_at,
     candidate_ranks,
+    ranker_loss,
     ranking_set,
     reranked_scores,
     train_ranker,
+    training_cases,
 )
 
 SPEC = RankingFeatureSpec(long_half_life_s=100.0, short_half_life_s=10.0)
@@ -159,8 +161,9 @@ def test_reranking_moves_the_candidates_above_the_rest_in_the_ranker_order():
     assert candidate_ranks(order, candidates, np.array([4])).tolist() == [3]  # not a candidate: N
 
 
+@pytest.mark.parametrize("loss", ["pointwise", "listwise"])
 @pytest.mark.parametrize("head", ["click", "purchase"])
-def test_the_ranker_learns_a_feature_that_decides_the_label(head):
+def test_the_ranker_learns_a_feature_that_decides_the_label(head, loss):
     rng = np.random.default_rng(0)
     C, N = 300, 20
     features = rng.normal(size=(C, N, SPEC.n_features)).astype(np.float32)
@@ -170,6 +173,45 @@ def test_the_ranker_learns_a_feature_that_decides_the_label(head):
     none = np.zeros_like(label)
     s = RankingSet(np.tile(np.arange(N), (C, 1)), features, label if head == "click" else none, label)
     weights = {"click_weight": 1.0, "purchase_weight": 0.0} if head == "click" else {"click_weight": 0.0}
-    config = replace(RankerConfig(features=SPEC, epochs=15, patience=15, lr=1e-2, batch_size=16), **weights)
+    config = replace(RankerConfig(features=SPEC, epochs=15, patience=15, lr=1e-2, batch_size=16, loss=loss), **weights)
     _, metrics = train_ranker(config, s, s, picked)
     assert metrics["valid_ndcg10"] > 0.6  # random order: about 0.2
+
+
+def test_listwise_loss_is_the_picked_candidates_cross_entropy_and_ignores_a_viewed_target():
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(0))  # [B, N, heads]
+    labels = torch.zeros(3, 5, 2)
+    labels[0, 3] = 1.0  # case 0: bought candidate 3 (a positive of both heads)
+    labels[1, 1, 0] = 1.0  # case 1: clicked candidate 1
+    # case 2: its target was only viewed (no positive): in neither head's loss
+    click = F.cross_entropy(logits[:2, :, 0], torch.tensor([3, 1]))
+    purchase = F.cross_entropy(logits[:1, :, 1], torch.tensor([3]))
+    assert ranker_loss("listwise", logits, labels).item() == pytest.approx((click + purchase).item(), rel=1e-6)
+
+
+def test_an_untrained_residual_ranker_keeps_the_retrieval_order():
+    import torch
+
+    from encoders.ranker import Ranker, blend
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(4, 30, SPEC.n_features)).astype(np.float32)
+    features[..., SPEC.names.index("retrieval_gap")] = -rng.exponential(size=(4, 30))
+    ranker = Ranker(RankerConfig(features=SPEC, residual=True))
+    ranker.fit_standardisation(features)
+    with torch.no_grad():
+        order = blend(ranker(torch.from_numpy(features)).numpy(), 1.0, 1.0)
+    gap = features[..., SPEC.names.index("retrieval_gap")]
+    assert (np.argsort(-order, axis=1) == np.argsort(-gap, axis=1)).all()
+
+
+def test_training_cases_are_every_training_event_after_the_first_or_the_newest_few():
+    six = [(i % 4, "view", float(t)) for t, i in enumerate(range(6))]
+    data = log(six, six)
+    warm = np.ones(4, dtype=bool)
+    every = training_cases(data, 0, warm)  # 6 events: 0..3 are training, 4 and 5 valid and test targets
+    assert every.users.tolist() == [0, 0, 0, 1, 1, 1] and every.positions.tolist() == [1, 2, 3] * 2
+    assert training_cases(data, 2, warm).positions.tolist() == [2, 3] * 2
