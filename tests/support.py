@@ -50,6 +50,23 @@ def small_two_tower_checkpoint(out: Path, n_items: int = 60, max_len: int = 12) 
     return out
 
 
+def small_ranked_checkpoint(out: Path) -> Path:
+    """`small_two_tower_checkpoint` with an untrained ranker beside it (standardised on noise), as
+    `streamrec train --ranker` saves one."""
+    import numpy as np
+    import torch
+
+    from encoders.config import RankerConfig
+    from encoders.ranker import Ranker, save_ranker
+
+    checkpoint = small_two_tower_checkpoint(out)
+    torch.manual_seed(0)
+    ranker = Ranker(RankerConfig())
+    ranker.fit_standardisation(np.random.default_rng(0).normal(size=(50, ranker.config.features.n_features)))
+    save_ranker(ranker, checkpoint / "ranker", {})
+    return checkpoint
+
+
 def ml100k_subset(out: Path, n_users: int) -> Path:
     """ml-100k's first `n_users` users' interactions and the items they touched, as RecBole atomic files."""
     out.mkdir(parents=True, exist_ok=True)

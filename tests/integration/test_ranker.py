@@ -9,7 +9,6 @@ worker swaps to it and its records still hold k items, in the retrieval order, w
 import json
 import time
 
-import numpy as np
 import pytest
 
 from export.model_updates import announce
@@ -25,22 +24,13 @@ CATALOG = ml100k_items(60)  # the items the small two-tower model was trained on
 @pytest.fixture
 def registry(two_tower_registry, tmp_path) -> tuple[Registry, str, str]:
     """(registry, the version without a ranker, the version with one, latest)."""
-    import torch
-
-    from encoders.config import RankerConfig
-    from encoders.ranker import Ranker, save_ranker
     from export.pipeline import export_and_register
-    from tests.support import small_two_tower_checkpoint
+    from tests.support import small_ranked_checkpoint
 
     root = tmp_path / "registry"
     root.mkdir()
     plain = copy_version(two_tower_registry, root)
-    checkpoint = small_two_tower_checkpoint(tmp_path / "checkpoint")
-    torch.manual_seed(0)
-    ranker = Ranker(RankerConfig())
-    ranker.fit_standardisation(np.random.default_rng(0).normal(size=(50, ranker.config.features.n_features)))
-    save_ranker(ranker, checkpoint / "ranker", {})
-    ranked = export_and_register(checkpoint, root).name
+    ranked = export_and_register(small_ranked_checkpoint(tmp_path / "checkpoint"), root).name
     return Registry(root), plain, ranked
 
 

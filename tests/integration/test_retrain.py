@@ -30,7 +30,16 @@ from encoders.retrain_cli import standalone
 from export.registry import Registry
 from stream_app.demo import publish_catalog
 from stream_app.replay import publish
-from tests.integration.conftest import copy_version, dumps, event, ml100k_items, produce, run, settings_env
+from tests.integration.conftest import (
+    copy_version,
+    dumps,
+    event,
+    fresh_settings,
+    ml100k_items,
+    produce,
+    run,
+    settings_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,24 +105,6 @@ def model_updates(settings) -> list[dict]:
         consumer.close()
 
 
-def retrain_settings(broker, root, tmp):
-    from core.settings import Settings, Topics
-
-    tag = tmp.name[-8:].replace("-", "")
-    return Settings(
-        kafka={"broker": broker.url},
-        registry={"path": root},
-        topics=Topics(
-            events=f"events-rt{tag}",
-            items=f"items-rt{tag}",
-            recommendations=f"recs-rt{tag}",
-            dlq=f"dlq-rt{tag}",
-            model_updates=f"updates-rt{tag}",
-            control=f"control-rt{tag}",
-        ),
-    )
-
-
 def retrain(settings, *args: str):
     result = CliRunner().invoke(standalone(), ["retrain", *args, *FAST], env=settings_env(settings))
     reports = sorted((settings.registry.path.parent / "work").glob("*/report.json"))
@@ -129,7 +120,7 @@ def promoted(broker, two_tower_registry, tmp_path_factory):
     root.mkdir()
     production = copy_version(two_tower_registry, root)
     Registry(root).set_latest(production)
-    settings = retrain_settings(broker, root, tmp)
+    settings = fresh_settings(broker, root, tmp)
     run(publish_catalog(settings, CATALOG))
     publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
     invalid = [(b"x", b"{not json"), event(999, "a1", "1", "teleport"), (b"a2", dumps({"user_id": "a2"}))]
@@ -206,23 +197,14 @@ def test_data_that_makes_the_candidate_worse_is_rejected_and_nothing_changes(pro
 @pytest.fixture(scope="module")
 def ranked(broker, tmp_path_factory):
     """Scenario A again, from a production version with a ranker (untrained, standardised on noise)."""
-    import torch
-
-    from encoders.config import RankerConfig
-    from encoders.ranker import Ranker, save_ranker
     from export.pipeline import export_and_register
-    from tests.support import small_two_tower_checkpoint
+    from tests.support import small_ranked_checkpoint
 
     tmp = tmp_path_factory.mktemp("retrain-ranked")
     root = tmp / "registry"
     root.mkdir()
-    checkpoint = small_two_tower_checkpoint(tmp / "checkpoint")
-    torch.manual_seed(0)
-    ranker = Ranker(RankerConfig())
-    ranker.fit_standardisation(np.random.default_rng(0).normal(size=(50, ranker.config.features.n_features)))
-    save_ranker(ranker, checkpoint / "ranker", {})
-    production = export_and_register(checkpoint, root).name
-    settings = retrain_settings(broker, root, tmp)
+    production = export_and_register(small_ranked_checkpoint(tmp / "checkpoint"), root).name
+    settings = fresh_settings(broker, root, tmp)
     run(publish_catalog(settings, CATALOG))
     publish_events(settings, walks("a", [A] * STEPS, 1_700_000_000_000))
     result, report = retrain(settings, "--ranker-minutes", "0.5", "--work-dir", str(tmp / "work"))
