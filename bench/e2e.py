@@ -252,11 +252,14 @@ def run_system(
     seconds: float,
     work: Path,
     flame_graph: Path | None = None,
+    idle_s: float = 0.0,
 ) -> list[dict]:
     """Fresh broker and state; start the system (`settings` on that broker), warm it up, offer each
     rate in turn with the stream's next `rate * seconds` events. Each row also carries the CPU time
     the system's processes and the broker used over it, per answered event. With `flame_graph`, py-spy
-    samples the (first) worker process over the rates (collapsed stacks: `work`/stacks.txt)."""
+    samples the (first) worker process over the rates (collapsed stacks: `work`/stacks.txt). With
+    `idle_s`, the CPU seconds per second each side used over that long idle before the first rate are
+    in every row too (`idle_worker_cpu`, `idle_broker_cpu`)."""
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     with fresh_broker(system.engine, work) as broker:
@@ -284,6 +287,14 @@ def run_system(
             )
             if warm["answered"] < warm["events"]:
                 raise RuntimeError(f"{system.label} did not answer its warm-up; logs in {work}")
+            idle = {}
+            if idle_s:
+                time.sleep(SETTLE_S)
+                before = {side: sum(map(cpu_seconds, ps)) for side, ps in pids.items()}
+                time.sleep(idle_s)
+                idle = {
+                    f"idle_{side}_cpu": (sum(map(cpu_seconds, ps)) - before[side]) / idle_s for side, ps in pids.items()
+                }
             offset = 0
             for rate in rates:
                 time.sleep(SETTLE_S)  # let the previous rate's after-effects (compaction, GC) pass
@@ -298,7 +309,7 @@ def run_system(
                     row = asyncio.run(measure(settings, system.output_topic(settings), events, rate))
                 for side, ps in pids.items():
                     row[f"{side}_cpu_ms"] = (sum(map(cpu_seconds, ps)) - before[side]) * 1000 / max(row["answered"], 1)
-                rows.append(row)
+                rows.append(row | idle)
                 print(f"{system.label:>34} offered {rate:6.0f}/s: {line(row)}", flush=True)
         finally:
             for process in processes:

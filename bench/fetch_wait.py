@@ -18,7 +18,6 @@ per user burst: every event its own record), as bench/e2e.py measures them. Medi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
@@ -42,53 +41,23 @@ for the whole wait, and the `events` partition cannot be fetched again until it 
 time on an idle worker does not show this; a stream does."""
 
 
-def cpu_now(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {side: sum(map(e2e.cpu_seconds, ps)) for side, ps in pids.items()}
-
-
-def one_round(engine: str, wait_ms: int, settings: Settings, items, stream, args, work: Path) -> dict:
-    """Idle CPU per second and one row per rate (bench/e2e.py's `measure`, plus CPU ms per answered event)."""
+def one_round(engine: str, wait_ms: int, settings: Settings, items, stream, args, work: Path) -> list[dict]:
+    """streamrec's worker on a fresh broker with this fetch wait: bench/e2e.py's rows, with idle CPU."""
     system = e2e.System("streamrec", bare=False, engine=engine)
-    with e2e.fresh_broker(engine, work) as broker:
-        settings = settings.replace(kafka={"broker": broker.url, "partitions": 1, "fetch_max_wait_ms": wait_ms})
-        asyncio.run(e2e.publish_catalog(settings, items))
-        settings = settings.replace(worker={"data_dir": work / "state", "web_port": e2e.free_port()})
-        process = e2e.start_system(system, settings, work / "worker.log")
-        pids = {"worker": [process.pid], "broker": [p.pid for p in broker.children()]}
-        try:
-            e2e.wait_for_group([settings.worker.web_port], 1)
-            warm = e2e.warmup_events([k for k, _ in items])
-            asyncio.run(e2e.measure(settings, settings.topics.recommendations, warm, e2e.WARMUP_RATE))
-            time.sleep(e2e.SETTLE_S)
-            before = cpu_now(pids)
-            time.sleep(args.idle)
-            idle = {side: (cpu_now(pids)[side] - before[side]) / args.idle for side in pids}
-            rows, offset = [], 0
-            for rate in args.rates:
-                time.sleep(e2e.SETTLE_S)
-                events = stream[offset : offset + int(rate * args.seconds)]
-                offset += len(events)
-                before = cpu_now(pids)
-                row = asyncio.run(e2e.measure(settings, settings.topics.recommendations, events, rate))
-                after = cpu_now(pids)
-                for side in pids:
-                    row[f"{side}_cpu_ms"] = (after[side] - before[side]) * 1000 / max(row["answered"], 1)
-                rows.append(row)
-            return {"idle": idle, "rows": rows}
-        finally:
-            e2e.stop_process(process)
+    settings = settings.replace(kafka={"fetch_max_wait_ms": wait_ms})
+    return e2e.run_system(system, settings, items, stream, args.rates, args.seconds, work, idle_s=args.idle)
 
 
-def median_rounds(rounds: list[dict], rates: list[float]) -> dict:
+def median_rounds(rounds: list[list[dict]], rates: list[float]) -> dict:
     """Medians over the rounds; unanswered: the worst round."""
     rows = []
     for k, rate in enumerate(rates):
-        each = [r["rows"][k] for r in rounds]
+        each = [r[k] for r in rounds]
         rows.append(
             {"rate": rate, "unanswered": max(r["events"] - r["answered"] for r in each)}
             | {key: statistics.median(r[key] for r in each) for key in ("p50", "p99", "worker_cpu_ms", "broker_cpu_ms")}
         )
-    idle = {side: statistics.median(r["idle"][side] for r in rounds) for side in ("worker", "broker")}
+    idle = {side: statistics.median(r[0][f"idle_{side}_cpu"] for r in rounds) for side in ("worker", "broker")}
     return {"idle": idle, "rows": rows}
 
 
@@ -126,7 +95,7 @@ def main() -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="streamrec-fetch-wait-"))
     load = [os.getloadavg()[0]]
-    rounds: dict[tuple[str, int], list[dict]] = {}
+    rounds: dict[tuple[str, int], list[list[dict]]] = {}
     for engine in args.engine:
         for n in range(args.repeats):
             for wait_ms in args.waits:
