@@ -13,7 +13,6 @@ retrieval order's on the same cases. The ranking sets are built once per `cases_
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.datasets import load_interactions, split_leave_one_out
 from encoders.config import RankerConfig
-from encoders.evaluate import warm_items, withhold_items
+from encoders.evaluate import warm_items
 from encoders.metrics import hit_rate, ndcg
 from encoders.ranker import blend
 from encoders.ranker_train import (
     candidate_ranks,
+    checkpoint_split,
     head_values,
     item_categories,
     leave_one_out_cases,
@@ -35,7 +34,6 @@ from encoders.ranker_train import (
     train_ranker,
     training_cases,
 )
-from encoders.recommender import load_checkpoint
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -64,12 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    model, item_ids, _ = load_checkpoint(args.checkpoint)
-    data = load_interactions(args.data, model.feature_spec)
-    trained = json.loads((args.checkpoint / "metrics.json").read_text())["train_config"]
-    split = split_leave_one_out(data)
-    if trained.get("cold_items", 0.0) > 0:
-        split = withhold_items(split, trained["cold_items"], trained.get("cold_seed", 0))
+    model, item_ids, data, split = checkpoint_split(args.checkpoint, args.data)
     categories, warm = item_categories(args.data, item_ids), warm_items(split.train)
     purchase_id = model.feature_spec.event_type_id("purchase")
 

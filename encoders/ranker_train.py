@@ -351,9 +351,9 @@ def _spread(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
-def train_checkpoint_ranker(checkpoint_dir: Path, data_dir: Path, config: RankerConfig) -> Path:
-    """`streamrec train --ranker`: a ranker over a trained retrieval checkpoint's candidates, saved in its
-    `ranker/` directory with its validation and test metrics beside the retrieval's."""
+def checkpoint_split(checkpoint_dir: Path, data_dir: Path) -> tuple[Recommender, list[str], Interactions, Split]:
+    """A trained retrieval checkpoint, its item ids, the data read with its feature spec, and the split it
+    was trained on (leave-one-out, with the cold items withheld if training withheld them)."""
     from core.datasets import load_interactions, split_leave_one_out
     from encoders.evaluate import withhold_items
     from encoders.recommender import load_checkpoint
@@ -362,8 +362,15 @@ def train_checkpoint_ranker(checkpoint_dir: Path, data_dir: Path, config: Ranker
     data = load_interactions(data_dir, model.feature_spec)
     trained = json.loads((checkpoint_dir / "metrics.json").read_text())["train_config"]
     split = split_leave_one_out(data)
-    if trained.get("cold_items", 0.0) > 0:  # the split the retrieval model was trained on
+    if trained.get("cold_items", 0.0) > 0:
         split = withhold_items(split, trained["cold_items"], trained.get("cold_seed", 0))
+    return model, item_ids, data, split
+
+
+def train_checkpoint_ranker(checkpoint_dir: Path, data_dir: Path, config: RankerConfig) -> Path:
+    """`streamrec train --ranker`: a ranker over a trained retrieval checkpoint's candidates, saved in its
+    `ranker/` directory with its validation and test metrics beside the retrieval's."""
+    model, item_ids, data, split = checkpoint_split(checkpoint_dir, data_dir)
     return save_fitted(
         fit_and_evaluate(config, model, data, split, item_categories(data_dir, item_ids)), checkpoint_dir
     )
