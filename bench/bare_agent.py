@@ -9,7 +9,8 @@ no model. Two idioms:
   Faust idiom;
 - `--per-batch`: what streamrec does without the model: micro-batches from `take_events` (the
   worker's batch size and window), one record per user touched by a batch (triggered by the user's
-  last event in it), sent and acknowledged before each user's window is written once.
+  last event in it), sent (without waiting for the producer's linger) and acknowledged before each user's
+  window is written once.
 
 Each record is {"trigger_event_id", "user_id"} as JSON.
 
@@ -35,7 +36,7 @@ from core.kafka import ensure_topics, with_engine  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from state.window import UserWindow, WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
-from stream_app.faust_private import event_context  # noqa: E402
+from stream_app.faust_private import event_context, send_lingering  # noqa: E402
 
 OUTPUT_TOPIC = "bare-out"
 
@@ -81,6 +82,7 @@ def build_bare_app(settings: Settings, partitions: int, per_batch: bool = False)
                     with event_context(stream, pairs[-1][1]):
                         updated[user] = window_with(user, [e for e, _ in pairs])
                 sent = [await output.send(**answer(user, pairs[-1][0])) for user, pairs in by_user.items()]
+                send_lingering(app)  # as the worker does: they are awaited next
                 await asyncio.gather(*sent)
                 for user, pairs in by_user.items():
                     with event_context(stream, pairs[-1][1]):

@@ -17,6 +17,9 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
   kill -9 lost the records fetched in between (tests/reliability/test_crash.py).
 - `Collection.value_serializer` (`with_value_codec`): a table's codec comes only from its value type's
   Faust record options; the windows table's values are plain `UserWindow`s with their own codec.
+- aiokafka's `MessageAccumulator._batches`, `MessageBatch._builder`, `_waiter_future` (`send_lingering`):
+  aiokafka has no call that sends the records handed over so far without waiting for them (`flush` waits
+  for every batch); the events agent waits for its records anyway, so `linger` only delays each batch.
 - `ConsumerThread.seek_to_committed`, `_ensure_consumer` (`_TunedConsumerThread`): aiokafka leaves a
   partition with no committed offset where it is, so Faust's seek back to re-read dropped records
   did nothing for a worker killed before its first commit.
@@ -145,6 +148,17 @@ def event_context(stream: faust.StreamT, event: faust.EventT):
         yield
     finally:
         stream._set_current_event(previous)
+
+
+def send_lingering(app: faust.App) -> None:
+    """Send the records the producer holds for `linger` now: close its open batches (a full batch is
+    closed the same way) and wake its sender, as aiokafka's `flush_for_commit` does, without waiting."""
+    accumulator = app.producer._ensure_producer()._message_accumulator
+    for batches in accumulator._batches.values():
+        for batch in batches:
+            batch._builder.close()
+    if not accumulator._waiter_future.done():
+        accumulator._waiter_future.set_result(None)
 
 
 def committed_offset(app: faust.App, tp: TP) -> int:

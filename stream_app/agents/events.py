@@ -24,7 +24,7 @@ from core.kafka import max_message_bytes
 from state.window import UserWindow
 from stream_app.agents.profiles import stated_interests
 from stream_app.context import WorkerContext
-from stream_app.faust_private import event_context
+from stream_app.faust_private import event_context, send_lingering
 from stream_app.recommender import Recommender
 from stream_app.steps import (
     OutgoingRecord,
@@ -175,6 +175,7 @@ async def deliver(ctx: WorkerContext, records: list[OutgoingRecord], largest: in
             deliveries[record.user_id] = await ctx.topics.recommendations.send(key=record.key, value=record.value)
         except Exception as e:
             failed[record.user_id] = ("send", f"record not sent: {e!r}")
+    send_lingering(ctx.app)  # they are awaited below: a linger would only delay them
     results = await asyncio.gather(*deliveries.values(), return_exceptions=True)
     for user, result in zip(deliveries, results):
         if isinstance(result, BaseException):
