@@ -712,13 +712,13 @@ a quarter of streamrec's best in the first round. Figures are medians over the r
 brackets; unanswered and duplicates: the worst round). Events: {stream_text(args)}.
 
 - **streamrec**: `streamrec worker`, micro-batches of up to {settings.worker.batch_size} events or
-  {settings.worker.batch_window_s * 1000:g} ms, one record per user touched by a batch, sent and acknowledged before
-  the user's window is written; on Apache Kafka its producer is idempotent with acks=all.{plain_text if plain else ""}
+  {settings.worker.batch_window_s * 1000:g} ms, one record per user touched by a batch, sent at once (not held for the linger) and acknowledged
+  before the user's window is written; on Apache Kafka its producer is idempotent with acks=all.{plain_text if plain else ""}
 - **bare agent per event** (`bench/bare_agent.py`): the ceiling of the bare Faust idiom: the same Faust app
   settings (RocksDB store, fetch wait {settings.kafka.fetch_max_wait_ms} ms, linger {settings.kafka.producer_linger_ms} ms), the same
   `windows` table updated with `UserWindow.with_events` per event, one output record per event; no validation, no model.
 - **bare agent per batch** (`bench/bare_agent.py --per-batch`): streamrec's I/O without validation and model: the same
-  micro-batches, one record per touched user, acknowledged before each window is written once.
+  micro-batches, one record per touched user, sent at once and acknowledged before each window is written once.
 
 Both bare agents' output topic is created as `recommendations` is (partitions, replication, configs). Latency
 counts every answered event: from its send to the receipt of the first record of its user triggered by it or a
