@@ -17,7 +17,8 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
   kill -9 lost the records fetched in between (tests/reliability/test_crash.py).
 - `Collection.value_serializer` (`with_value_codec`): a table's codec comes only from its value type's
   Faust record options; the windows table's values are plain `UserWindow`s with their own codec.
-- aiokafka's `MessageAccumulator._batches`, `MessageBatch._builder`, `_waiter_future` (`send_lingering`):
+- `Producer._ensure_producer` and aiokafka's `MessageAccumulator._batches`, `MessageBatch._builder`,
+  `_waiter_future` (`send_lingering`):
   aiokafka has no call that sends the records handed over so far without waiting for them (`flush` waits
   for every batch); the events agent waits for its records anyway, so `linger` only delays each batch.
 - `ConsumerThread.seek_to_committed`, `_ensure_consumer` (`_TunedConsumerThread`): aiokafka leaves a
