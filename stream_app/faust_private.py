@@ -21,6 +21,10 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
   `_waiter_future` (`send_lingering`):
   aiokafka has no call that sends the records handed over so far without waiting for them (`flush` waits
   for every batch); the events agent waits for its records anyway, so `linger` only delays each batch.
+- `Consumer.getmany`, `_getmany`, `perform_seek`, `_read_offset`, `_gap`, `_committed_offset` and
+  `AIOKafkaConsumerThread._fetch_records` (`_SeekSafeConsumer`, `_TunedConsumerThread`): Faust
+  delivered records fetched before a rebalance's seek after it, and counted the records between as
+  processed: events were lost.
 - `ConsumerThread.seek_to_committed`, `_ensure_consumer` (`_TunedConsumerThread`): aiokafka leaves a
   partition with no committed offset where it is, so Faust's seek back to re-read dropped records
   did nothing for a worker killed before its first commit.
@@ -69,33 +73,100 @@ class StreamrecApp(faust.App):
         return KeepQueuedOnResume(loop=self.loop)
 
 
+class FetchedRecords(dict):
+    """One fetch's records (tp -> records), with the number of seeks the consumer thread had made
+    when it took them from aiokafka."""
+
+    def __init__(self, records: dict, after_seek: int):
+        super().__init__(records)
+        self.after_seek = after_seek
+
+
 class _TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust hard-codes a 1.5 s fetch wait; the embedded broker waits that long on
-    every idle fetch, which alone puts p50 latency above a second."""
+    every idle fetch, which alone puts p50 latency above a second.
+
+    It also numbers its seeks back to the committed offsets and tags every fetch with the seeks made
+    before it, so the consumer (`_SeekSafeConsumer`) can tell records fetched before a seek."""
 
     settings: Settings
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.seeks = 0
+        self.positions: dict[TP, tuple[int, int | None]] = {}  # tp -> (the seek that last moved it, offset)
 
     def _create_worker_consumer(self, transport):  # private: where Faust creates the aiokafka consumer
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.settings.kafka.fetch_max_wait_ms  # aiokafka private; read at start()
         return consumer
 
+    async def _fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
+        records = await super()._fetch_records(consumer, active_partitions, timeout=timeout, max_records=max_records)
+        return FetchedRecords(records, after_seek=self.seeks)  # read at once: no seek can come in between
+
     async def seek_to_committed(self):
         return await self.call_thread(self._seek_to_committed_or_earliest)
 
     async def _seek_to_committed_or_earliest(self):
-        """Faust re-reads what it fetched but did not process by seeking back to the committed
-        offset. aiokafka leaves a partition with no committed offset (or 0) where it is, so a worker
-        killed before its first commit lost the events its successor fetched during recovery.
-        Those partitions go back to their earliest offset, where `auto_offset_reset=earliest`
-        started them."""
+        """Every assigned stream partition to its committed offset, or to the earliest where none is
+        committed (aiokafka's own `seek_to_committed` leaves those where they are, so a worker killed
+        before its first commit lost the events its successor fetched during recovery).
+
+        All seeks happen in one step, without awaiting: aiokafka's version awaits each partition's
+        committed offset in turn, so a fetch running meanwhile took records from partitions already
+        moved and from others not yet moved."""
         consumer = self._ensure_consumer()
-        committed = await consumer.seek_to_committed()
         changelogs = self.app.tables.changelog_topics  # table recovery positions these itself
-        uncommitted = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
-        if uncommitted:
-            await consumer.seek_to_beginning(*uncommitted)
+        committed = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+        self.seeks += 1
+        for tp, offset in committed.items():
+            if tp.topic in changelogs and not offset:
+                continue
+            consumer.seek(tp, offset or 0)  # 0 lies before the earliest: auto_offset_reset=earliest applies
+            self.positions[tp] = (self.seeks, offset or None)
         return committed
+
+
+class _SeekSafeConsumer(faust_aiokafka.Consumer):
+    """Faust delivers a fetch's records one at a time (`getmany`), and sets each partition's read
+    offset (`_read_offset`, the last offset delivered) to the committed offset when a rebalance seeks
+    back to it (`perform_seek`). Records fetched before the seek but delivered after it lie beyond the
+    committed offset: Faust took the distance for a gap in the partition, counted the records in it as
+    processed, and dropped them when they were fetched again. A survivor that took over a killed
+    worker's partitions lost the events its predecessor had not processed
+    (tests/reliability/test_worker_failover.py).
+
+    Here a record fetched before the seek that moved its partition is skipped (it comes again from the
+    new position), and a partition's read offset is set to where its last seek put it just before the
+    first record fetched after that seek is delivered."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._fetched_after_seek = 0  # the seeks made before the fetch being delivered
+        self._read_from_seek: dict[TP, int] = {}  # tp -> the seek its read offset starts from
+
+    async def _getmany(self, active_partitions, timeout):
+        records = await super()._getmany(active_partitions, timeout)
+        self._fetched_after_seek = records.after_seek
+        return records
+
+    async def getmany(self, timeout: float):
+        positions = self._thread.positions
+        async for tp, message in super().getmany(timeout):
+            seek, offset = positions.get(tp, (0, None))
+            if seek > self._fetched_after_seek:
+                continue  # fetched before a seek moved its partition
+            if self._read_from_seek.get(tp, 0) < seek:
+                self._read_offset[tp] = offset
+                self._gap.pop(tp, None)  # gaps seen before the seek: those above the offset come again
+                self._read_from_seek[tp] = seek
+            yield tp, message
+
+    async def perform_seek(self) -> None:
+        """Faust's, but the read offsets are set by `getmany`, in step with the records it delivers."""
+        committed = await self.seek_to_committed()
+        self._committed_offset.update({tp: offset or None for tp, offset in committed.items() if offset is not None})
 
 
 class _IdempotentProducer(faust_aiokafka.Producer):
@@ -113,7 +184,7 @@ def tuned_transport(settings: Settings) -> type:
     with an error, so there it is not, and only Tansu gets the end-offset fix."""
     thread = type("ConsumerThread", (_TunedConsumerThread,), {"settings": settings})
 
-    class Consumer(faust_aiokafka.Consumer):
+    class Consumer(_SeekSafeConsumer):
         def _new_consumer_thread(self):  # private: the consumer thread class is not configurable
             return thread(self, loop=self.loop, beacon=self.beacon)
 

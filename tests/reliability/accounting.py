@@ -131,3 +131,20 @@ def consume_drained(settings, planned: list[dict], timeout_s: float) -> tuple[li
         return drained or time.monotonic() > deadline
 
     return values(run(consume_until(settings, settings.topics.recommendations, done, timeout_s + 30))), drained
+
+
+def dead_letter_reasons(settings, event_ids: Iterable[str], wait_s: float = 5.0) -> dict[str, str]:
+    """Event id -> the reason it was dead-lettered with, for those of `event_ids` in the DLQ within
+    `wait_s`: what a test prints for the events it finds lost (a dead-lettered valid event is lost too)."""
+    wanted = set(event_ids)
+    deadline = time.monotonic() + wait_s
+    records = run(consume_until(settings, settings.topics.dlq, lambda rs: time.monotonic() > deadline, wait_s + 30))
+    reasons = {}
+    for r in records:
+        try:
+            event_id = json.loads(r.value)["event_id"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if event_id in wanted:
+            reasons[event_id] = dict(r.headers).get("dlq.reason", b"").decode("utf-8", "replace")
+    return reasons
