@@ -6,8 +6,8 @@ worker answers for users of every partition, during and after the moves.
 Method. Two workers (one app id, each its own state dir and web port) share a 4-partition `events`
 topic; a paced producer sends a planned stream (no user gets more events than a window holds). Once
 every user has a window, the second worker hangs (SIGSTOP) for 2 s, so that events of its partitions
-are fetched and neither processed nor committed, and is then killed with SIGKILL; the group notices after the
-session timeout (6 s in tests) and the survivor rebuilds the moved partitions' windows from the
+are fetched and neither processed nor committed, and is then killed with SIGKILL; the group notices
+after the session timeout (6 s in tests) and the survivor rebuilds the moved partitions' windows from the
 changelog (with `standby_replicas` 1: from its standby copy plus the changelog's tail). Then a third
 worker starts on an empty state dir and the group splits the partitions between it and the survivor.
 The stream runs across both moves. Run with standby replicas 0 and 1.
@@ -37,8 +37,9 @@ views/recommendations.py), most final answers came from a worker without the use
 before the view answered 503 during a rebalance, the survivor answered "unknown user" for a moved
 partition it had been assigned but not yet recovered. Before stream_app.faust_private's
 `_SeekSafeConsumer`, Faust delivered records fetched before a rebalance's seek after it and counted
-the records in between as processed: runs lost events of a moved partition (5 in one CI run). `STREAMREC_FAILOVER_DROP_ONE=1` never produces
-one planned event: the accounting names it and the windows differ.
+the records in between as processed: runs lost events of a moved partition (5 in one CI run).
+`STREAMREC_FAILOVER_DROP_ONE=1` never produces one planned event: the accounting names it and the
+windows differ.
 """
 
 from __future__ import annotations
