@@ -37,6 +37,10 @@ class ItemIndex:
         self.row_of: dict[str, int] = {}
         self.ids: list[str | None] = [None] * capacity
         self.categories: list[tuple[str, ...]] = [()] * capacity  # of each row's item
+        # The same as ids, for array work (`category_matrix`): [capacity, P], -1 past a row's last category;
+        # P, the most categories of one item so far, grows as items need it.
+        self.category_ids = np.full((capacity, 1), -1, dtype=np.int32)
+        self.category_id: dict[str, int] = {}  # category -> its id, in the order first seen
         self.rows_in: dict[str, set[int]] = {}  # category -> rows of live items in it
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._ann = LiveAnn(ann_min_items, ann) if ann_min_items is not None else None
@@ -90,9 +94,28 @@ class ItemIndex:
         for name in categories:
             self.rows_in.setdefault(name, set()).add(row)
         self.categories[row] = categories
+        ids = [self.category_id.setdefault(name, len(self.category_id)) for name in categories]
+        if len(ids) > self.category_ids.shape[1]:
+            wider = np.full((len(self.category_ids), len(ids) - self.category_ids.shape[1]), -1, dtype=np.int32)
+            self.category_ids = np.concatenate([self.category_ids, wider], axis=1)
+        self.category_ids[row] = -1
+        self.category_ids[row, : len(ids)] = ids
 
     def categories_of(self, item_id: str) -> tuple[str, ...]:
         return self.categories[self.row_of[item_id]]
+
+    def category_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """Index rows [M] (-1: none) -> [M, C] bool, whether each row's item is in each category (C: the
+        categories of these rows, in any order; at least one column)."""
+        ids = np.where(rows[:, None] >= 0, self.category_ids[rows], -1)  # [M, P]
+        present = np.zeros(len(self.category_id) + 1, dtype=bool)  # [1 + categories], slot 0: none
+        present[ids.ravel() + 1] = True
+        present[0] = False
+        column = np.cumsum(present) - 1  # [1 + categories] -> the matrix's column of each present one
+        matrix = np.zeros((len(rows), max(int(present.sum()), 1)), dtype=bool)
+        named = ids >= 0
+        matrix[np.nonzero(named)[0], column[ids[named] + 1]] = True
+        return matrix
 
     def category_mask(self, include: Collection[str], exclude: Collection[str]) -> np.ndarray | None:
         """Rows [capacity] of items in one of `include` (any item if empty) and in none of `exclude`;
@@ -173,4 +196,5 @@ class ItemIndex:
         self.live = np.concatenate([self.live, np.zeros(old, dtype=bool)])
         self.ids.extend([None] * old)
         self.categories.extend([()] * old)
+        self.category_ids = np.concatenate([self.category_ids, np.full_like(self.category_ids, -1)])
         self._free.extend(range(2 * old - 1, old - 1, -1))

@@ -273,7 +273,7 @@ class Recommender:
         )
         times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b in live], T, 0.0)
         window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b in live])
-        categories = self._category_matrix(np.concatenate([candidates.ravel(), window_rows.ravel()]))
+        categories = self.index.category_matrix(np.concatenate([candidates.ravel(), window_rows.ravel()]))
         in_window = (candidates[:, :, None] == window_rows[:, None, :]).any(2)  # [B, N]
         counts, first_seen = self.activity.at(ids, times[:, -1])
         features = ranking_features(
@@ -299,17 +299,6 @@ class Recommender:
             picks = at_most_per_category(((i, s) for i, (s, *_) in of.items()), self.k, cap, self.index.categories_of)
             out[b] = [(i, *of[i]) for i, _ in picks]
         return out
-
-    def _category_matrix(self, rows: np.ndarray) -> np.ndarray:
-        """Index rows [M] (-1: none) -> [M, C] bool, whether each row's item is in each category (C: the
-        categories of the distinct rows, in any order; at least one column)."""
-        distinct, where = np.unique(rows, return_inverse=True)
-        of_row = [self.index.categories[r] if r >= 0 else () for r in distinct.tolist()]
-        column = {c: j for j, c in enumerate(dict.fromkeys(chain.from_iterable(of_row)))}
-        matrix = np.zeros((len(distinct), max(len(column), 1)), dtype=bool)
-        for j, names in enumerate(of_row):
-            matrix[j, [column[c] for c in names]] = True
-        return matrix[where.ravel()]
 
 
 @dataclass

@@ -30,3 +30,20 @@ def test_removed_row_is_reused_and_vectors_of_marks_unknown():
     vectors, known = index.vectors_of(["b", "zzz"])
     assert known.tolist() == [True, False]
     assert np.allclose(vectors[0], unit(0, 1)) and not vectors[1].any()
+
+
+def test_category_matrix_marks_each_rows_categories_and_nothing_for_no_item():
+    index = ItemIndex(dim=2, capacity=2)  # forces a grow, and a wider category array for "c"
+    index.upsert("a", unit(1, 0), ["Drama"])
+    index.upsert("b", unit(0, 1), ["Comedy", "Drama"])
+    index.upsert("c", unit(1, 1), ["Horror", "Comedy", "Sci-Fi"])
+    index.upsert("b", unit(0, 1), ["Horror"])  # re-categorised
+    index.remove("a")
+    rows = np.array([index.row_of["b"], index.row_of["c"], -1, index.row_of["b"]])
+    matrix = index.category_matrix(rows)
+    # The columns are the categories of these rows (not Drama: only "a" had it, and "a" is gone), any order.
+    assert matrix.shape == (4, 3)
+    sets = [set(np.flatnonzero(row).tolist()) for row in matrix]
+    horror = next(iter(sets[0]))
+    assert sets[0] == sets[3] == {horror} and horror in sets[1] and len(sets[1]) == 3 and sets[2] == set()
+    assert index.category_matrix(np.array([-1, -1])).shape == (2, 1)  # no categories: one empty column
