@@ -8,7 +8,9 @@ event is always at position T-1, which is where the user vector is read.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from functools import cached_property
+from itertools import repeat
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,10 +32,16 @@ class FeatureSpec:
         return len(self.event_types) + 2  # + padding + "other"
 
     def event_type_id(self, event_type: str) -> int:
-        try:
-            return self.event_types.index(event_type) + 1
-        except ValueError:
-            return len(self.event_types) + 1
+        return self._type_ids.get(event_type, len(self.event_types) + 1)
+
+    def event_type_ids(self, event_types: Sequence[str]) -> np.ndarray:
+        """`event_type_id` of each -> [T] int64."""
+        other = repeat(len(self.event_types) + 1)
+        return np.fromiter(map(self._type_ids.get, event_types, other), np.int64, len(event_types))
+
+    @cached_property
+    def _type_ids(self) -> dict[str, int]:
+        return {t: i + 1 for i, t in enumerate(self.event_types)}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (a model version's config.json `feature_spec`, a checkpoint's `features`)."""

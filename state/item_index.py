@@ -34,6 +34,7 @@ class ItemIndex:
         self.dim = dim
         self.vectors = np.zeros((capacity, dim), dtype=np.float32)  # [capacity, D]
         self.live = np.zeros(capacity, dtype=bool)  # rows that are candidates
+        self.row_bias = np.full(capacity, -np.inf, dtype=np.float32)  # added to every score: 0 live, -inf not
         self.row_of: dict[str, int] = {}
         self.ids: list[str | None] = [None] * capacity
         self.categories: list[tuple[str, ...]] = [()] * capacity  # of each row's item
@@ -63,6 +64,7 @@ class ItemIndex:
         self._set_categories(row, tuple(dict.fromkeys(categories)))
         self.vectors[row] = vector
         self.live[row] = True
+        self.row_bias[row] = 0.0
         if self._ann is not None:
             self._ann.touch(row, self.vectors, self.live, len(self))
 
@@ -71,6 +73,7 @@ class ItemIndex:
         if row is None:
             return
         self.live[row] = False
+        self.row_bias[row] = -np.inf
         self.vectors[row] = 0.0
         self.ids[row] = None
         self._set_categories(row, ())
@@ -180,20 +183,23 @@ class ItemIndex:
 
     def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list[list[int]], allowed=None):
         scores = queries.astype(np.float32) @ self.vectors.T  # [B, capacity]
-        scores[:, ~(self.live if allowed is None else self.live & allowed)] = -np.inf
+        scores += self.row_bias  # rows without a live item: -inf
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
         for b, rows in enumerate(excluded):
             scores[b, rows] = -np.inf
         k_eff = min(k, scores.shape[1])
+        batch = np.arange(len(scores))[:, None]  # [B, 1]
         top = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]  # [B, k] unordered
-        best = np.take_along_axis(scores, top, axis=1)  # [B, k]
-        order = np.argsort(-best, axis=1)
-        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
+        top = top[batch, np.argsort(-scores[batch, top], axis=1)]  # [B, k] best first
+        best = scores[batch, top]
         return np.where(np.isfinite(best), top, -1), best  # fewer than k live, non-excluded items: -1, -inf
 
     def _grow(self) -> None:
         old = len(self.live)
         self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
         self.live = np.concatenate([self.live, np.zeros(old, dtype=bool)])
+        self.row_bias = np.concatenate([self.row_bias, np.full(old, -np.inf, dtype=np.float32)])
         self.ids.extend([None] * old)
         self.categories.extend([()] * old)
         self.category_ids = np.concatenate([self.category_ids, np.full_like(self.category_ids, -1)])

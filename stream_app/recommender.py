@@ -150,10 +150,13 @@ class Recommender:
         cold_allowed = self.index.row_of.keys()  # the cold users' candidates: trending, then the catalog
         if allowed is not None and len(scanned) < len(windows):
             cold_allowed = {self.index.ids[r] for r in np.flatnonzero(allowed)}
+        explained = self._explain(
+            {b: ranked[b] for b in np.flatnonzero(has_history).tolist()}, histories, vectors, known
+        )
         results = []
         for b in range(len(windows)):
             if has_history[b]:
-                results.append(self._explain(ranked[b], histories[b], vectors[b], known[b]))
+                results.append(explained[b])
             elif has_interest[b]:
                 results.append([RecommendedItem(item_id=i, score=s) for i, s in ranked[b]])
             else:
@@ -211,13 +214,7 @@ class Recommender:
         for j, b in enumerate(rows):
             v = vectors[b][known[b]]
             seq[j, T - len(v) :] = v
-        types = left_pad(
-            [
-                np.array([spec.event_type_id(t) for t in windows[b].event_types[-spec.max_len :]])[known[b]]
-                for b in rows
-            ],
-            T,
-        )
+        types = left_pad([spec.event_type_ids(windows[b].event_types[-spec.max_len :])[known[b]] for b in rows], T)
         ts = left_pad([np.array(windows[b].ts[-spec.max_len :], dtype=np.float64)[known[b]] for b in rows], T)
         mask = types > 0
         buckets = recency_buckets(ts, mask, spec.n_time_buckets)
@@ -231,17 +228,29 @@ class Recommender:
         weights = np.array([self.event_weights.get(t, 1.0) for t in types]) * recency * known
         return (weights[:, None] * vectors).sum(0) / weights.sum()
 
-    def _explain(self, ranked, history: list[str], vectors: np.ndarray, known: np.ndarray) -> list[RecommendedItem]:
-        """`because` = the history item most similar (cosine) to each recommended item."""
-        if not ranked:
-            return []
-        hist = vectors[known]
-        hist_ids = [h for h, k in zip(history, known) if k]
-        recs, _ = self.index.vectors_of([i for i, *_ in ranked])
-        # The cosine's argmax over the history for one recommended item does not depend on that
-        # item's own norm: only the history is normalised.
-        best = (recs @ (hist / np.maximum(np.linalg.norm(hist, axis=1, keepdims=True), 1e-12)).T).argmax(axis=1)
-        return [RecommendedItem(i, s, hist_ids[j], *heads) for (i, s, *heads), j in zip(ranked, best.tolist())]
+    def _explain(self, lists: dict[int, list[tuple]], histories, vectors, known) -> dict[int, list[RecommendedItem]]:
+        """`because` of each window b's list: the history item most similar (cosine) to each recommended item,
+        for all the lists at once."""
+        users = [b for b, ranked in lists.items() if ranked]
+        explained: dict[int, list[RecommendedItem]] = {b: [] for b in lists}
+        if not users:
+            return explained
+        K, T = max(len(lists[b]) for b in users), max(len(vectors[b]) for b in users)
+        recs = np.zeros((len(users), K), dtype=np.int64)  # [U, K] index rows; padding: row 0, never read
+        hist = np.zeros((len(users), T, self.index.dim), dtype=np.float32)  # [U, T, D], right-padded
+        in_index = np.zeros((len(users), T), dtype=bool)  # [U, T]
+        for u, b in enumerate(users):
+            recs[u, : len(lists[b])] = [self.index.row_of[i] for i, *_ in lists[b]]
+            hist[u, : len(vectors[b])], in_index[u, : len(known[b])] = vectors[b], known[b]
+        # The cosine's argmax over the history for one recommended item does not depend on that item's own
+        # norm: only the history is normalised. Ties go to the earliest event, as np.argmax does.
+        unit = hist / np.maximum(np.linalg.norm(hist, axis=2, keepdims=True), 1e-12)
+        similarity = self.index.vectors[recs] @ unit.transpose(0, 2, 1)  # [U, K, T]
+        best = np.where(in_index[:, None, :], similarity, -np.inf).argmax(axis=2).tolist()  # [U, K]
+        for u, b in enumerate(users):
+            history = histories[b]
+            explained[b] = [RecommendedItem(i, s, history[t], *heads) for (i, s, *heads), t in zip(lists[b], best[u])]
+        return explained
 
     def _rank(self, rows, windows, users, vectors, known, exclude, allowed, rules: Rules) -> dict[int, list[tuple]]:
         """The ranking stage for the windows `rows`: the best `ranker_candidates` under the rules, re-scored,
@@ -268,9 +277,7 @@ class Recommender:
         )  # [B, T], -1: padding or an item not in the index
         spec = self.runtime.feature_spec
         mask = left_pad([known[b] for b in live], T, False)  # [B, T]
-        types = left_pad(
-            [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b in live], T
-        )
+        types = left_pad([spec.event_type_ids(windows[b].event_types[-len(vectors[b]) :]) for b in live], T)
         times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b in live], T, 0.0)
         window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b in live])
         categories = self.index.category_matrix(np.concatenate([candidates.ravel(), window_rows.ravel()]))
