@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth
+from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth, operating_rates
 
 RATE, SECONDS = 1000.0, 8.0
 
@@ -38,3 +38,11 @@ def test_a_queue_the_90_percent_rule_missed_is_overloaded():
     assert row["growth"] == pytest.approx(1000 * (1000 / 904 - 1), rel=0.05)  # about 106 ms/s
     assert row["growth"] > MAX_GROWTH_MS_PER_S
     assert not keeps_up(row)
+
+
+def test_the_operating_points_are_shares_of_the_best_rate_kept_up_not_of_an_overloaded_one():
+    kept = run(served_per_s=1500.0)
+    overloaded = {"rate": 2000.0, "events": 16_000, "answered": 16_000, "events_per_s": 1300.0, "growth": 300.0}
+    assert not keeps_up(overloaded)
+    top = kept["events_per_s"]
+    assert operating_rates([kept, overloaded]) == [round(top / 4), round(top / 2)]
