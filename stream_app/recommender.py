@@ -276,10 +276,10 @@ class Recommender:
             -1,
         )  # [B, T], -1: padding or an item not in the index
         spec = self.runtime.feature_spec
-        mask = left_pad([known[b] for b in live], T, False)  # [B, T]
+        mask = window_rows >= 0  # [B, T]
         types = left_pad([spec.event_type_ids(windows[b].event_types[-len(vectors[b]) :]) for b in live], T)
         times = left_pad([np.array(windows[b].ts[-len(vectors[b]) :], dtype=np.float64) for b in live], T, 0.0)
-        window_vectors = np.stack([np.pad(vectors[b], ((T - len(vectors[b]), 0), (0, 0))) for b in live])
+        window_vectors = np.where(mask[..., None], self.index.vectors[window_rows], 0.0)  # [B, T, D]
         categories = self.index.category_matrix(np.concatenate([candidates.ravel(), window_rows.ravel()]))
         in_window = (candidates[:, :, None] == window_rows[:, None, :]).any(2)  # [B, N]
         counts, first_seen = self.activity.at(ids, times[:, -1])

@@ -99,6 +99,26 @@ def test_features_of_a_window_and_two_candidates():
     np.testing.assert_allclose([column(f, f"share_type_{t}")[0, 0] for t in (1, 2, 3)], [1 / 3] * 3, rtol=1e-6)
 
 
+def test_best_similarity_per_event_type_skips_padding_and_is_zero_for_a_type_the_window_lacks():
+    """Two windows of T = 3: A (padding that holds the candidate itself, a view of item 0, a purchase of item 2)
+    and B (views of items 0 and 1, a click of item 1: no purchase); candidates item 3 and item 1 for both."""
+    vectors = np.array([[1, 0], [0, 1], [1, 1], [-1, 0]], dtype=np.float32)
+    window = np.array([[3, 0, 2], [0, 1, 1]])
+    mask = np.array([[False, True, True], [True, True, True]])
+    types = np.array([[3, 1, 3], [1, 1, 2]])  # A's padding claims a purchase: it must not count
+    candidates = np.array([[3, 1], [3, 1]])
+    no_category = np.zeros((2, 3, 1), dtype=bool)
+    f = ranking_features(
+        SPEC, np.zeros((2, 2)), vectors[candidates], no_category[:, :2], np.zeros((2, 2, 2)), np.full((2, 2), np.nan),
+        np.zeros((2, 2), dtype=bool), vectors[window], no_category, types, np.zeros((2, 3)), mask,
+    )  # fmt: skip
+    half = np.sqrt(0.5)
+    np.testing.assert_allclose(column(f, "sim_max"), [[-half, half], [0.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(column(f, "sim_type_1"), [[-1.0, 0.0], [0.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(column(f, "sim_type_2"), [[0.0, 0.0], [0.0, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(column(f, "sim_type_3"), [[-half, half], [0.0, 0.0]], atol=1e-6)
+
+
 def log(*users: list[tuple[int, str, float]]) -> Interactions:
     """Users' (item, event type, time) lists -> Interactions over 4 items."""
     spec = FeatureSpec()
