@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -258,6 +259,18 @@ def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_T
     raise TimeoutError(f"workers on ports {ports} did not settle on {partitions} partitions in {timeout_s:.0f}s")
 
 
+def scoring_totals(ports: list[int]) -> np.ndarray:
+    """[seconds, batches] of `streamrec_scoring_seconds` (stream_app/metrics.py) over the workers' /metrics:
+    the time spent scoring micro-batches, inside the worker, so far."""
+    total = np.zeros(2)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            families = text_string_to_metric_families(response.read().decode())
+        for sample in next(f for f in families if f.name == "streamrec_scoring_seconds").samples:
+            total += [sample.name.endswith("_sum") * sample.value, sample.name.endswith("_count") * sample.value]
+    return total
+
+
 def run_system(
     system: System,
     settings: Settings,
@@ -287,10 +300,11 @@ def run_system(
             for n in range(system.workers)
         ]  # each process: its own dir and port
         processes = [start_system(system, s, work / f"worker-{n}.log") for n, s in enumerate(each)]
+        ports = [] if system.bare else [s.worker.web_port for s in each]
         pids = {"worker": [p.pid for p in processes], "broker": [p.pid for p in broker.children()]}
         try:
             if not system.bare:
-                wait_for_group([s.worker.web_port for s in each], system.partitions)
+                wait_for_group(ports, system.partitions)
             warm = asyncio.run(
                 measure(
                     settings,
@@ -316,6 +330,7 @@ def run_system(
                 events = stream[offset : offset + int(rate * seconds)]
                 offset += len(events)
                 before = {side: sum(map(cpu_seconds, ps)) for side, ps in pids.items()}
+                scored_before = scoring_totals(ports)
                 with (
                     py_spy(processes[0].pid, seconds, flame_graph, work / "stacks.txt")
                     if flame_graph
@@ -324,6 +339,8 @@ def run_system(
                     row = asyncio.run(measure(settings, system.output_topic(settings), events, rate))
                 for side, ps in pids.items():
                     row[f"{side}_cpu_ms"] = (sum(map(cpu_seconds, ps)) - before[side]) * 1000 / max(row["answered"], 1)
+                seconds_spent, batches = scoring_totals(ports) - scored_before
+                row["scoring_ms"] = 1000 * seconds_spent / batches if batches else float("nan")
                 rows.append(row | idle)
                 print(f"{system.label:>34} offered {rate:6.0f}/s: {line(row)}", flush=True)
         finally:
@@ -375,7 +392,10 @@ def slug(system: System) -> str:
     return "bare-batch" if system.per_batch else "bare-event"
 
 
-MEDIAN_KEYS = ("events_per_s", "sent_per_s", "p50", "p95", "p99", "growth", "records", "worker_cpu_ms", "broker_cpu_ms")
+MEDIAN_KEYS = (
+    *("events_per_s", "sent_per_s", "p50", "p95", "p99", "growth", "records"),
+    *("worker_cpu_ms", "broker_cpu_ms", "scoring_ms"),
+)
 
 
 def median_rows(runs: list[list[dict]]) -> list[dict]:
@@ -418,7 +438,8 @@ def line(row: dict) -> str:
         f"p95 {row['p95']:7.1f} ms, p99 {row['p99']:7.1f} ms, latency growth {row['growth']:6.1f} ms/s; "
         f"{row['events'] - row['answered']} unanswered, "
         f"{row['duplicates']} duplicate records, {row['records']:.0f} records for {row['events']} events; CPU ms/event "
-        f"worker {row['worker_cpu_ms']:.3f}, broker {row['broker_cpu_ms']:.3f} (sent at {row['sent_per_s']:.0f}/s)"
+        f"worker {row['worker_cpu_ms']:.3f}, broker {row['broker_cpu_ms']:.3f}; scoring {scoring(row)} ms/batch "
+        f"(sent at {row['sent_per_s']:.0f}/s)"
     )
 
 
@@ -436,14 +457,14 @@ def system_table(rows: list[dict]) -> str:
     """One system, one row per offered rate, every event accounted for."""
     head = (
         "| offered /s | sustained /s | p50 ms | p95 ms | p99 ms (range) | latency growth ms/s | unanswered "
-        "| duplicate records | records / events | worker CPU ms/event | broker CPU ms/event |\n| "
-        + " | ".join(["---:"] * 11)
+        "| duplicate records | records / events | worker CPU ms/event | broker CPU ms/event | scoring ms/batch |\n| "
+        + " | ".join(["---:"] * 12)
         + " |"
     )
     body = [
         f"| {r['rate']:.0f} | {r['events_per_s']:.0f}{'' if keeps_up(r) else ' (overloaded)'} | {r['p50']:.1f} "
         f"| {r['p95']:.1f} | {p99(r)} | {r['growth']:.1f} | {r['events'] - r['answered']} | {r['duplicates']} "
-        f"| {r['records']:.0f} / {r['events']} | {r['worker_cpu_ms']:.3f} | {r['broker_cpu_ms']:.3f} |"
+        f"| {r['records']:.0f} / {r['events']} | {r['worker_cpu_ms']:.3f} | {r['broker_cpu_ms']:.3f} | {scoring(r)} |"
         for r in rows
     ]
     return "\n".join([head, *body])
@@ -471,6 +492,11 @@ def ratio_table(results: dict[System, list[dict]], real: System) -> str:
                 cells += [f"— ({who} overloaded)"] * 2
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, *body])
+
+
+def scoring(row: dict) -> str:
+    """Mean time the worker spent scoring a micro-batch over the slice; — for the bare agents (no model)."""
+    return f"{row['scoring_ms']:.2f}" if np.isfinite(row["scoring_ms"]) else "—"
 
 
 def p99(row: dict) -> str:
@@ -781,7 +807,9 @@ rate gains about 1000·f/(1 − f) ms/s). A system **keeps up** at a rate if it 
 ≥ 90 % of it and its latency grew by at most {MAX_GROWTH_MS_PER_S:g} ms/s; otherwise it is labelled overloaded,
 and no ratio is taken at that rate. **CPU ms/event**:
 user + system CPU time of the system's processes (and of the broker's) over the rate's slice, per answered event
-(`/proc`; less noisy here than throughput). Where a user's events come in bursts (records < events),
+(`/proc`; less noisy here than throughput). **Scoring ms/batch**: the worker's own `streamrec_scoring_seconds`
+(user tower, retrieval, ranking stage and rules for one micro-batch), its mean over the slice, read from
+`/metrics` before and after it. Where a user's events come in bursts (records < events),
 streamrec and the per-batch agent do less Kafka and RocksDB work per event than the per-event agent.
 
 Side by side (medians over the rounds; the rates are {", ".join(f"{r:g}" for r in args.rates)}, then a quarter and a half of streamrec's maximum):

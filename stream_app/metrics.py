@@ -10,6 +10,7 @@ from stream_app.experiments import Credit
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+SCORING_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class WorkerMetrics:
@@ -24,6 +25,12 @@ class WorkerMetrics:
             "streamrec_recommendations_out", "Recommendation records published", registry=r
         )
         self.batch_size = Histogram("streamrec_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.scoring = Histogram(
+            "streamrec_scoring_seconds",
+            "Time to score one micro-batch's users: user tower, retrieval and the ranking stage, rules included",
+            buckets=SCORING_BUCKETS,
+            registry=r,
+        )
         self.latency = Histogram(
             "streamrec_event_to_recommendation_seconds",
             "From the event's Kafka timestamp to its recommendation being sent",

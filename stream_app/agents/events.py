@@ -103,13 +103,17 @@ async def recommend_for(
         metrics.observe_hit(hit)
     interests = stated_interests(ctx, stream, batch, touched)
     if experiment is None:
-        lists, served = score(recommender, updated, interests, failed), {}
+        with metrics.scoring.time():
+            lists, served = score(recommender, updated, interests, failed), {}
     else:
         events = {user: [(e.item_id, e.event_type) for e in touched[user].events] for user in stored}
         for credit in experiment.credits(stored, events):
             metrics.observe_credit(experiment.name, credit)
         triggers = {user: touched[user].events[-1].event_id for user in updated}
-        served = experiment.serve(updated, triggers, lambda model, windows: score(model, windows, interests, failed))
+        with metrics.scoring.time():
+            served = experiment.serve(
+                updated, triggers, lambda model, windows: score(model, windows, interests, failed)
+            )
         lists = {user: s.items for user, s in served.items()}
     now = time.time()
     short = {user: why for user, items in lists.items() if (why := recommender.short_reason(items))}

@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth, operating_rates
+from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth, operating_rates, scoring_totals
 
 RATE, SECONDS = 1000.0, 8.0
 
@@ -46,3 +46,21 @@ def test_the_operating_points_are_shares_of_the_best_rate_kept_up_not_of_an_over
     assert not keeps_up(overloaded)
     top = kept["events_per_s"]
     assert operating_rates([kept, overloaded]) == [round(top / 4), round(top / 2)]
+
+
+def test_scoring_time_per_batch_is_read_from_the_workers_metrics():
+    from prometheus_client import start_http_server
+
+    from stream_app.demo import free_port
+    from stream_app.metrics import WorkerMetrics
+
+    metrics, port = WorkerMetrics(), free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        before = scoring_totals([port])
+        metrics.scoring.observe(0.003)
+        metrics.scoring.observe(0.005)
+        np.testing.assert_allclose(scoring_totals([port]) - before, [0.008, 2.0])
+    finally:
+        server.shutdown()
+        thread.join()
