@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth, operating_rates, scoring_totals
+from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth, maxima, operating_rates, scoring_totals
 
 RATE, SECONDS = 1000.0, 8.0
 
@@ -64,3 +64,15 @@ def test_scoring_time_per_batch_is_read_from_the_workers_metrics():
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_no_maximum_ratio_is_taken_against_a_ceiling_that_kept_up_with_no_rate_of_the_grid():
+    overloaded = {"rate": 3000.0, "events": 24_000, "answered": 24_000, "events_per_s": 1900.0, "growth": 500.0}
+    kept = run(served_per_s=1500.0)  # about 1000/s: here the operating points after the grid
+    streamrec = [kept | {"rate": 3000.0, "events_per_s": 2990.0}, kept, kept]
+    ceiling = [overloaded, kept, kept]
+    assert (
+        maxima(streamrec, ceiling)
+        == "best rate kept up on the grid 2990/s vs none (it kept up with no rate of the grid)"
+    )
+    assert maxima(streamrec, streamrec).endswith("2990/s vs 2990/s = 1.00")
