@@ -146,7 +146,7 @@ class Recommender:
         reranked = [b for b in scanned if has_history[b]] if self.activity is not None and stage == "full" else []
         retrieved = sorted(set(scanned) - set(reranked))
         ranked = dict(zip(retrieved, self._top_k(users[retrieved], [exclude[b] for b in retrieved], allowed, rules)))
-        ranked |= self._rank(reranked, windows, users, vectors, known, exclude, allowed, rules)
+        ranked |= self._rank(reranked, windows, users, vectors, exclude, allowed, rules)
         cold_allowed = self.index.row_of.keys()  # the cold users' candidates: trending, then the catalog
         if allowed is not None and len(scanned) < len(windows):
             cold_allowed = {self.index.ids[r] for r in np.flatnonzero(allowed)}
@@ -252,7 +252,7 @@ class Recommender:
             explained[b] = [RecommendedItem(i, s, history[t], *heads) for (i, s, *heads), t in zip(lists[b], best[u])]
         return explained
 
-    def _rank(self, rows, windows, users, vectors, known, exclude, allowed, rules: Rules) -> dict[int, list[tuple]]:
+    def _rank(self, rows, windows, users, vectors, exclude, allowed, rules: Rules) -> dict[int, list[tuple]]:
         """The ranking stage for the windows `rows`: the best `ranker_candidates` under the rules, re-scored,
         ordered by the blend of the heads, cut to k (the cap per category on that order) -> {row: [(item id,
         blend, P(click), P(purchase)), ...]}. NumPy over [B, N] arrays of index rows: the per-id Python work

@@ -1,7 +1,6 @@
 """Events in, recommendations out, through a real broker and a worker process."""
 
 import json
-import re
 
 import pytest
 
@@ -12,6 +11,7 @@ from tests.integration.conftest import (
     dumps,
     event,
     latest_by_user,
+    metric_values,
     ml100k_items,
     produce,
     run,
@@ -21,7 +21,6 @@ pytestmark = pytest.mark.integration
 
 CATALOG = ml100k_items(200)
 TITLES = {key: value["title"] for key, value in CATALOG}
-SCORED_AND_BATCHES = ("streamrec_scoring_seconds_count", "streamrec_batch_size_count")
 HISTORIES = {  # ml-100k ids: 1 Toy Story, 71 Lion King, 95 Aladdin | 50 Star Wars, 172 Empire, 181 Return of the Jedi
     "alice": ["1", "71", "95"],
     "bob": ["50", "172", "181"],
@@ -92,9 +91,11 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
     assert f'streamrec_model_info{{version="{version}"}} 1.0' in text
     assert 'streamrec_consumer_lag{partition="0"} 0.0' in text
     assert "streamrec_windows 3.0" in text and "streamrec_broker_up 1.0" in text
-    scored, batches = (float(re.search(rf"^{name} (\S+)$", text, re.M)[1]) for name in SCORED_AND_BATCHES)
+    [scored], [batches] = (
+        metric_values(text, f"{name}_count") for name in ("streamrec_scoring_seconds", "streamrec_batch_size")
+    )
     assert 1 <= scored <= batches  # every micro-batch with a valid event is scored once, in one call
-    assert float(re.search(r"^streamrec_scoring_seconds_sum (\S+)$", text, re.M)[1]) > 0
+    assert metric_values(text, "streamrec_scoring_seconds_sum")[0] > 0
     carol = latest["carol"]["items"]
     assert len({i["item_id"] for i in carol}) == 10 and all(i.get("because") is None for i in carol)
     seen = {item for history in HISTORIES.values() for item in history}

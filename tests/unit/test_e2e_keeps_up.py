@@ -71,8 +71,8 @@ def test_no_maximum_ratio_is_taken_against_a_ceiling_that_kept_up_with_no_rate_o
     kept = run(served_per_s=1500.0)  # about 1000/s: here the operating points after the grid
     streamrec = [kept | {"rate": 3000.0, "events_per_s": 2990.0}, kept, kept]
     ceiling = [overloaded, kept, kept]
-    assert (
-        maxima(streamrec, ceiling)
-        == "best rate kept up on the grid 2990/s vs none (it kept up with no rate of the grid)"
-    )
-    assert maxima(streamrec, streamrec).endswith("2990/s vs 2990/s = 1.00")
+    said, ratio = maxima(streamrec, ceiling)
+    assert said == "best rate kept up on the grid 2990/s vs none (it kept up with no rate of the grid)"
+    assert np.isnan(ratio)
+    said, ratio = maxima(streamrec, streamrec)
+    assert said.endswith("2990/s vs 2990/s = 1.00") and ratio == 1.0

@@ -105,7 +105,7 @@ def test_the_ranker_sees_the_streams_popularity(registry: Registry, monkeypatch:
     assert (popularity > 0).any() and (popularity == 0).any()
 
 
-def rank_one_id_at_a_time(self: Recommender, rows, windows, users, vectors, known, exclude, allowed, rules: Rules):
+def rank_one_id_at_a_time(self: Recommender, rows, windows, users, vectors, exclude, allowed, rules: Rules):
     """The ranking stage as first written (per-id Python loops over the candidates): the reference
     `Recommender._rank` must agree with."""
     pools = self.index.top_k(users[rows], self.ranker_candidates, [exclude[b] for b in rows], allowed)
@@ -127,7 +127,7 @@ def rank_one_id_at_a_time(self: Recommender, rows, windows, users, vectors, know
         return out
 
     spec = self.runtime.feature_spec
-    mask = left_pad([known[b] for b, _ in live], T, False)
+    mask = left_pad([np.array([i in self.index for i in w], dtype=bool) for w in window_ids], T, False)
     types = left_pad(
         [np.array([spec.event_type_id(t) for t in windows[b].event_types[-len(vectors[b]) :]]) for b, _ in live], T
     )
