@@ -72,6 +72,11 @@ def train(
         M.align_loss, help="That loss: 'mse' (squared distance) or 'infonce' (contrastive over the warm items)."
     ),
     align_temperature: float = typer.Option(M.align_temperature, help="With --align-loss infonce: its temperature."),
+    text_loss_weight: float = typer.Option(
+        M.text_loss_weight,
+        help="Training: weight of a second next-item loss where every item is scored by its text vector alone, "
+        "as a cold item is (0 = off).",
+    ),
     text_mlp: int = typer.Option(
         I.text_mlp, help="Hidden width of a residual MLP beside the item tower's linear projection (0 = linear only)."
     ),
@@ -124,6 +129,7 @@ def train(
         align_weight=align_weight,
         align_loss=align_loss,
         align_temperature=align_temperature,
+        text_loss_weight=text_loss_weight,
         repeat_bias=repeat,
     )
     config = TrainConfig(
@@ -299,6 +305,7 @@ def _variant_name(model, train_config: dict) -> str:
     mlp = f", text MLP {c.item_tower.text_mlp}" if c.use_text and c.item_tower.text_mlp else ""
     mlp += f", cold scale {c.item_tower.cold_scale:g}" if c.use_text and c.item_tower.cold_scale != 1 else ""
     aligned = f", align {c.align_loss} {c.align_weight:g}" if c.use_text and c.align_weight else ""
+    aligned += f", text-only loss {c.text_loss_weight:g}" if c.use_text and c.id_residual and c.text_loss_weight else ""
     encoder = f", {text_model_name(c.item_tower.text_model_dir)}" if c.use_text and c.item_tower.text_model_dir else ""
     return (
         f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}"

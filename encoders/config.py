@@ -47,6 +47,7 @@ class RecommenderConfig:
     align_weight: float = 0.0  # training: weight of the loss pulling warm items' text vectors onto their full vectors
     align_loss: str = "mse"  # that loss: "mse" (squared distance) or "infonce" (contrastive, cosine / temperature)
     align_temperature: float = 0.1  # "infonce": softmax temperature of the cosine similarities
+    text_loss_weight: float = 0.0  # training: weight of a second next-item loss scored by text vectors alone
     repeat_bias: bool = True  # learned beta per event type for items already in the window
     n_items: int = 0  # catalog size N; the trainer sets it from the data
 

@@ -231,6 +231,7 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[Recommender, list[str], list[
         align_weight=rc.get("align_weight", 0.0),
         align_loss=rc.get("align_loss", "mse"),
         align_temperature=rc.get("align_temperature", 0.1),
+        text_loss_weight=rc.get("text_loss_weight", 0.0),
     )
     spec = FeatureSpec.from_dict(raw["features"])
     model = Recommender(config, spec)

@@ -83,17 +83,18 @@ def batch_tensors(
 def next_item_loss(
     states: torch.Tensor,
     catalog: torch.Tensor,
-    repeat: torch.Tensor,
+    repeat: torch.Tensor | None,
     targets: torch.Tensor,
     candidates: torch.Tensor,
     config: TrainConfig,
     log_q: torch.Tensor,
 ) -> torch.Tensor:
-    """states [B, T, D], catalog [N, D], repeat [B, T, N] repeat term, targets [B, T] (-100 = padding),
-    candidates [N] bool (items with training interactions; the others are never trained as
+    """states [B, T, D], catalog [N, D], repeat [B, T, N] repeat term (None: none), targets [B, T] (-100 =
+    padding), candidates [N] bool (items with training interactions; the others are never trained as
     negatives, so unseen items are not pushed down), log_q [N] sampling log-probs -> []."""
     real = targets >= 0
-    h, r, y = states[real], repeat[real], targets[real]  # [P, D], [P, N], [P]
+    h, y = states[real], targets[real]  # [P, D], [P]
+    r = repeat[real] if repeat is not None else torch.zeros(len(y), len(catalog), device=h.device)  # [P, N]
     if config.loss == "full":
         return F.cross_entropy((h @ catalog.T + r).masked_fill(~candidates, float("-inf")), y)
     negatives = torch.multinomial(log_q.exp(), config.n_negatives, replacement=True)  # [K]
@@ -223,6 +224,9 @@ def train(
             loss = next_item_loss(states, vectors, repeat, batch["targets"], model.warm, config, log_q)
             if model.config.align_weight > 0:
                 loss = loss + model.config.align_weight * model.alignment_loss(text)
+            if model.config.text_loss_weight > 0 and residual is not None:  # every item scored as a cold one is
+                text_only = next_item_loss(states, text, None, batch["targets"], model.warm, config, log_q)
+                loss = loss + model.config.text_loss_weight * text_only
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -105,6 +105,7 @@ def test_same_seed_same_model(split):
         {"id_residual": False},
         {"item_tower": ItemTowerConfig(proj_dim=16, train_top_layers=1)},  # fine-tune the top LM layer
         {"align_weight": 0.1, "align_loss": "infonce"},
+        {"text_loss_weight": 0.5},
     ],
 )
 def test_variants_train(split, variant):
@@ -184,6 +185,19 @@ def test_infonce_alignment_asks_each_text_vector_for_its_own_item():
     shuffled = model.alignment_loss(text[[1, 2, 3, 0, 4, 5]].detach())
     assert own < 0.01 < shuffled
     assert text.grad[4:].abs().sum() == 0 and model.id_emb.weight.grad is None  # cold rows; ID side held fixed
+
+
+def test_text_only_loss_reaches_the_text_side_and_is_saved(split, tmp_path):
+    """`text_loss_weight` adds a next-item loss where items are scored by their text vectors alone (as a cold
+    item is): from the same seed it trains another text projection, and a checkpoint keeps the weight."""
+    plain, _ = train(configured(split, residual_dropout=0.0), replace(FAST, epochs=2), split, progress=False)
+    model, _ = train(
+        configured(split, residual_dropout=0.0, text_loss_weight=1.0), replace(FAST, epochs=2), split, progress=False
+    )
+    text = [m.item_parts()[0].detach() for m in (plain, model)]
+    assert not torch.allclose(*text)
+    save_checkpoint(model, split.train.item_ids, split.train.item_texts, tmp_path / "ckpt", {})
+    assert load_checkpoint(tmp_path / "ckpt")[0].config.text_loss_weight == 1.0
 
 
 def test_checkpoint_round_trip(split, fixture_dir, tmp_path):
