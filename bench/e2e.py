@@ -259,16 +259,35 @@ def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_T
     raise TimeoutError(f"workers on ports {ports} did not settle on {partitions} partitions in {timeout_s:.0f}s")
 
 
-def scoring_totals(ports: list[int]) -> np.ndarray:
-    """[seconds, batches] of `streamrec_scoring_seconds` (stream_app/metrics.py) over the workers' /metrics:
-    the time spent scoring micro-batches, inside the worker, so far."""
-    total = np.zeros(2)
+# Row key -> the worker histogram (stream_app/metrics.py) whose mean over a slice the row holds, in ms: where
+# the latency goes inside streamrec's worker (the bare agents have none).
+IN_WORKER = {
+    "wait_ms": "streamrec_event_wait_seconds",  # per event: from its send to the agent taking its batch
+    "batch_ms": "streamrec_batch_seconds",  # per micro-batch: the agent's whole work on it
+    "scoring_ms": "streamrec_scoring_seconds",  # of which scoring
+    "delivery_ms": "streamrec_delivery_seconds",  # of which waiting for the records' acknowledgements
+}
+
+
+def worker_totals(ports: list[int]) -> dict[str, np.ndarray]:
+    """{histogram: [seconds, observations]} of the IN_WORKER histograms over the workers' /metrics, so far."""
+    totals = {name: np.zeros(2) for name in IN_WORKER.values()}
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             families = text_string_to_metric_families(response.read().decode())
-        for sample in next(f for f in families if f.name == "streamrec_scoring_seconds").samples:
-            total += [sample.name.endswith("_sum") * sample.value, sample.name.endswith("_count") * sample.value]
-    return total
+        for family in (f for f in families if f.name in totals):
+            values = {sample.name: sample.value for sample in family.samples}
+            totals[family.name] += [values[f"{family.name}_sum"], values[f"{family.name}_count"]]
+    return totals
+
+
+def in_worker_means(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> dict[str, float]:
+    """The IN_WORKER row keys: each histogram's mean between two `worker_totals`, ms (NaN: none observed)."""
+    means = {}
+    for key, name in IN_WORKER.items():
+        seconds, observations = after[name] - before[name]
+        means[key] = 1000 * seconds / observations if observations else float("nan")
+    return means
 
 
 def run_system(
@@ -330,7 +349,7 @@ def run_system(
                 events = stream[offset : offset + int(rate * seconds)]
                 offset += len(events)
                 before = {side: sum(map(cpu_seconds, ps)) for side, ps in pids.items()}
-                scored_before = scoring_totals(ports)
+                in_worker_before = worker_totals(ports)
                 with (
                     py_spy(processes[0].pid, seconds, flame_graph, work / "stacks.txt")
                     if flame_graph
@@ -339,8 +358,7 @@ def run_system(
                     row = asyncio.run(measure(settings, system.output_topic(settings), events, rate))
                 for side, ps in pids.items():
                     row[f"{side}_cpu_ms"] = (sum(map(cpu_seconds, ps)) - before[side]) * 1000 / max(row["answered"], 1)
-                seconds_spent, batches = scoring_totals(ports) - scored_before
-                row["scoring_ms"] = 1000 * seconds_spent / batches if batches else float("nan")
+                row |= in_worker_means(in_worker_before, worker_totals(ports))
                 rows.append(row | idle)
                 print(f"{system.label:>34} offered {rate:6.0f}/s: {line(row)}", flush=True)
         finally:
@@ -394,7 +412,7 @@ def slug(system: System) -> str:
 
 MEDIAN_KEYS = (
     *("events_per_s", "sent_per_s", "p50", "p95", "p99", "growth", "records"),
-    *("worker_cpu_ms", "broker_cpu_ms", "scoring_ms"),
+    *("worker_cpu_ms", "broker_cpu_ms", *IN_WORKER),
 )
 
 
@@ -438,7 +456,8 @@ def line(row: dict) -> str:
         f"p95 {row['p95']:7.1f} ms, p99 {row['p99']:7.1f} ms, latency growth {row['growth']:6.1f} ms/s; "
         f"{row['events'] - row['answered']} unanswered, "
         f"{row['duplicates']} duplicate records, {row['records']:.0f} records for {row['events']} events; CPU ms/event "
-        f"worker {row['worker_cpu_ms']:.3f}, broker {row['broker_cpu_ms']:.3f}; scoring {scoring(row)} ms/batch "
+        f"worker {row['worker_cpu_ms']:.3f}, broker {row['broker_cpu_ms']:.3f}; in the worker, ms: wait / batch "
+        f"(scoring, delivery) {in_worker(row)} "
         f"(sent at {row['sent_per_s']:.0f}/s)"
     )
 
@@ -457,14 +476,13 @@ def system_table(rows: list[dict]) -> str:
     """One system, one row per offered rate, every event accounted for."""
     head = (
         "| offered /s | sustained /s | p50 ms | p95 ms | p99 ms (range) | latency growth ms/s | unanswered "
-        "| duplicate records | records / events | worker CPU ms/event | broker CPU ms/event | scoring ms/batch |\n| "
-        + " | ".join(["---:"] * 12)
-        + " |"
+        "| duplicate records | records / events | worker CPU ms/event | broker CPU ms/event "
+        "| in the worker, ms: wait / batch (scoring, delivery) |\n| " + " | ".join(["---:"] * 12) + " |"
     )
     body = [
         f"| {r['rate']:.0f} | {r['events_per_s']:.0f}{'' if keeps_up(r) else ' (overloaded)'} | {r['p50']:.1f} "
         f"| {r['p95']:.1f} | {p99(r)} | {r['growth']:.1f} | {r['events'] - r['answered']} | {r['duplicates']} "
-        f"| {r['records']:.0f} / {r['events']} | {r['worker_cpu_ms']:.3f} | {r['broker_cpu_ms']:.3f} | {scoring(r)} |"
+        f"| {r['records']:.0f} / {r['events']} | {r['worker_cpu_ms']:.3f} | {r['broker_cpu_ms']:.3f} | {in_worker(r)} |"
         for r in rows
     ]
     return "\n".join([head, *body])
@@ -494,9 +512,12 @@ def ratio_table(results: dict[System, list[dict]], real: System) -> str:
     return "\n".join([head, *body])
 
 
-def scoring(row: dict) -> str:
-    """Mean time the worker spent scoring a micro-batch over the slice; — for the bare agents (no model)."""
-    return f"{row['scoring_ms']:.2f}" if np.isfinite(row["scoring_ms"]) else "—"
+def in_worker(row: dict) -> str:
+    """Means over the slice inside streamrec's worker (IN_WORKER), ms: an event's wait for its micro-batch, then
+    per batch the agent's whole work on it, of which scoring and delivery; — for the bare agents."""
+    if not np.isfinite(row["batch_ms"]):
+        return "—"
+    return f"{row['wait_ms']:.1f} / {row['batch_ms']:.2f} ({row['scoring_ms']:.2f}, {row['delivery_ms']:.2f})"
 
 
 def p99(row: dict) -> str:
@@ -815,9 +836,12 @@ rate gains about 1000·f/(1 − f) ms/s). A system **keeps up** at a rate if it 
 ≥ 90 % of it and its latency grew by at most {MAX_GROWTH_MS_PER_S:g} ms/s; otherwise it is labelled overloaded,
 and no ratio is taken at that rate. **CPU ms/event**:
 user + system CPU time of the system's processes (and of the broker's) over the rate's slice, per answered event
-(`/proc`; less noisy here than throughput). **Scoring ms/batch**: the worker's own `streamrec_scoring_seconds`
-(user tower, retrieval, ranking stage and rules for one micro-batch), its mean over the slice, read from
-`/metrics` before and after it. Where a user's events come in bursts (records < events),
+(`/proc`; less noisy here than throughput). **In the worker** (streamrec only): means over the slice of the worker's
+own histograms, read from `/metrics` before and after it: **wait**, per event, from its send (its Kafka timestamp)
+to the events agent taking its micro-batch (the load generator's linger, the broker, the fetch and the batch
+window); **batch**, per micro-batch, the agent's whole work on it, of which **scoring** (user tower, retrieval,
+ranking stage and rules) and **delivery** (waiting for the broker to acknowledge its records). The rest of an
+event's latency is the output record's way to the reader. Where a user's events come in bursts (records < events),
 streamrec and the per-batch agent do less Kafka and RocksDB work per event than the per-event agent.
 
 Side by side (medians over the rounds; the rates are {", ".join(f"{r:g}" for r in args.rates)}, then a quarter and a half of streamrec's maximum):

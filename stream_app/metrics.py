@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream_app.experiments import Credit
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
-SCORING_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)  # seconds, a micro-batch's steps
 
 
 class WorkerMetrics:
@@ -28,7 +28,27 @@ class WorkerMetrics:
         self.scoring = Histogram(
             "streamrec_scoring_seconds",
             "Time to score one micro-batch's users: user tower, retrieval and the ranking stage, rules included",
-            buckets=SCORING_BUCKETS,
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        # Where an event's latency goes, with `scoring` and `latency`: waiting for its micro-batch, then the batch.
+        self.event_wait = Histogram(
+            "streamrec_event_wait_seconds",
+            "From an event's Kafka timestamp to the events agent taking its micro-batch: the producer's linger, "
+            "the broker, the fetch and the batch window",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "streamrec_batch_seconds",
+            "Time the events agent spends on one micro-batch, from taking it to its windows written",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.delivery = Histogram(
+            "streamrec_delivery_seconds",
+            "From sending a micro-batch's recommendation records to the broker's acknowledgement of the last one",
+            buckets=STEP_BUCKETS,
             registry=r,
         )
         self.latency = Histogram(

@@ -65,8 +65,11 @@ async def on_batch(
     ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.EventT], limits: dict, largest: int
 ) -> None:
     """Dead-letter the invalid events, recommend for the users of the valid ones."""
-    ctx.metrics.batch_size.observe(len(batch))
-    ctx.metrics.events_in.inc(len(batch))
+    metrics, taken = ctx.metrics, time.time()
+    for event in batch:
+        metrics.event_wait.observe(max(0.0, taken - event.message.timestamp))
+    metrics.batch_size.observe(len(batch))
+    metrics.events_in.inc(len(batch))
     touched, rejects = group_valid_events([event.value for event in batch], **limits)
     for index, reason in rejects:
         await ctx.send_to_dlq(batch[index].message, reason)
@@ -75,6 +78,7 @@ async def on_batch(
     # What a forget request waits for (agents/control.py), and the progress /health watches.
     ctx.events_done.update(next_offsets((e.message.partition, e.message.offset) for e in batch))
     ctx.progress.batch_done()
+    metrics.batch_seconds.observe(time.time() - taken)
 
 
 async def recommend_for(
@@ -118,7 +122,8 @@ async def recommend_for(
     now = time.time()
     short = {user: why for user, items in lists.items() if (why := recommender.short_reason(items))}
     records = build_records(touched, lists, recommender.model_version, now, short, served)
-    delivered = await deliver(ctx, records, largest, failed)
+    with metrics.delivery.time():
+        delivered = await deliver(ctx, records, largest, failed)
     shown = remember_shown(updated, lists)
     for user in delivered:
         event = batch[touched[user].last]

@@ -91,11 +91,16 @@ def test_recommendations_dead_letters_and_live_catalog(settings_on_each_broker, 
     assert f'streamrec_model_info{{version="{version}"}} 1.0' in text
     assert 'streamrec_consumer_lag{partition="0"} 0.0' in text
     assert "streamrec_windows 3.0" in text and "streamrec_broker_up 1.0" in text
-    [scored], [batches] = (
-        metric_values(text, f"{name}_count") for name in ("streamrec_scoring_seconds", "streamrec_batch_size")
-    )
-    assert 1 <= scored <= batches  # every micro-batch with a valid event is scored once, in one call
-    assert metric_values(text, "streamrec_scoring_seconds_sum")[0] > 0
+    counts = {
+        name: metric_values(text, f"streamrec_{name}_count")[0]
+        for name in ("batch_size", "batch_seconds", "scoring_seconds", "delivery_seconds", "event_wait_seconds")
+    }
+    assert counts["batch_seconds"] == counts["batch_size"]  # the agent's time, once per micro-batch
+    assert 1 <= counts["scoring_seconds"] <= counts["batch_size"]  # once per batch with a valid event, in one call
+    assert counts["delivery_seconds"] == counts["scoring_seconds"]  # each scored batch's records, acknowledged
+    assert counts["event_wait_seconds"] == len(mixed)  # every event, invalid ones too
+    for name in ("batch", "scoring", "delivery", "event_wait"):
+        assert metric_values(text, f"streamrec_{name}_seconds_sum")[0] > 0
     carol = latest["carol"]["items"]
     assert len({i["item_id"] for i in carol}) == 10 and all(i.get("because") is None for i in carol)
     seen = {item for history in HISTORIES.values() for item in history}

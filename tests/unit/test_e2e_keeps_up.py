@@ -5,7 +5,15 @@
 import numpy as np
 import pytest
 
-from bench.e2e import MAX_GROWTH_MS_PER_S, keeps_up, latency_growth, maxima, operating_rates, scoring_totals
+from bench.e2e import (
+    MAX_GROWTH_MS_PER_S,
+    in_worker_means,
+    keeps_up,
+    latency_growth,
+    maxima,
+    operating_rates,
+    worker_totals,
+)
 
 RATE, SECONDS = 1000.0, 8.0
 
@@ -48,7 +56,8 @@ def test_the_operating_points_are_shares_of_the_best_rate_kept_up_not_of_an_over
     assert operating_rates([kept, overloaded]) == [round(top / 4), round(top / 2)]
 
 
-def test_scoring_time_per_batch_is_read_from_the_workers_metrics():
+def test_the_time_in_the_worker_is_read_from_its_metrics_per_slice():
+    """Means between two reads of a real /metrics: each histogram's own, NaN for one with nothing observed."""
     from prometheus_client import start_http_server
 
     from stream_app.demo import free_port
@@ -57,10 +66,17 @@ def test_scoring_time_per_batch_is_read_from_the_workers_metrics():
     metrics, port = WorkerMetrics(), free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
     try:
-        before = scoring_totals([port])
+        metrics.scoring.observe(1.0)  # before the slice: not in its means
+        before = worker_totals([port])
         metrics.scoring.observe(0.003)
         metrics.scoring.observe(0.005)
-        np.testing.assert_allclose(scoring_totals([port]) - before, [0.008, 2.0])
+        for wait in (0.010, 0.012, 0.020):
+            metrics.event_wait.observe(wait)
+        metrics.batch_seconds.observe(0.009)
+        means = in_worker_means(before, worker_totals([port]))
+        assert means.keys() == {"wait_ms", "batch_ms", "scoring_ms", "delivery_ms"}
+        np.testing.assert_allclose([means["wait_ms"], means["batch_ms"], means["scoring_ms"]], [14.0, 9.0, 4.0])
+        assert np.isnan(means["delivery_ms"])
     finally:
         server.shutdown()
         thread.join()
