@@ -305,11 +305,13 @@ def _variant_name(model, train_config: dict) -> str:
     mlp = f", text MLP {c.item_tower.text_mlp}" if c.use_text and c.item_tower.text_mlp else ""
     mlp += f", cold scale {c.item_tower.cold_scale:g}" if c.use_text and c.item_tower.cold_scale != 1 else ""
     aligned = f", align {c.align_loss} {c.align_weight:g}" if c.use_text and c.align_weight else ""
-    aligned += f", text-only loss {c.text_loss_weight:g}" if c.use_text and c.id_residual and c.text_loss_weight else ""
+    text_only = (
+        f", text-only loss {c.text_loss_weight:g}" if c.use_text and c.id_residual and c.text_loss_weight else ""
+    )
     encoder = f", {text_model_name(c.item_tower.text_model_dir)}" if c.use_text and c.item_tower.text_model_dir else ""
     return (
         f"{kind}{repeat}, d={c.user_tower.dim}, L={c.user_tower.n_layers}, T={c.user_tower.max_len}"
-        f"{tuned}{dropped}{mlp}{aligned}{encoder}"
+        f"{tuned}{dropped}{mlp}{aligned}{text_only}{encoder}"
     )
 
 

@@ -94,7 +94,7 @@ def next_item_loss(
     negatives, so unseen items are not pushed down), log_q [N] sampling log-probs -> []."""
     real = targets >= 0
     h, y = states[real], targets[real]  # [P, D], [P]
-    r = repeat[real] if repeat is not None else torch.zeros(len(y), len(catalog), device=h.device)  # [P, N]
+    r = repeat[real] if repeat is not None else h.new_zeros(()).expand(len(y), len(catalog))  # [P, N] (a view)
     if config.loss == "full":
         return F.cross_entropy((h @ catalog.T + r).masked_fill(~candidates, float("-inf")), y)
     negatives = torch.multinomial(log_q.exp(), config.n_negatives, replacement=True)  # [K]
@@ -224,7 +224,7 @@ def train(
             loss = next_item_loss(states, vectors, repeat, batch["targets"], model.warm, config, log_q)
             if model.config.align_weight > 0:
                 loss = loss + model.config.align_weight * model.alignment_loss(text)
-            if model.config.text_loss_weight > 0 and residual is not None:  # every item scored as a cold one is
+            if model.config.text_loss_weight > 0 and residual is not None:  # items scored as cold ones are
                 text_only = next_item_loss(states, text, None, batch["targets"], model.warm, config, log_q)
                 loss = loss + model.config.text_loss_weight * text_only
             optimizer.zero_grad(set_to_none=True)
