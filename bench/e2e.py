@@ -178,7 +178,9 @@ async def measure(
     collector = asyncio.create_task(collect())
     start = time.monotonic()
     try:
-        async with producer(settings) as p:
+        # Each event leaves at once: a linger here would be latency that no system under test causes, common
+        # to every side (it flattered the ratios: docs/benchmarks.md, "Where the latency goes").
+        async with producer(settings.replace(kafka={"producer_linger_ms": 0})) as p:
             for k, (key, body) in enumerate(bodies):
                 await p.send(settings.topics.events, body, key=key)
                 sent[k] = time.monotonic()
@@ -827,7 +829,7 @@ are medians over the rounds (p99 range in brackets; unanswered and duplicates: t
   micro-batches, one record per touched user, sent at once and acknowledged before each window is written once.
 
 Both bare agents' output topic is created as `recommendations` is (partitions, replication, configs). Latency
-counts every answered event: from its send to the receipt of the first record of its user triggered by it or a
+counts every answered event: from its send (the load generator does not linger) to the receipt of the first record of its user triggered by it or a
 later event; **unanswered** events (none answered them within {DRAIN_TIMEOUT_S:g} s of the last send) are counted in
 their own column, never left out silently; **duplicate records** are second records for one trigger. Sustained =
 answered events / (last answer − first send). **Latency growth**: the median latency of the last fifth of the
