@@ -829,8 +829,8 @@ are medians over the rounds (p99 range in brackets; unanswered and duplicates: t
   micro-batches, one record per touched user, sent at once and acknowledged before each window is written once.
 
 Both bare agents' output topic is created as `recommendations` is (partitions, replication, configs). Latency
-counts every answered event: from its send (the load generator does not linger) to the receipt of the first record of its user triggered by it or a
-later event; **unanswered** events (none answered them within {DRAIN_TIMEOUT_S:g} s of the last send) are counted in
+counts every answered event: from its send (the load generator does not linger) to the receipt of the first
+record of its user triggered by it or a later event; **unanswered** events (none answered them within {DRAIN_TIMEOUT_S:g} s of the last send) are counted in
 their own column, never left out silently; **duplicate records** are second records for one trigger. Sustained =
 answered events / (last answer − first send). **Latency growth**: the median latency of the last fifth of the
 events minus that of the first fifth, per second between them (a system falling behind by a fraction f of the
@@ -840,8 +840,7 @@ and no ratio is taken at that rate. **CPU ms/event**:
 user + system CPU time of the system's processes (and of the broker's) over the rate's slice, per answered event
 (`/proc`; less noisy here than throughput). **In the worker** (streamrec only): means over the slice of the worker's
 own histograms, read from `/metrics` before and after it: **wait**, per event, from its send (its Kafka timestamp)
-to the events agent taking its micro-batch (the load generator's linger, the broker, the fetch and the batch
-window); **batch**, per micro-batch, the agent's whole work on it, of which **scoring** (user tower, retrieval,
+to the events agent taking its micro-batch (the broker, the fetch and the batch window); **batch**, per micro-batch, the agent's whole work on it, of which **scoring** (user tower, retrieval,
 ranking stage and rules) and **delivery** (waiting for the broker to acknowledge its records). The rest of an
 event's latency is the output record's way to the reader. Where a user's events come in bursts (records < events),
 streamrec and the per-batch agent do less Kafka and RocksDB work per event than the per-event agent.
