@@ -9,8 +9,8 @@ no model. Two idioms:
   Faust idiom;
 - `--per-batch`: what streamrec does without the model: micro-batches from `take_events` (the
   worker's batch size and window), one record per user touched by a batch (triggered by the user's
-  last event in it), sent (without waiting for the producer's linger); the next batch is taken while they
-  are acknowledged, then each user's window is written once (`stream_app.in_flight`, as the worker).
+  last event in it), sent (without waiting for the producer's linger) and acknowledged before each user's
+  window is written once.
 
 Each record is {"trigger_event_id", "user_id"} as JSON.
 
@@ -37,7 +37,6 @@ from core.settings import Settings, load_settings  # noqa: E402
 from state.window import UserWindow, WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
 from stream_app.faust_private import event_context, send_lingering  # noqa: E402
-from stream_app.in_flight import InFlight  # noqa: E402
 
 OUTPUT_TOPIC = "bare-out"
 
@@ -71,28 +70,23 @@ def build_bare_app(settings: Settings, partitions: int, per_batch: bool = False)
 
     else:
 
-        async def write_once_delivered(stream, sent: list, updated: dict[str, UserWindow], last: dict) -> None:
-            await asyncio.gather(*sent)
-            for user, window in updated.items():
-                with event_context(stream, last[user]):
-                    windows[user] = window
-
         @app.agent(events)
         async def forward_batches(stream):
-            in_flight = InFlight()
             async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
                 by_user: dict[str, list[tuple[dict, faust.EventT]]] = {}
                 for event in batch:
                     e = json.loads(event.value)
                     by_user.setdefault(e["user_id"], []).append((e, event))
-                await in_flight.wait_for(by_user)
-                updated, last = {}, {user: pairs[-1][1] for user, pairs in by_user.items()}
+                updated = {}
                 for user, pairs in by_user.items():
-                    with event_context(stream, last[user]):
+                    with event_context(stream, pairs[-1][1]):
                         updated[user] = window_with(user, [e for e, _ in pairs])
                 sent = [await output.send(**answer(user, pairs[-1][0])) for user, pairs in by_user.items()]
-                send_lingering(app)  # as the worker does: they are awaited while the next batch is taken
-                await in_flight.hand_over(batch, by_user, write_once_delivered(stream, sent, updated, last))
+                send_lingering(app)  # as the worker does: they are awaited next
+                await asyncio.gather(*sent)
+                for user, pairs in by_user.items():
+                    with event_context(stream, pairs[-1][1]):
+                        windows[user] = updated[user]
 
     return app
 

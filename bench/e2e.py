@@ -265,9 +265,9 @@ def wait_for_group(ports: list[int], partitions: int, timeout_s: float = START_T
 # the latency goes inside streamrec's worker (the bare agents have none).
 IN_WORKER = {
     "wait_ms": "streamrec_event_wait_seconds",  # per event: from its send to the agent taking its batch
-    "batch_ms": "streamrec_batch_seconds",  # per micro-batch: the agent's work on it, up to its records sent
+    "batch_ms": "streamrec_batch_seconds",  # per micro-batch: the agent's whole work on it
     "scoring_ms": "streamrec_scoring_seconds",  # of which scoring
-    "delivery_ms": "streamrec_delivery_seconds",  # then the records' acknowledgements, during the next batch
+    "delivery_ms": "streamrec_delivery_seconds",  # of which waiting for the records' acknowledgements
 }
 
 
@@ -459,7 +459,7 @@ def line(row: dict) -> str:
         f"{row['events'] - row['answered']} unanswered, "
         f"{row['duplicates']} duplicate records, {row['records']:.0f} records for {row['events']} events; CPU ms/event "
         f"worker {row['worker_cpu_ms']:.3f}, broker {row['broker_cpu_ms']:.3f}; in the worker, ms: wait / batch "
-        f"(scoring) / delivery {in_worker(row)} "
+        f"(scoring, delivery) {in_worker(row)} "
         f"(sent at {row['sent_per_s']:.0f}/s)"
     )
 
@@ -479,7 +479,7 @@ def system_table(rows: list[dict]) -> str:
     head = (
         "| offered /s | sustained /s | p50 ms | p95 ms | p99 ms (range) | latency growth ms/s | unanswered "
         "| duplicate records | records / events | worker CPU ms/event | broker CPU ms/event "
-        "| in the worker, ms: wait / batch (scoring) / delivery |\n| " + " | ".join(["---:"] * 12) + " |"
+        "| in the worker, ms: wait / batch (scoring, delivery) |\n| " + " | ".join(["---:"] * 12) + " |"
     )
     body = [
         f"| {r['rate']:.0f} | {r['events_per_s']:.0f}{'' if keeps_up(r) else ' (overloaded)'} | {r['p50']:.1f} "
@@ -516,11 +516,10 @@ def ratio_table(results: dict[System, list[dict]], real: System) -> str:
 
 def in_worker(row: dict) -> str:
     """Means over the slice inside streamrec's worker (IN_WORKER), ms: an event's wait for its micro-batch, then
-    per batch the agent's work on it up to its records sent, of which scoring, and the wait for their delivery;
-    — for the bare agents."""
+    per batch the agent's whole work on it, of which scoring and delivery; — for the bare agents."""
     if not np.isfinite(row["batch_ms"]):
         return "—"
-    return f"{row['wait_ms']:.1f} / {row['batch_ms']:.2f} ({row['scoring_ms']:.2f}) / {row['delivery_ms']:.2f}"
+    return f"{row['wait_ms']:.1f} / {row['batch_ms']:.2f} ({row['scoring_ms']:.2f}, {row['delivery_ms']:.2f})"
 
 
 def p99(row: dict) -> str:
@@ -841,9 +840,8 @@ and no ratio is taken at that rate. **CPU ms/event**:
 user + system CPU time of the system's processes (and of the broker's) over the rate's slice, per answered event
 (`/proc`; less noisy here than throughput). **In the worker** (streamrec only): means over the slice of the worker's
 own histograms, read from `/metrics` before and after it: **wait**, per event, from its send (its Kafka timestamp)
-to the events agent taking its micro-batch (the broker, the fetch and the batch window); **batch**, per micro-batch, the agent's work on it up to its records sent, of which **scoring** (user tower,
-retrieval, ranking stage and rules); **delivery**, from the records sent to the broker's acknowledgement of the
-last one, while the agent takes the next batch (it waits only if that batch shares a user). The rest of an
+to the events agent taking its micro-batch (the broker, the fetch and the batch window); **batch**, per micro-batch, the agent's whole work on it, of which **scoring** (user tower, retrieval,
+ranking stage and rules) and **delivery** (waiting for the broker to acknowledge its records). The rest of an
 event's latency is the output record's way to the reader. Where a user's events come in bursts (records < events),
 streamrec and the per-batch agent do less Kafka and RocksDB work per event than the per-event agent.
 

@@ -41,15 +41,13 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram(
             "streamrec_batch_seconds",
-            "Time the events agent spends on one micro-batch, from taking it to its records sent (and the previous "
-            "batch completed)",
+            "Time the events agent spends on one micro-batch, from taking it to its windows written",
             buckets=STEP_BUCKETS,
             registry=r,
         )
         self.delivery = Histogram(
             "streamrec_delivery_seconds",
-            "From sending a micro-batch's recommendation records to the broker's acknowledgement of the last one; "
-            "the agent works on the next micro-batch meanwhile",
+            "From sending a micro-batch's recommendation records to the broker's acknowledgement of the last one",
             buckets=STEP_BUCKETS,
             registry=r,
         )

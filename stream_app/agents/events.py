@@ -1,10 +1,6 @@
 """`recommend_on_events`: micro-batches of events -> updated windows -> one recommendation per
 touched user. The decisions are `stream_app.steps`; this module does the I/O around them.
 
-A batch's records are sent, then the agent takes the next batch while the broker acknowledges them and
-`complete` writes the windows (`stream_app.in_flight`: one batch in flight, its offsets committed only once
-it is complete).
-
 A failure after parsing costs only the users it hits. A user whose window cannot be read or scored,
 whose record is too large for the recommendations topic or is refused, gets no record and keeps the
 window it had: their events of the batch go to the dead-letter topic with the reason (logged once,
@@ -21,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 import faust
 
@@ -30,7 +25,6 @@ from state.window import UserWindow
 from stream_app.agents.profiles import stated_interests
 from stream_app.context import WorkerContext
 from stream_app.faust_private import event_context, send_lingering
-from stream_app.in_flight import InFlight
 from stream_app.recommender import Recommender
 from stream_app.steps import (
     OutgoingRecord,
@@ -49,18 +43,6 @@ log = logging.getLogger(__name__)
 Failed = dict[str, tuple[str, str]]  # user -> (stage, reason): the users a batch produced no record for
 
 
-@dataclass
-class Sent:
-    """A micro-batch's records, handed to the producer: what completing the batch needs."""
-
-    deliveries: dict[str, asyncio.Future]  # user -> their record's acknowledgement
-    windows: dict[str, UserWindow]  # user -> the window written once their record is delivered
-    failed: Failed  # the users with no record so far
-    made_at: float  # when the lists were made: an answered event's latency ends here
-    sent_at: float
-    exposures: dict[str, tuple[str, str]]  # user -> (experiment, variant) they were served
-
-
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
     limits = {
@@ -75,24 +57,14 @@ def register(ctx: WorkerContext) -> None:
         await ctx.catalog_ready.wait()
         await ctx.experiments_loaded.wait()  # served (or refused) before any user is: users keep their variant
         largest = await largest_record(ctx)
-        in_flight = InFlight()
-        try:
-            async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
-                await on_batch(ctx, stream, batch, limits, largest, in_flight)
-        finally:
-            await in_flight.wait()
+        async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
+            await on_batch(ctx, stream, batch, limits, largest)
 
 
 async def on_batch(
-    ctx: WorkerContext,
-    stream: faust.StreamT,
-    batch: list[faust.EventT],
-    limits: dict,
-    largest: int,
-    in_flight: InFlight,
+    ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.EventT], limits: dict, largest: int
 ) -> None:
-    """Dead-letter the invalid events, send a recommendation for each user of the valid ones, and leave the
-    batch in flight to `complete`."""
+    """Dead-letter the invalid events, recommend for the users of the valid ones."""
     metrics, taken = ctx.metrics, time.time()
     for event in batch:
         metrics.event_wait.observe(max(0.0, taken - event.message.timestamp))
@@ -101,17 +73,20 @@ async def on_batch(
     touched, rejects = group_valid_events([event.value for event in batch], **limits)
     for index, reason in rejects:
         await ctx.send_to_dlq(batch[index].message, reason)
-    await in_flight.wait_for(touched)
-    sent = await recommend_for(ctx, stream, batch, touched, largest) if touched else None
-    await in_flight.hand_over(batch, touched, complete(ctx, stream, batch, touched, sent))
+    if touched:
+        await recommend_for(ctx, stream, batch, touched, largest)
+    # What a forget request waits for (agents/control.py), and the progress /health watches.
+    ctx.events_done.update(next_offsets((e.message.partition, e.message.offset) for e in batch))
+    ctx.progress.batch_done()
     metrics.batch_seconds.observe(time.time() - taken)
 
 
 async def recommend_for(
     ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.EventT], touched: dict[str, UserEvents], largest: int
-) -> Sent:
-    """Read the touched windows, advance them, score them in one call and send a record per user (each table
-    access in the context of the user's last event)."""
+) -> None:
+    """Read the touched windows, advance them, score them in one call, send a record per user and, once
+    it is delivered, write the user's window (each table access in the context of the user's last
+    event). The users a step fails for are dead-lettered at the end."""
     settings, metrics = ctx.settings, ctx.metrics
     recommender = ctx.serving.recommender  # a model swap takes effect between batches
     experiment = ctx.serving.experiment  # so does an experiment's start or stop
@@ -147,52 +122,20 @@ async def recommend_for(
     now = time.time()
     short = {user: why for user, items in lists.items() if (why := recommender.short_reason(items))}
     records = build_records(touched, lists, recommender.model_version, now, short, served)
-    exposures = {user: (experiment.name, s.variant) for user, s in served.items()} if experiment else {}
-    sent_at = time.time()
-    deliveries = await send(ctx, records, largest, failed)
-    return Sent(deliveries, remember_shown(updated, lists), failed, now, sent_at, exposures)
-
-
-async def complete(
-    ctx: WorkerContext,
-    stream: faust.StreamT,
-    batch: list[faust.EventT],
-    touched: dict[str, UserEvents],
-    sent: Sent | None,
-) -> None:
-    """Wait for the batch's records to be acknowledged, write the windows of the users whose record was
-    delivered and dead-letter the events of the others (then `InFlight` acks the batch)."""
-    if sent is not None:
-        await write_delivered(ctx, stream, batch, touched, sent)
-    # What a forget request waits for (agents/control.py), and the progress /health watches.
-    ctx.events_done.update(next_offsets((e.message.partition, e.message.offset) for e in batch))
-    ctx.progress.batch_done()
-
-
-async def write_delivered(
-    ctx: WorkerContext, stream: faust.StreamT, batch: list[faust.EventT], touched: dict[str, UserEvents], sent: Sent
-) -> None:
-    """Once the records are acknowledged, write the windows of the users whose record was delivered; the users
-    that failed at any step get their events of the batch dead-lettered."""
-    metrics, failed = ctx.metrics, sent.failed
-    results = await asyncio.gather(*sent.deliveries.values(), return_exceptions=True)
-    metrics.delivery.observe(time.time() - sent.sent_at)
-    for user, result in zip(sent.deliveries, results):
-        if isinstance(result, BaseException):
-            failed[user] = ("send", f"record not delivered: {result!r}")
-    delivered = [user for user in sent.deliveries if user not in failed]
+    with metrics.delivery.time():
+        delivered = await deliver(ctx, records, largest, failed)
+    shown = remember_shown(updated, lists)
     for user in delivered:
         event = batch[touched[user].last]
-        metrics.latency.observe(max(0.0, sent.made_at - event.message.timestamp))
+        metrics.latency.observe(max(0.0, now - event.message.timestamp))
         try:
             with event_context(stream, event):
-                ctx.windows[user] = sent.windows[user]
+                ctx.windows[user] = shown[user]
         except Exception as e:
             failed[user] = ("table", f"window not written (its record was sent): {e!r}")
     metrics.recommendations_out.inc(len(delivered))
-    for user in delivered:
-        if user in sent.exposures:
-            metrics.experiment_exposures.labels(*sent.exposures[user]).inc()
+    for user in delivered if experiment else ():
+        metrics.experiment_exposures.labels(experiment.name, served[user].variant).inc()
     for user, (stage, reason) in failed.items():
         metrics.recommendation_failures.labels(stage).inc()
         await ctx.dead_letter([batch[i].message for i in touched[user].indices], reason)
@@ -226,10 +169,9 @@ def score(recommender: Recommender, windows: dict, interests: dict, failed: Fail
     return lists
 
 
-async def send(ctx: WorkerContext, records: list[OutgoingRecord], largest: int, failed: Failed) -> dict:
-    """Hand the records to the producer and send them at once -> user: the acknowledgement of their record
-    (the producer retries retriable errors until it comes); the users whose record was not sent go in
-    `failed`."""
+async def deliver(ctx: WorkerContext, records: list[OutgoingRecord], largest: int, failed: Failed) -> list[str]:
+    """Send the records and wait for the broker's acknowledgements (the producer retries retriable errors
+    meanwhile) -> the users whose record was delivered; the others go in `failed`."""
     # A record too large is not sent: the broker would refuse the whole producer batch it lands in, and
     # aiokafka's idempotent producer could not send to that partition again (a gap in its sequence numbers).
     too_large = oversized(records, largest, ctx.settings.topics.recommendations)
@@ -242,8 +184,12 @@ async def send(ctx: WorkerContext, records: list[OutgoingRecord], largest: int, 
             deliveries[record.user_id] = await ctx.topics.recommendations.send(key=record.key, value=record.value)
         except Exception as e:
             failed[record.user_id] = ("send", f"record not sent: {e!r}")
-    send_lingering(ctx.app)  # they are awaited: a linger would only delay them
-    return deliveries
+    send_lingering(ctx.app)  # they are awaited below: a linger would only delay them
+    results = await asyncio.gather(*deliveries.values(), return_exceptions=True)
+    for user, result in zip(deliveries, results):
+        if isinstance(result, BaseException):
+            failed[user] = ("send", f"record not delivered: {result!r}")
+    return [user for user in deliveries if user not in failed]
 
 
 async def largest_record(ctx: WorkerContext) -> int:

@@ -67,24 +67,6 @@ def test_windows_survive_restart_and_rebuild_from_changelog(settings_on_each_bro
     }
 
 
-def test_a_user_in_consecutive_micro_batches_keeps_every_event(settings, start_worker):
-    """Micro-batches of 2 events, sent all at once: each batch is taken while the one before is in flight (its
-    records not yet acknowledged, its windows not yet written), and consecutive batches share users. Every
-    event reaches its user's window, in order (stream_app/in_flight.py: the shared users' windows are read
-    only once the batch before has written them)."""
-    settings = settings.replace(worker={"batch_size": 2})
-    run(publish_catalog(settings, ml100k_items(60)))
-    users = ["u0", "u1", "u0", "u2", "u0", "u1", "u2", "u0", "u3", "u1", "u0", "u2"] * 3
-    worker = start_worker(settings)
-    run(produce(settings, settings.topics.events, [event(n, user, str(1 + n)) for n, user in enumerate(users)]))
-    wait_for(settings, {user: f"{user}-{n}" for n, user in enumerate(users)})
-    worker.stop()
-    windows = read_windows(settings.worker.data_dir)
-    assert {u: w.event_ids for u, w in windows.items()} == {
-        u: [f"{u}-{n}" for n, user in enumerate(users) if user == u] for u in set(users)
-    }
-
-
 async def _send_one_batch(settings, topic: str, n: int) -> int:
     async with AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, linger_ms=50) as producer:
         sent = [await producer.send(topic, b"v", key=b"k") for _ in range(n)]
