@@ -21,7 +21,9 @@ in per-user bursts (`--sessions` users active at once, bursts of geometric lengt
 `--burst`; `--burst 1`: no user repeats within a batch, the stream without bursts). `--workers 1 2 4`
 adds streamrec with that many workers in one consumer group on a `--scale-partitions`-partition
 events topic. `--retrieval-only` adds streamrec on the same version with its ranking stage off
-(`worker.ranker_candidates=0`): the ranker's cost end to end. `--profile` runs each system once more under
+(`worker.ranker_candidates=0`): the ranker's cost end to end. `--worker-variant LABEL KEY=VALUE...` adds
+streamrec with those worker settings changed (e.g. `--worker-variant "batch window 1 ms" batch_window_s=0.001`):
+a setting measured side by side with the default, on equal terms. `--profile` runs each system once more under
 py-spy (flame graphs in docs/img/).
 `--write-docs` rewrites "## End to end" in docs/benchmarks.md and the plots docs/img/e2e_*.png.
 
@@ -36,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -72,6 +75,9 @@ SETTLE_S = 5.0  # idle time before each rate
 Events = list[tuple[str, dict]]  # (key = user id, value)
 
 
+RETRIEVAL_ONLY = (("ranker_candidates", "0"),)  # `--retrieval-only`: the worker without its ranking stage
+
+
 @dataclass(frozen=True)
 class System:
     label: str
@@ -80,7 +86,7 @@ class System:
     per_batch: bool = False  # the bare agent's micro-batch idiom (`bare_agent.py --per-batch`)
     workers: int = 1
     partitions: int = 1
-    ranker_candidates: int | None = None  # streamrec: `worker.ranker_candidates` (0: no ranking stage); None: as set
+    worker: tuple[tuple[str, str], ...] = ()  # streamrec: `worker` settings changed from the configured ones
 
     def output_topic(self, settings: Settings) -> str:
         return BARE_OUTPUT_TOPIC if self.bare else settings.topics.recommendations
@@ -313,8 +319,7 @@ def run_system(
     rows: list[dict] = []
     with fresh_broker(system.engine, work) as broker:
         settings = settings.replace(kafka={"broker": broker.url, "partitions": system.partitions})
-        if system.ranker_candidates is not None:
-            settings = settings.replace(worker={"ranker_candidates": system.ranker_candidates})
+        settings = settings.replace(worker=dict(system.worker))
         asyncio.run(publish_catalog(settings, items))
         each = [
             settings.replace(worker={"data_dir": work / f"state-{n}", "web_port": free_port()})
@@ -408,7 +413,9 @@ def run_rounds(
 
 def slug(system: System) -> str:
     if not system.bare:
-        return "streamrec-retrieval" if system.ranker_candidates == 0 else "streamrec"
+        return "-".join(
+            re.findall(r"[a-z0-9]+", system.label.lower())
+        )  # "streamrec, retrieval only": streamrec-retrieval-only
     return "bare-batch" if system.per_batch else "bare-event"
 
 
@@ -573,7 +580,7 @@ def verdicts(results: dict[System, list[dict]], real: System) -> list[str]:
             f"(target ≤ 1.25: {ok(worst <= 1.25)}); worker CPU per event streamrec / ceiling "
             f"{', '.join(f'{x:.2f}' for x in cpu_ratio) or '—'}",
         ]
-    for other in (s for s in results if not s.bare and s != real):  # --retrieval-only: the ranker's cost
+    for other in (s for s in results if s.worker == RETRIEVAL_ONLY):  # the ranker's cost
         said, ratio = maxima(results[real], results[other])
         lines.append(f"- against {other.label}: {said} (target ≥ 0.7: {ok(ratio >= 0.7)})")
     grid = on_grid(results[real])
@@ -682,6 +689,15 @@ def main() -> None:
         help="also streamrec with the ranking stage off (worker.ranker_candidates=0) on the same version: "
         "the ranker's cost end to end",
     )
+    parser.add_argument(
+        "--worker-variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("LABEL", "KEY=VALUE"),
+        help="also streamrec with these `worker` settings changed, on the same version (repeatable), e.g. "
+        '--worker-variant "batch window 1 ms" batch_window_s=0.001',
+    )
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
 
@@ -710,8 +726,11 @@ def main() -> None:
             System(f"bare agent per {mode}", bare=True, engine=engine, per_batch=mode == "batch")
             for mode in args.ceilings
         ]
-        plain = System("streamrec, retrieval only", bare=False, engine=engine, ranker_candidates=0)
-        systems = [real, *([plain] if args.retrieval_only else []), *ceilings]
+        variants = [("retrieval only", RETRIEVAL_ONLY)] * args.retrieval_only + [
+            (label, tuple(tuple(kv.split("=", 1)) for kv in changes)) for label, *changes in args.worker_variant
+        ]
+        streamrecs = [System(f"streamrec, {label}", bare=False, engine=engine, worker=w) for label, w in variants]
+        systems = [real, *streamrecs, *ceilings]
         results = run_rounds(systems, settings, items, stream, args.rates, args.seconds, work, args.repeats)
         scale: dict[System, list[dict]] = {}
         for n in args.workers:
@@ -803,10 +822,13 @@ def header(runs, args, command: str, load: tuple[float, float], settings: Settin
         {"kafka": "Apache Kafka (one KRaft node, `core.brokers.KafkaCluster`)", "tansu": "the embedded Tansu"}[engine]
         for engine, *_ in runs
     )
-    plain = any(s.ranker_candidates == 0 for _, results, *_ in runs for s in results)
-    plain_text = (
-        "\n- **streamrec, retrieval only** (`--retrieval-only`): the same worker and version with"
-        " `worker.ranker_candidates` 0, the ranking stage off: the ranker's cost end to end."
+    variants = {s.label: s.worker for _, results, *_ in runs for s in results if s.worker}
+    variants_text = "".join(
+        f"\n- **{label}**: the same worker and version with "
+        + ", ".join(f"`worker.{k}` {v}" for k, v in worker)
+        + (": the ranking stage off, the ranker's cost end to end" if worker == RETRIEVAL_ONLY else "")
+        + "."
+        for label, worker in variants.items()
     )
     return f"""## End to end
 
@@ -821,7 +843,7 @@ are medians over the rounds (p99 range in brackets; unanswered and duplicates: t
 
 - **streamrec**: `streamrec worker`, micro-batches of up to {settings.worker.batch_size} events or
   {settings.worker.batch_window_s * 1000:g} ms, one record per user touched by a batch, sent at once (not held for the linger) and acknowledged
-  before the user's window is written; on Apache Kafka its producer is idempotent with acks=all.{plain_text if plain else ""}
+  before the user's window is written; on Apache Kafka its producer is idempotent with acks=all.{variants_text}
 - **bare agent per event** (`bench/bare_agent.py`): the ceiling of the bare Faust idiom: the same Faust app
   settings (RocksDB store, fetch wait {settings.kafka.fetch_max_wait_ms} ms, linger {settings.kafka.producer_linger_ms} ms), the same
   `windows` table updated with `UserWindow.with_events` per event, one output record per event; no validation, no model.
