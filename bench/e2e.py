@@ -39,6 +39,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -759,7 +760,7 @@ def main() -> None:
             print(scale_table(scale))
     if len(runs) > 1:
         print("\n" + engines_table(runs))
-    command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py " + " ".join(sys.argv[1:])
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py " + shlex.join(sys.argv[1:])
     print(f"\nreproduce: {command}")
     if args.write_docs:
         sections = [
