@@ -412,6 +412,26 @@ def run_rounds(
     return {system: median_rows(runs) for system, runs in rounds.items()}
 
 
+def streamrec_variants(
+    engine: str, settings: Settings, retrieval_only: bool, worker_variants: list[list[str]]
+) -> list[System]:
+    """streamrec with worker settings changed: `--retrieval-only`, then each `--worker-variant LABEL KEY=VALUE...`
+    (checked against `settings` here, before any broker starts)."""
+    variants = [("retrieval only", RETRIEVAL_ONLY)] if retrieval_only else []
+    for label, *changes in worker_variants:
+        if not changes or any("=" not in change for change in changes):
+            raise SystemExit(
+                f"--worker-variant {label!r}: give the worker settings as KEY=VALUE, e.g. batch_window_s=0.001"
+            )
+        variants.append((label, tuple(tuple(change.split("=", 1)) for change in changes)))
+    for label, worker in variants:
+        try:
+            settings.replace(worker=dict(worker))
+        except ValueError as e:  # pydantic's ValidationError: an unknown setting or a bad value
+            raise SystemExit(f"--worker-variant {label!r}: {e}") from None
+    return [System(f"streamrec, {label}", bare=False, engine=engine, worker=worker) for label, worker in variants]
+
+
 def slug(system: System) -> str:
     if not system.bare:
         return "-".join(
@@ -727,11 +747,7 @@ def main() -> None:
             System(f"bare agent per {mode}", bare=True, engine=engine, per_batch=mode == "batch")
             for mode in args.ceilings
         ]
-        variants = [("retrieval only", RETRIEVAL_ONLY)] * args.retrieval_only + [
-            (label, tuple(tuple(kv.split("=", 1)) for kv in changes)) for label, *changes in args.worker_variant
-        ]
-        streamrecs = [System(f"streamrec, {label}", bare=False, engine=engine, worker=w) for label, w in variants]
-        systems = [real, *streamrecs, *ceilings]
+        systems = [real, *streamrec_variants(engine, settings, args.retrieval_only, args.worker_variant), *ceilings]
         results = run_rounds(systems, settings, items, stream, args.rates, args.seconds, work, args.repeats)
         scale: dict[System, list[dict]] = {}
         for n in args.workers:

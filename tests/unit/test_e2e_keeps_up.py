@@ -12,8 +12,11 @@ from bench.e2e import (
     latency_growth,
     maxima,
     operating_rates,
+    slug,
+    streamrec_variants,
     worker_totals,
 )
+from core.settings import Settings
 
 RATE, SECONDS = 1000.0, 8.0
 
@@ -92,3 +95,18 @@ def test_no_maximum_ratio_is_taken_against_a_ceiling_that_kept_up_with_no_rate_o
     assert np.isnan(ratio)
     said, ratio = maxima(streamrec, streamrec)
     assert said.endswith("2990/s vs 2990/s = 1.00") and ratio == 1.0
+
+
+def test_a_worker_variant_runs_streamrec_with_its_settings_and_a_bad_one_stops_before_any_broker():
+    settings = Settings()
+    retrieval, window = streamrec_variants(
+        "kafka", settings, retrieval_only=True, worker_variants=[["batch window 1 ms", "batch_window_s=0.001"]]
+    )
+    assert (retrieval.label, retrieval.worker) == ("streamrec, retrieval only", (("ranker_candidates", "0"),))
+    changed = settings.replace(worker=dict(window.worker))  # what run_system gives the worker
+    assert (window.label, changed.worker.batch_window_s) == ("streamrec, batch window 1 ms", 0.001)
+    assert changed.to_env()["STREAMREC_WORKER__BATCH_WINDOW_S"] == "0.001"
+    assert (slug(retrieval), slug(window)) == ("streamrec-retrieval-only", "streamrec-batch-window-1-ms")
+    for bad in (["no settings"], ["typo", "batch_windw_s=0.001"], ["not a number", "batch_window_s=soon"], ["x", "k"]):
+        with pytest.raises(SystemExit, match=bad[0]):
+            streamrec_variants("kafka", settings, retrieval_only=False, worker_variants=[bad])
