@@ -434,9 +434,8 @@ def streamrec_variants(
 
 def slug(system: System) -> str:
     if not system.bare:
-        return "-".join(
-            re.findall(r"[a-z0-9]+", system.label.lower())
-        )  # "streamrec, retrieval only": streamrec-retrieval-only
+        # From the label: "streamrec, retrieval only" -> streamrec-retrieval-only.
+        return "-".join(re.findall(r"[a-z0-9]+", system.label.lower()))
     return "bare-batch" if system.per_batch else "bare-event"
 
 
@@ -879,10 +878,11 @@ and no ratio is taken at that rate. **CPU ms/event**:
 user + system CPU time of the system's processes (and of the broker's) over the rate's slice, per answered event
 (`/proc`; less noisy here than throughput). **In the worker** (streamrec only): means over the slice of the worker's
 own histograms, read from `/metrics` before and after it: **wait**, per event, from its send (its Kafka timestamp)
-to the events agent taking its micro-batch (the broker, the fetch and the batch window); **batch**, per micro-batch, the agent's whole work on it, of which **scoring** (user tower, retrieval,
-ranking stage and rules) and **delivery** (waiting for the broker to acknowledge its records). The rest of an
-event's latency is the output record's way to the reader. Where a user's events come in bursts (records < events),
-streamrec and the per-batch agent do less Kafka and RocksDB work per event than the per-event agent.
+to the events agent taking its micro-batch (the broker, the fetch and the batch window); **batch**, per
+micro-batch, the agent's whole work on it, of which **scoring** (user tower, retrieval, ranking stage and rules)
+and **delivery** (waiting for the broker to acknowledge its records). The rest of an event's latency is the
+output record's way to the reader. Where a user's events come in bursts (records < events), streamrec and the
+per-batch agent do less Kafka and RocksDB work per event than the per-event agent.
 
 Side by side (medians over the rounds; the rates are {", ".join(f"{r:g}" for r in args.rates)}, then a quarter and a half of streamrec's maximum):
 
