@@ -24,12 +24,13 @@ events topic. `--retrieval-only` adds streamrec on the same version with its ran
 (`worker.ranker_candidates=0`): the ranker's cost end to end. `--worker-variant LABEL KEY=VALUE...` adds
 streamrec with those worker settings changed (e.g. `--worker-variant "batch window 1 ms" batch_window_s=0.001`):
 a setting measured side by side with the default, on equal terms. `--profile` runs each system once more under
-py-spy (flame graphs in docs/img/).
+py-spy at `--profile-share` of streamrec's maximum (flame graphs in docs/img/, the top functions, and streamrec's
+own functions by the time inside them).
 `--write-docs` rewrites "## End to end" in docs/benchmarks.md and the plots docs/img/e2e_*.png.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/e2e.py [--engine kafka tansu] [--stream ml100k|synthetic] \\
-        [--burst 1] [--rates 250 500 1000 2000] [--seconds 10] [--repeats 3] [--workers 1 2 4] [--profile] \\
-        [--write-docs]
+        [--burst 1] [--rates 250 500 1000 2000] [--seconds 10] [--repeats 3] [--workers 1 2 4] \\
+        [--profile [--profile-share 0.25]] [--write-docs]
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from stream_app.replay import dataset_records, event_record, producer  # noqa: E
 
 DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 IMG = ROOT / "docs" / "img"
+OWN_PACKAGES = ("core", "state", "stream_app", "export")  # what the worker runs of streamrec's code
 START_TIMEOUT_S = 240.0  # process start, group join, catalog load: the warm-up waits this long
 DRAIN_TIMEOUT_S = 120.0  # after the last send, for the last answer
 WARMUP_RATE, WARMUP_EVENTS = 200.0, 400
@@ -701,7 +703,14 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="then each system once more at the quarter point under py-spy: docs/img/flame_<engine>_<system>_<stream>.svg",
+        help="then each system once more under py-spy at --profile-share of streamrec's maximum: "
+        "docs/img/flame_<engine>_<system>_<stream>_<percent>.svg",
+    )
+    parser.add_argument(
+        "--profile-share",
+        type=float,
+        default=0.25,
+        help="--profile's rate, as a share of streamrec's best rate kept up on the grid (default 0.25)",
     )
     parser.add_argument(
         "--retrieval-only",
@@ -790,14 +799,19 @@ def main() -> None:
 
 
 def print_profiles(results: dict[System, list[dict]], settings: Settings, items, stream, args, work: Path) -> None:
-    """Each system once more at the quarter point, fresh events, under py-spy: flame graphs and top functions."""
-    quarter = next(rows[-len(OPERATING_POINTS)]["rate"] for system, rows in results.items() if not system.bare)
-    fresh = stream[-int(quarter * args.seconds) :]
+    """Each system once more at `args.profile_share` of streamrec's maximum, fresh events, under py-spy:
+    flame graphs, the top functions, and streamrec's own functions by the time inside them."""
+    grid = next(rows[: -len(OPERATING_POINTS)] for system, rows in results.items() if not system.bare)
+    rate = round(args.profile_share * (best_kept_up(grid) or best(grid)))
+    fresh = stream[-int(rate * args.seconds) :]
     for system in results:
-        svg = IMG / f"flame_{system.engine}_{slug(system)}_{args.stream}.svg"
-        run_system(system, settings, items, fresh, [quarter], args.seconds, work / slug(system), svg)
-        print(f"\n{system.label} at {quarter:.0f}/s under py-spy: {svg.relative_to(ROOT)}")
-        print(top_functions(work / slug(system) / "stacks.txt"))
+        svg = IMG / f"flame_{system.engine}_{slug(system)}_{args.stream}_{100 * args.profile_share:.0f}pct.svg"
+        run_system(system, settings, items, fresh, [rate], args.seconds, work / slug(system), svg)
+        stacks = work / slug(system) / "stacks.txt"
+        print(f"\n{system.label} at {rate:.0f}/s under py-spy: {svg.relative_to(ROOT)}")
+        print(top_functions(stacks))
+        print(f"\n{system.label}, streamrec's own functions by the time inside them:")
+        print(top_functions(stacks, 25, packages=OWN_PACKAGES))
 
 
 def engines_table(runs) -> str:

@@ -41,20 +41,25 @@ def py_spy(pid: int, seconds: float, svg: Path, stacks: Path):
             spy.wait(timeout=seconds + 60)
 
 
-def top_functions(stacks: Path, n: int = 15) -> str:
+def top_functions(stacks: Path, n: int = 15, packages: tuple[str, ...] = ()) -> str:
     """From py-spy's collapsed stacks: the `n` functions with the most own samples, with their share of
-    all samples as own time and as time inside them (callees included)."""
+    all samples as own time and as time inside them (callees included). With `packages` (top-level
+    package names, e.g. streamrec's own), instead the `n` functions of those packages with the most
+    samples inside them: what the code of those packages costs, whatever it calls."""
     own, inside, total = Counter(), Counter(), 0
     for line in stacks.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [f"{m[1]} ({Path(m[2]).name})" for m in map(FRAME.match, stack.split(";")) if m]
+        matches = [m for m in map(FRAME.match, stack.split(";")) if m]
+        frames = [f"{m[1]} ({Path(m[2]).name})" for m in matches]
         total += int(count)
         if frames:
             own[frames[-1]] += int(count)
-        for frame in set(frames):
-            inside[frame] += int(count)
+        for frame, m in set(zip(frames, matches)):
+            if not packages or m[2].split("/")[0] in packages:
+                inside[frame] += int(count)
+    ranked = inside.most_common(n) if packages else own.most_common(n)
     rows = ["| own % | inside % | function (file) |", "| ---: | ---: | --- |"]
     rows += [
-        f"| {100 * c / total:.1f} | {100 * inside[frame] / total:.1f} | `{frame}` |" for frame, c in own.most_common(n)
+        f"| {100 * own[frame] / total:.1f} | {100 * inside[frame] / total:.1f} | `{frame}` |" for frame, _ in ranked
     ]
     return "\n".join(rows)
