@@ -50,12 +50,12 @@ def top_functions(stacks: Path, n: int = 15, packages: tuple[str, ...] = ()) -> 
     for line in stacks.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         matches = [m for m in map(FRAME.match, stack.split(";")) if m]
-        frames = [f"{m[1]} ({Path(m[2]).name})" for m in matches]
+        frames = [(f"{m[1]} ({Path(m[2]).name})", m[2].split("/")[0]) for m in matches]  # (name, package)
         total += int(count)
         if frames:
-            own[frames[-1]] += int(count)
-        for frame, m in set(zip(frames, matches)):
-            if not packages or m[2].split("/")[0] in packages:
+            own[frames[-1][0]] += int(count)
+        for frame, package in set(frames):  # a recursive function's stack counts once
+            if not packages or package in packages:
                 inside[frame] += int(count)
     ranked = inside.most_common(n) if packages else own.most_common(n)
     rows = ["| own % | inside % | function (file) |", "| ---: | ---: | --- |"]
