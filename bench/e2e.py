@@ -72,7 +72,10 @@ IMG = ROOT / "docs" / "img"
 OWN_PACKAGES = ("core", "state", "stream_app", "export")  # what the worker runs of streamrec's code
 START_TIMEOUT_S = 240.0  # process start, group join, catalog load: the warm-up waits this long
 DRAIN_TIMEOUT_S = 120.0  # after the last send, for the last answer
-WARMUP_RATE, WARMUP_EVENTS = 200.0, 400
+# Before the first rate, on every fresh broker: long enough for the broker's own warm-up (the JVM compiling
+# its hot paths) to pass. With 2 s of warm-up the first rate's slice measured it: Kafka's CPU per event 2.5-3x
+# that of the next rate, and streamrec fell behind at 1000/s before keeping up with 1250/s (docs/benchmarks.md).
+WARMUP_RATE, WARMUP_USERS, WARMUP_S = 300.0, 1000, 20.0
 SETTLE_S = 5.0  # idle time before each rate
 
 Events = list[tuple[str, dict]]  # (key = user id, value)
@@ -123,14 +126,13 @@ def synthetic_events(
     return events
 
 
-def warmup_events(item_ids: list[str]) -> Events:
+def warmup_events(item_ids: list[str], seconds: float) -> Events:
+    """`seconds` of events at WARMUP_RATE, of users the measured stream never has."""
     now = time.time()
+    users = [f"warmup-{k % WARMUP_USERS}" for k in range(int(WARMUP_RATE * seconds))]
     return [
-        (
-            f"warmup-{k % 20}",
-            {**event_record(f"warmup-{k % 20}", item_ids[k % len(item_ids)], "view", now), "event_id": f"warmup-{k}"},
-        )
-        for k in range(WARMUP_EVENTS)
+        (user, {**event_record(user, item_ids[k % len(item_ids)], "view", now), "event_id": f"warmup-{k}"})
+        for k, user in enumerate(users)
     ]
 
 
@@ -311,8 +313,10 @@ def run_system(
     work: Path,
     flame_graph: Path | None = None,
     idle_s: float = 0.0,
+    warmup_s: float = WARMUP_S,
 ) -> list[dict]:
-    """Fresh broker and state; start the system (`settings` on that broker), warm it up, offer each
+    """Fresh broker and state; start the system (`settings` on that broker), warm it up (`warmup_s` at
+    WARMUP_RATE), offer each
     rate in turn with the stream's next `rate * seconds` events. Each row also carries the CPU time
     the system's processes and the broker used over it, per answered event. With `flame_graph`, py-spy
     samples the (first) worker process over the rates (collapsed stacks: `work`/stacks.txt). With
@@ -338,7 +342,7 @@ def run_system(
                 measure(
                     settings,
                     system.output_topic(settings),
-                    warmup_events([k for k, _ in items]),
+                    warmup_events([k for k, _ in items], warmup_s),
                     WARMUP_RATE,
                     timeout_s=START_TIMEOUT_S,
                 )
@@ -396,6 +400,7 @@ def run_rounds(
     seconds: float,
     work: Path,
     repeats: int,
+    warmup_s: float,
 ) -> dict[System, list[dict]]:
     """`repeats` rounds of every system (streamrec first) on the same events and rates, each followed by
     the operating points (a quarter and a half of streamrec's best rate kept up in the first round), on a fresh
@@ -406,10 +411,11 @@ def run_rounds(
     for r in range(repeats):
         for system in systems:
             name = f"{system.engine}-{slug(system)}-{r}"
-            rows = run_system(system, settings, items, stream, rates, seconds, work / name)
+            rows = run_system(system, settings, items, stream, rates, seconds, work / name, warmup_s=warmup_s)
             points = points or operating_rates(rows)
+            operating = work / f"{name}-operating"
             rounds[system].append(
-                rows + run_system(system, settings, items, stream, points, seconds, work / f"{name}-operating")
+                rows + run_system(system, settings, items, stream, points, seconds, operating, warmup_s=warmup_s)
             )
     return {system: median_rows(runs) for system, runs in rounds.items()}
 
@@ -682,6 +688,12 @@ def main() -> None:
     )
     parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=WARMUP_S,
+        help=f"events at {WARMUP_RATE:g}/s before the first rate, on every fresh broker (default {WARMUP_S:g})",
+    )
     parser.add_argument("--stream", choices=["ml100k", "synthetic"], default="ml100k")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of every system; medians reported")
     parser.add_argument(
@@ -756,7 +768,9 @@ def main() -> None:
             for mode in args.ceilings
         ]
         systems = [real, *streamrec_variants(engine, settings, args.retrieval_only, args.worker_variant), *ceilings]
-        results = run_rounds(systems, settings, items, stream, args.rates, args.seconds, work, args.repeats)
+        results = run_rounds(
+            systems, settings, items, stream, args.rates, args.seconds, work, args.repeats, args.warmup_seconds
+        )
         scale: dict[System, list[dict]] = {}
         for n in args.workers:
             system = System(
@@ -767,7 +781,14 @@ def main() -> None:
                 partitions=args.scale_partitions,
             )
             scale[system] = run_system(
-                system, settings, items, stream, scale_rates, scale_seconds, work / f"{engine}-workers-{n}"
+                system,
+                settings,
+                items,
+                stream,
+                scale_rates,
+                scale_seconds,
+                work / f"{engine}-workers-{n}",
+                warmup_s=args.warmup_seconds,
             )
         runs.append((engine, results, scale, real))
         if args.profile:
@@ -806,7 +827,9 @@ def print_profiles(results: dict[System, list[dict]], settings: Settings, items,
     fresh = stream[-int(rate * args.seconds) :]
     for system in results:
         svg = IMG / f"flame_{system.engine}_{slug(system)}_{args.stream}_{100 * args.profile_share:.0f}pct.svg"
-        run_system(system, settings, items, fresh, [rate], args.seconds, work / slug(system), svg)
+        run_system(
+            system, settings, items, fresh, [rate], args.seconds, work / slug(system), svg, warmup_s=args.warmup_seconds
+        )
         stacks = work / slug(system) / "stacks.txt"
         print(f"\n{system.label} at {rate:.0f}/s under py-spy: {svg.relative_to(ROOT)}")
         print(top_functions(stacks))
@@ -866,7 +889,7 @@ Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load averag
 start and {load[1]:.1f} at the end (the broker, the system under test and the load generator alone fill both
 cores at the higher rates; above ~1 at the start means other jobs were running). Broker: {engines}, one
 engine after the other, all on this machine. In each of {args.repeats} round(s), every system gets a fresh
-broker and fresh state, a warm-up, then each offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before
+broker and fresh state, a warm-up ({args.warmup_seconds:g} s at {WARMUP_RATE:g}/s), then each offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before
 each) with fresh events (the same events for every system, round and engine); then, on a fresh broker again,
 a quarter and a half of streamrec's best rate kept up in the first round (its maximum on the grid). Figures
 are medians over the rounds (p99 range in brackets; unanswered and duplicates: the worst round). Events: {stream_text(args)}.
