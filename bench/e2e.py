@@ -72,8 +72,8 @@ IMG = ROOT / "docs" / "img"
 OWN_PACKAGES = ("core", "state", "stream_app", "export")  # what the worker runs of streamrec's code
 START_TIMEOUT_S = 240.0  # process start, group join, catalog load: the warm-up waits this long
 DRAIN_TIMEOUT_S = 120.0  # after the last send, for the last answer
-# Before the first rate, on every fresh broker: long enough for the broker's own warm-up (the JVM compiling
-# its hot paths) to pass. With 2 s of warm-up the first rate's slice measured it: Kafka's CPU per event 2.5-3x
+# Before the first rate, on every fresh broker: long enough for the broker's own warm-up (most likely the JVM
+# compiling its hot paths) to pass. With 2 s of warm-up the first rate's slice measured it: Kafka's CPU per event 2.5-3x
 # that of the next rate, and streamrec fell behind at 1000/s before keeping up with 1250/s (docs/benchmarks.md).
 WARMUP_RATE, WARMUP_USERS, WARMUP_S = 300.0, 1000, 20.0
 SETTLE_S = 5.0  # idle time before each rate
@@ -316,8 +316,7 @@ def run_system(
     warmup_s: float = WARMUP_S,
 ) -> list[dict]:
     """Fresh broker and state; start the system (`settings` on that broker), warm it up (`warmup_s` at
-    WARMUP_RATE), offer each
-    rate in turn with the stream's next `rate * seconds` events. Each row also carries the CPU time
+    WARMUP_RATE), offer each rate in turn with the stream's next `rate * seconds` events. Each row also carries the CPU time
     the system's processes and the broker used over it, per answered event. With `flame_graph`, py-spy
     samples the (first) worker process over the rates (collapsed stacks: `work`/stacks.txt). With
     `idle_s`, the CPU seconds per second each side used over that long idle before the first rate are
@@ -385,10 +384,8 @@ OPERATING_POINTS = ((0.25, 100.0), (0.5, 50.0))  # (share of streamrec's maximum
 
 
 def operating_rates(rows: list[dict]) -> list[float]:
-    """The rates of OPERATING_POINTS for a system that gave `rows`: shares of its best rate kept up (of its
-    best sustained one if it kept up with none)."""
-    top = best_kept_up(rows) or best(rows)
-    return [round(share * top) for share, _ in OPERATING_POINTS]
+    """The rates of OPERATING_POINTS for a system that gave `rows`: shares of its `maximum`."""
+    return [round(share * maximum(rows)) for share, _ in OPERATING_POINTS]
 
 
 def run_rounds(
@@ -506,6 +503,12 @@ def best(rows: list[dict]) -> float:
 def best_kept_up(rows: list[dict]) -> float:
     """The highest sustained rate among the rates the system kept up with (0 if none)."""
     return max((r["events_per_s"] for r in rows if keeps_up(r)), default=0.0)
+
+
+def maximum(rows: list[dict]) -> float:
+    """A system's maximum for the operating points and the profile: its best rate kept up, or its best
+    sustained one if it kept up with none."""
+    return best_kept_up(rows) or best(rows)
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -822,8 +825,8 @@ def main() -> None:
 def print_profiles(results: dict[System, list[dict]], settings: Settings, items, stream, args, work: Path) -> None:
     """Each system once more at `args.profile_share` of streamrec's maximum, fresh events, under py-spy:
     flame graphs, the top functions, and streamrec's own functions by the time inside them."""
-    grid = next(rows[: -len(OPERATING_POINTS)] for system, rows in results.items() if not system.bare)
-    rate = round(args.profile_share * (best_kept_up(grid) or best(grid)))
+    grid = next(on_grid(rows) for system, rows in results.items() if not system.bare)
+    rate = round(args.profile_share * maximum(grid))
     fresh = stream[-int(rate * args.seconds) :]
     for system in results:
         svg = IMG / f"flame_{system.engine}_{slug(system)}_{args.stream}_{100 * args.profile_share:.0f}pct.svg"
@@ -889,8 +892,8 @@ Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load averag
 start and {load[1]:.1f} at the end (the broker, the system under test and the load generator alone fill both
 cores at the higher rates; above ~1 at the start means other jobs were running). Broker: {engines}, one
 engine after the other, all on this machine. In each of {args.repeats} round(s), every system gets a fresh
-broker and fresh state, a warm-up ({args.warmup_seconds:g} s at {WARMUP_RATE:g}/s), then each offered rate for {args.seconds:g} s ({SETTLE_S:g} s idle before
-each) with fresh events (the same events for every system, round and engine); then, on a fresh broker again,
+broker and fresh state, a warm-up ({args.warmup_seconds:g} s at {WARMUP_RATE:g}/s), then each offered rate for
+{args.seconds:g} s ({SETTLE_S:g} s idle before each) with fresh events (the same events for every system, round and engine); then, on a fresh broker again,
 a quarter and a half of streamrec's best rate kept up in the first round (its maximum on the grid). Figures
 are medians over the rounds (p99 range in brackets; unanswered and duplicates: the worst round). Events: {stream_text(args)}.
 

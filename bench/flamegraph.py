@@ -49,8 +49,9 @@ def top_functions(stacks: Path, n: int = 15, packages: tuple[str, ...] = ()) -> 
     own, inside, total = Counter(), Counter(), 0
     for line in stacks.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        matches = [m for m in map(FRAME.match, stack.split(";")) if m]
-        frames = [(f"{m[1]} ({Path(m[2]).name})", m[2].split("/")[0]) for m in matches]  # (name, package)
+        frames = [  # (name, package)
+            (f"{m[1]} ({Path(m[2]).name})", m[2].split("/")[0]) for m in map(FRAME.match, stack.split(";")) if m
+        ]
         total += int(count)
         if frames:
             own[frames[-1][0]] += int(count)
