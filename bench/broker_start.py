@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from core.brokers import KAFKA_HEAP_MB, KafkaCluster, TansuBroker  # noqa: E402
-from stream_app.demo import free_port  # noqa: E402
+from stream_app.demo import free_port, free_ports  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -37,12 +37,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="streamrec-broker-start-"))
     print("| broker | first start s | restart on the same log s | RSS per process MB |\n| --- | ---: | ---: | --- |")
     for nodes in (1, 3):
-        cluster = KafkaCluster(
-            work / f"kafka-{nodes}",
-            nodes,
-            ports=[free_port() for _ in range(nodes)],
-            controller_ports=[free_port() for _ in range(nodes)],
-        )
+        ports = free_ports(2 * nodes)  # clients, then controllers
+        cluster = KafkaCluster(work / f"kafka-{nodes}", nodes, ports=ports[:nodes], controller_ports=ports[nodes:])
         first, rss = timed_start(cluster)
         cluster.stop()
         again, _ = timed_start(cluster)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,17 @@ def free_port(host: str = "127.0.0.1", port: int = 0) -> int:
         except OSError:
             s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports nothing listens on. One `free_port` call after another may get the same port
+    twice (each socket is closed before the next is bound): a Kafka node then refused its config, its
+    client and controller listeners on one port."""
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 WORKER_COMMAND = ("-m", "stream_app.cli", "worker")

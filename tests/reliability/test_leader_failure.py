@@ -56,7 +56,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from core.brokers import KafkaCluster
 from state.window import WindowEvent
-from stream_app.demo import free_port, publish_catalog
+from stream_app.demo import free_port, free_ports, publish_catalog
 from stream_app.replay import producer
 from tests.integration.conftest import (
     consume_until,
@@ -286,12 +286,8 @@ def longest_gap(stamps: list[float], start: float, end: float) -> float:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_leader_kill_9_on_three_nodes_loses_nothing(scenario, baseline_registry, start_worker, tmp_path):
-    cluster = KafkaCluster(
-        tmp_path / "kafka3",
-        n_nodes=3,
-        ports=[free_port() for _ in range(3)],
-        controller_ports=[free_port() for _ in range(3)],
-    )
+    ports = free_ports(6)  # 3 nodes: clients, then controllers
+    cluster = KafkaCluster(tmp_path / "kafka3", n_nodes=3, ports=ports[:3], controller_ports=ports[3:])
     cluster_started = time.monotonic()
     with cluster:
         cluster_start_s = time.monotonic() - cluster_started
