@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import contextmanager
 
+import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -223,9 +224,14 @@ def event_context(stream: faust.StreamT, event: faust.EventT):
 
 
 def send_lingering(app: faust.App) -> None:
-    """Send the records the producer holds for `linger` now: close its open batches (a full batch is
-    closed the same way) and wake its sender, as aiokafka's `flush_for_commit` does, without waiting."""
-    accumulator = app.producer._ensure_producer()._message_accumulator
+    """Send the records the app's producer holds for `linger` now (`flush_open_batches`)."""
+    flush_open_batches(app.producer._ensure_producer())
+
+
+def flush_open_batches(producer: aiokafka.AIOKafkaProducer) -> None:
+    """Send the records an aiokafka producer holds for `linger` now: close its open batches (a full batch
+    is closed the same way) and wake its sender, as aiokafka's `flush_for_commit` does, without waiting."""
+    accumulator = producer._message_accumulator
     for batches in accumulator._batches.values():
         for batch in batches:
             batch._builder.close()
