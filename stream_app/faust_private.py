@@ -25,9 +25,6 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
   `AIOKafkaConsumerThread._fetch_records` (`_SeekSafeConsumer`, `_TunedConsumerThread`): Faust
   delivered records fetched before a rebalance's seek after it, and counted the records between as
   processed: events were lost.
-- `Consumer._drain_messages`'s call of `Service.wait_first` (`_SeekSafeConsumer.wait_first`): Faust
-  races every record's hand-over to its streams against a rebalance in four tasks; a hand-over that
-  does not wait runs at once instead, and only one that waits is raced.
 - `ConsumerThread.seek_to_committed`, `_ensure_consumer` (`_TunedConsumerThread`): aiokafka leaves a
   partition with no committed offset where it is, so Faust's seek back to re-read dropped records
   did nothing for a worker killed before its first commit.
@@ -46,7 +43,6 @@ import aiokafka
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from mode.services import WaitResults
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
@@ -168,51 +164,10 @@ class _SeekSafeConsumer(faust_aiokafka.Consumer):
                 self._read_from_seek[tp] = seek
             yield tp, message
 
-    async def wait_first(self, *coros, timeout=None) -> WaitResults:
-        """Faust hands each fetched record to its streams in `wait_first(delivery, suspend_flow.wait())`
-        (`_drain_messages`), so that a rebalance can interrupt a delivery waiting for room in a full
-        stream buffer. That is four tasks, a wait and three cancellations per record, though a delivery
-        seldom waits (bench/runtime_floor.py: about half of what consuming a record costs Faust). Here the delivery runs at once, up to its first wait; only a delivery that
-        does wait is raced as Faust races it."""
-        first, *others = coros
-        if not asyncio.iscoroutine(first):
-            return await super().wait_first(*coros, timeout=timeout)
-        try:
-            awaited = first.send(None)
-        except StopIteration as done:
-            for other in others:  # never to be awaited (e.g. `suspend_flow.wait()`)
-                if asyncio.iscoroutine(other):
-                    other.close()
-            return WaitResults([first], [done.value], False)
-        return await super().wait_first(_Resumed(first, awaited), *others, timeout=timeout)
-
     async def perform_seek(self) -> None:
         """Faust's, but the read offsets are set by `getmany`, in step with the records it delivers."""
         committed = await self.seek_to_committed()
         self._committed_offset.update({tp: offset or None for tp, offset in committed.items() if offset is not None})
-
-
-class _Resumed:
-    """The rest of `coro`, which has run up to awaiting `awaited`: whatever awaits this (a task) drives it."""
-
-    def __init__(self, coro, awaited):
-        self.coro, self.awaited = coro, awaited
-
-    def __await__(self):
-        coro, awaited = self.coro, self.awaited
-        while True:
-            thrown = None
-            try:
-                sent = yield awaited
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as e:  # a task's cancellation included: passed on to `coro`
-                thrown = e
-            try:
-                awaited = coro.send(sent) if thrown is None else coro.throw(thrown)
-            except StopIteration as done:
-                return done.value
 
 
 class _IdempotentProducer(faust_aiokafka.Producer):
