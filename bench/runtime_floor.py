@@ -199,6 +199,19 @@ async def create_changelog(settings: Settings, topic: str) -> None:
         await admin.close()
 
 
+async def records_in(settings: Settings, topic: str) -> int:
+    """How many records `topic` holds (the sum of its partitions' end offsets)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
 def measure(settings: Settings, runtime: str, task: str, total: int, work: Path, run: int) -> dict:
     name = f"{runtime}-{task}-{run}".replace("+", "-")
     out = work / f"{name}.json"
@@ -208,6 +221,7 @@ def measure(settings: Settings, runtime: str, task: str, total: int, work: Path,
     if runtime == "aiokafka":
         asyncio.run(create_changelog(settings, changelog_topic(child_settings)))
     command = (__file__, "--child", runtime, "--task", task, "--events", str(total), "--out", str(out))
+    forwarded_before = asyncio.run(records_in(settings, OUTPUT_TOPIC))
     process = start_child(child_settings, work / f"{name}.log", command)
     try:
         deadline = time.monotonic() + RESULT_TIMEOUT_S
@@ -216,9 +230,13 @@ def measure(settings: Settings, runtime: str, task: str, total: int, work: Path,
                 raise SystemExit(f"{name} ended or stalled before its last event: see {work / f'{name}.log'}")
             time.sleep(0.5)
         time.sleep(0.2)  # the file is written in one call; let it land
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
     finally:
         stop_process(process)
+    forwarded = asyncio.run(records_in(settings, OUTPUT_TOPIC)) - forwarded_before
+    if forwarded != (0 if task == "consume" else total):  # acknowledged before the last event was counted
+        raise SystemExit(f"{name} forwarded {forwarded} records for {total} events: see {work / f'{name}.log'}")
+    return result
 
 
 def main() -> None:
