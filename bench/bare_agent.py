@@ -7,6 +7,10 @@ no model. Two idioms:
 
 - per event (default): read and write the user's window and send one record per event, the bare
   Faust idiom;
+- `--aiokafka`: the per-event idiom without Faust: one asyncio task on a plain aiokafka consumer (`getmany`)
+  and producer (configured like Faust's), the windows in a `rocksdict` store with one changelog record per
+  write, offsets committed every `broker_commit_interval` as Faust does; what the same work costs on a
+  lighter runtime (fresh state only: no recovery, no rebalance handling);
 - `--per-batch`: what streamrec does without the model: micro-batches from `take_events` (the
   worker's batch size and window), one record per user touched by a batch (triggered by the user's
   last event in it), sent (without waiting for the producer's linger) and acknowledged before each user's
@@ -15,7 +19,7 @@ no model. Two idioms:
 Each record is {"trigger_event_id", "user_id"} as JSON.
 
     STREAMREC_KAFKA__BROKER=kafka://127.0.0.1:9092 STREAMREC_WORKER__DATA_DIR=/tmp/bare \\
-        STREAMREC_WORKER__WEB_PORT=6067 .venv/bin/python bench/bare_agent.py [--per-batch]
+        STREAMREC_WORKER__WEB_PORT=6067 .venv/bin/python bench/bare_agent.py [--per-batch | --aiokafka]
 
 Settings come from STREAMREC_* like the worker's; the consumer group and changelog are
 `<app_id>-bare`, the output topic is OUTPUT_TOPIC.
@@ -32,7 +36,7 @@ import faust
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.contracts import epoch_seconds  # noqa: E402
-from core.kafka import ensure_topics, with_engine  # noqa: E402
+from core.kafka import ensure_topics, topic_configs, with_engine  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from state.window import UserWindow, WindowEvent  # noqa: E402
 from stream_app.app import faust_app, freeze_heap, windows_table  # noqa: E402
@@ -52,12 +56,6 @@ def build_bare_app(settings: Settings, partitions: int, per_batch: bool = False)
     def window_with(user: str, values: list[dict]) -> UserWindow:
         new = [WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"])) for e in values]
         return windows[user].with_events(new, settings.worker.window_size, max_age_s)
-
-    def answer(user: str, trigger: dict) -> dict:
-        return {
-            "key": user.encode(),
-            "value": json.dumps({"trigger_event_id": trigger["event_id"], "user_id": user}).encode(),
-        }
 
     if not per_batch:
 
@@ -91,13 +89,77 @@ def build_bare_app(settings: Settings, partitions: int, per_batch: bool = False)
     return app
 
 
+async def forward_without_faust(settings: Settings, partitions: int) -> None:
+    """The per-event idiom on plain aiokafka and rocksdict: read, advance and write the user's window (and
+    its changelog record), send one record, per event."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from rocksdict import Rdict
+
+    app_id = f"{settings.worker.app_id}-bare"
+    changelog = f"{app_id}-windows-changelog"  # Faust's name for the windows table's
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        config = topic_configs(settings, compacted=True)
+        await admin.create_topics(
+            [NewTopic(changelog, partitions, settings.kafka.replication_factor, topic_configs=config)]
+        )
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(
+        settings.topics.events,
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=app_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka.broker_engine == "kafka",  # as the worker: Tansu fails InitProducerId
+        linger_ms=settings.kafka.producer_linger_ms,
+    )
+    windows = Rdict(str(settings.worker.data_dir / "windows.rdb"))
+    max_age_s = settings.worker.window_max_age_days * 86_400.0
+    commit_interval = faust.App("defaults").conf.broker_commit_interval
+    await consumer.start()
+    await producer.start()
+    freeze_heap()
+    committed = asyncio.get_running_loop().time()
+    while True:
+        for records in (await consumer.getmany(timeout_ms=1000)).values():
+            for record in records:
+                e = json.loads(record.value)
+                stored = windows.get(record.key)
+                window = UserWindow() if stored is None else UserWindow.decode(stored)
+                event = WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"]))
+                encoded = window.with_events([event], settings.worker.window_size, max_age_s).encode()
+                windows[record.key] = encoded
+                await producer.send(changelog, key=record.key, value=encoded, partition=record.partition)
+                await producer.send(OUTPUT_TOPIC, **answer(e["user_id"], e))
+        if asyncio.get_running_loop().time() - committed >= commit_interval:
+            await consumer.commit()
+            committed = asyncio.get_running_loop().time()
+
+
+def answer(user: str, trigger: dict) -> dict:
+    return {
+        "key": user.encode(),
+        "value": json.dumps({"trigger_event_id": trigger["event_id"], "user_id": user}).encode(),
+    }
+
+
 def main() -> None:
-    per_batch = "--per-batch" in sys.argv[1:]
-    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--per-batch"]  # the rest is Faust's command line
+    per_batch, plain = "--per-batch" in sys.argv[1:], "--aiokafka" in sys.argv[1:]
+    sys.argv[1:] = [a for a in sys.argv[1:] if a not in ("--per-batch", "--aiokafka")]  # the rest is Faust's
     settings = load_settings()
     # The output topic is created as `recommendations` is (partitions, replication, configs), not by
     # the broker's auto-create defaults.
     partitions = asyncio.run(ensure_topics(settings.replace(topics={"recommendations": OUTPUT_TOPIC})))
+    if plain:
+        return asyncio.run(forward_without_faust(with_engine(settings), partitions))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
     app = build_bare_app(settings, partitions, per_batch)
     freeze_heap()  # as the worker does before its first event (it has no catalog to wait for)

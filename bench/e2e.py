@@ -81,6 +81,11 @@ SETTLE_S = 5.0  # idle time before each rate
 Events = list[tuple[str, dict]]  # (key = user id, value)
 
 
+CEILINGS = {  # --ceilings: bench/bare_agent.py's idioms, as (label, System fields)
+    "event": ("bare agent per event", {}),
+    "batch": ("bare agent per batch", {"per_batch": True}),
+    "event-aiokafka": ("bare agent per event, plain aiokafka", {"plain": True}),
+}
 RETRIEVAL_ONLY = (("ranker_candidates", "0"),)  # `--retrieval-only`: the worker without its ranking stage
 
 
@@ -90,6 +95,7 @@ class System:
     bare: bool  # bench/bare_agent.py, else `streamrec worker`
     engine: str  # the broker: kafka | tansu
     per_batch: bool = False  # the bare agent's micro-batch idiom (`bare_agent.py --per-batch`)
+    plain: bool = False  # the bare per-event idiom without Faust (`bare_agent.py --aiokafka`)
     workers: int = 1
     partitions: int = 1
     worker: tuple[tuple[str, str], ...] = ()  # streamrec: `worker` settings changed from the configured ones
@@ -252,6 +258,7 @@ def start_system(system: System, settings: Settings, log_path: Path) -> subproce
     if not system.bare:
         return start_child(settings, log_path, WORKER_COMMAND)
     agent = (str(ROOT / "bench" / "bare_agent.py"),) + (("--per-batch",) if system.per_batch else ())
+    agent += ("--aiokafka",) if system.plain else ()
     return start_child(settings, log_path, agent)
 
 
@@ -441,7 +448,7 @@ def slug(system: System) -> str:
     if not system.bare:
         # From the label: "streamrec, retrieval only" -> streamrec-retrieval-only.
         return "-".join(re.findall(r"[a-z0-9]+", system.label.lower()))
-    return "bare-batch" if system.per_batch else "bare-event"
+    return "bare-batch" if system.per_batch else "bare-event-aiokafka" if system.plain else "bare-event"
 
 
 MEDIAN_KEYS = (
@@ -702,9 +709,10 @@ def main() -> None:
     parser.add_argument(
         "--ceilings",
         nargs="+",
-        choices=["event", "batch"],
+        choices=list(CEILINGS),
         default=["event", "batch"],
-        help="bare agents to run: per event (the bare idiom), per micro-batch (streamrec's I/O without the model)",
+        help="bare agents to run: per event (the bare idiom), per micro-batch (streamrec's I/O without the model), "
+        "per event without Faust (event-aiokafka: the same work on plain aiokafka)",
     )
     parser.add_argument("--users", type=int, default=10_000, help="synthetic: user ids")
     parser.add_argument("--items", type=int, default=1682, help="synthetic: items (≤ the ml-100k catalog)")
@@ -767,8 +775,7 @@ def main() -> None:
     for engine in args.engine:
         real = System("streamrec", bare=False, engine=engine)
         ceilings = [
-            System(f"bare agent per {mode}", bare=True, engine=engine, per_batch=mode == "batch")
-            for mode in args.ceilings
+            System(label, bare=True, engine=engine, **idiom) for label, idiom in map(CEILINGS.get, args.ceilings)
         ]
         systems = [real, *streamrec_variants(engine, settings, args.retrieval_only, args.worker_variant), *ceilings]
         results = run_rounds(
@@ -886,6 +893,13 @@ def header(runs, args, command: str, load: tuple[float, float], settings: Settin
         + "."
         for label, worker in variants.items()
     )
+    plain_text = (
+        "\n- **bare agent per event, plain aiokafka** (`bench/bare_agent.py --aiokafka`): the per-event idiom without "
+        "Faust: one task on an aiokafka consumer and producer, the windows in `rocksdict` with a changelog record per "
+        "write (what the same work costs on a lighter runtime; no recovery or rebalance handling)."
+        if "event-aiokafka" in args.ceilings
+        else ""
+    )
     return f"""## End to end
 
 Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu()}; load average {load[0]:.1f} at the
@@ -904,9 +918,9 @@ are medians over the rounds (p99 range in brackets; unanswered and duplicates: t
   settings (RocksDB store, fetch wait {settings.kafka.fetch_max_wait_ms} ms, linger {settings.kafka.producer_linger_ms} ms), the same
   `windows` table updated with `UserWindow.with_events` per event, one output record per event; no validation, no model.
 - **bare agent per batch** (`bench/bare_agent.py --per-batch`): streamrec's I/O without validation and model: the same
-  micro-batches, one record per touched user, sent at once and acknowledged before each window is written once.
+  micro-batches, one record per touched user, sent at once and acknowledged before each window is written once.{plain_text}
 
-Both bare agents' output topic is created as `recommendations` is (partitions, replication, configs). Latency
+The bare agents' output topic is created as `recommendations` is (partitions, replication, configs). Latency
 counts every answered event: from its send (the load generator does not linger) to the receipt of the first
 record of its user triggered by it or a later event; **unanswered** events (none answered them within {DRAIN_TIMEOUT_S:g} s of the last send) are counted in
 their own column, never left out silently; **duplicate records** are second records for one trigger. Sustained =
