@@ -89,28 +89,30 @@ def build_bare_app(settings: Settings, partitions: int, per_batch: bool = False)
     return app
 
 
-async def forward_without_faust(settings: Settings, partitions: int) -> None:
-    """The per-event idiom on plain aiokafka and rocksdict: read, advance and write the user's window (and
-    its changelog record), send one record, per event."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+async def create_changelog(settings: Settings, topic: str, partitions: int) -> None:
+    """A table's changelog for a runtime without Faust, created as Faust creates one (compacted)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from rocksdict import Rdict
 
-    app_id = f"{settings.worker.app_id}-bare"
-    changelog = f"{app_id}-windows-changelog"  # Faust's name for the windows table's
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     await admin.start()
     try:
         config = topic_configs(settings, compacted=True)
         await admin.create_topics(
-            [NewTopic(changelog, partitions, settings.kafka.replication_factor, topic_configs=config)]
+            [NewTopic(topic, partitions, settings.kafka.replication_factor, topic_configs=config)]
         )
     finally:
         await admin.close()
+
+
+def plain_clients(settings: Settings, group_id: str):
+    """(consumer of the events topic, producer) on plain aiokafka, configured as the worker's Faust app
+    configures its own: fetch wait, no auto-commit, linger, acks=all, idempotent on Kafka."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
     consumer = AIOKafkaConsumer(
         settings.topics.events,
         bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=app_id,
+        group_id=group_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
@@ -121,6 +123,18 @@ async def forward_without_faust(settings: Settings, partitions: int) -> None:
         enable_idempotence=settings.kafka.broker_engine == "kafka",  # as the worker: Tansu fails InitProducerId
         linger_ms=settings.kafka.producer_linger_ms,
     )
+    return consumer, producer
+
+
+async def forward_without_faust(settings: Settings, partitions: int) -> None:
+    """The per-event idiom on plain aiokafka and rocksdict: read, advance and write the user's window (and
+    its changelog record), send one record, per event."""
+    from rocksdict import Rdict
+
+    app_id = f"{settings.worker.app_id}-bare"
+    changelog = f"{app_id}-windows-changelog"  # Faust's name for the windows table's
+    await create_changelog(settings, changelog, partitions)
+    consumer, producer = plain_clients(settings, app_id)
     windows = Rdict(str(settings.worker.data_dir / "windows.rdb"))
     max_age_s = settings.worker.window_max_age_days * 86_400.0
     commit_interval = faust.App("defaults").conf.broker_commit_interval

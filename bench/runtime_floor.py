@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.bare_agent import create_changelog, plain_clients  # noqa: E402
 from bench.e2e import fresh_broker, synthetic_events  # noqa: E402
 from bench.report import cpu  # noqa: E402
 from core.brokers import stop_process  # noqa: E402
@@ -109,27 +110,13 @@ def run_faust(settings: Settings, task: str, meter: Meter) -> None:
 
 async def run_aiokafka(settings: Settings, task: str, meter: Meter) -> None:
     import faust  # only for its defaults, so both runtimes commit alike
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from rocksdict import Options, Rdict
 
     from stream_app.app import freeze_heap, rocksdb_options
     from stream_app.faust_private import flush_open_batches
 
     conf = faust.App("defaults").conf
-    consumer = AIOKafkaConsumer(
-        settings.topics.events,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=settings.worker.app_id,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=settings.kafka.producer_linger_ms,
-    )
+    consumer, producer = plain_clients(settings, settings.worker.app_id)
     options = Options()
     options.set_write_buffer_size(rocksdb_options(settings)["write_buffer_size"])
     table = Rdict(str(settings.worker.data_dir / "floor.rdb"), options)
@@ -186,19 +173,6 @@ async def fill_backlog(settings: Settings, n: int) -> None:
         await producer.stop()
 
 
-async def create_changelog(settings: Settings, topic: str) -> None:
-    """The aiokafka runtime's changelog, created as Faust creates a table's (compacted, the events' partitions)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        config = topic_configs(settings, compacted=True)
-        await admin.create_topics([NewTopic(topic, settings.kafka.partitions, 1, topic_configs=config)])
-    finally:
-        await admin.close()
-
-
 async def records_in(settings: Settings, topic: str) -> int:
     """How many records `topic` holds (the sum of its partitions' end offsets)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -219,7 +193,7 @@ def measure(settings: Settings, runtime: str, task: str, total: int, work: Path,
     data_dir.mkdir()
     child_settings = settings.replace(worker={"app_id": f"floor-{name}", "data_dir": data_dir, "web_port": free_port()})
     if runtime == "aiokafka":
-        asyncio.run(create_changelog(settings, changelog_topic(child_settings)))
+        asyncio.run(create_changelog(settings, changelog_topic(child_settings), settings.kafka.partitions))
     command = (__file__, "--child", runtime, "--task", task, "--events", str(total), "--out", str(out))
     forwarded_before = asyncio.run(records_in(settings, OUTPUT_TOPIC))
     process = start_child(child_settings, work / f"{name}.log", command)
