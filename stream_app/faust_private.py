@@ -18,7 +18,7 @@ A Faust or aiokafka upgrade is checked here first (the integration tests exercis
 - `Collection.value_serializer` (`with_value_codec`): a table's codec comes only from its value type's
   Faust record options; the windows table's values are plain `UserWindow`s with their own codec.
 - `Producer._ensure_producer` and aiokafka's `MessageAccumulator._batches`, `MessageBatch._builder`,
-  `_waiter_future` (`send_lingering`):
+  `_waiter_future` (`send_lingering`, `flush_open_batches`):
   aiokafka has no call that sends the records handed over so far without waiting for them (`flush` waits
   for every batch); the events agent waits for its records anyway, so `linger` only delays each batch.
 - `Consumer.getmany`, `_getmany`, `perform_seek`, `_read_offset`, `_gap`, `_committed_offset` and
