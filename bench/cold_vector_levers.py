@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from core.datasets import load_interactions, split_leave_one_out  # noqa: E402
 from encoders.evaluate import (  # noqa: E402
     cases,
+    demand_matched_scale,
     evaluate_scores,
     model_scores,
     pretrained_item_vectors,
@@ -45,23 +46,17 @@ NEIGHBOURS = [(0.25, 0.1, 10), (0.5, 0.1, 10), (1.0, 0.1, 10), (0.5, 0.05, 30)] 
 KNN_WEIGHTS = [0.1, 0.25, 0.5]  # g
 
 
-def neighbour_catalog(model, warm: torch.Tensor, a: float, tau: float, k: int, scale: float) -> torch.Tensor:
-    """[N, D]: warm items keep their full vectors; a cold item gets scale * ((1 - a) * text + a * neighbours)."""
+def neighbour_parts(model, warm: torch.Tensor, tau: float, k: int) -> tuple[torch.Tensor, ...]:
+    """(full vectors [N, D], unscaled text vectors [N, D], neighbour vectors [N, D]): an item's neighbour vector
+    is the softmax(cosine / tau)-weighted mean of the full vectors of its K nearest warm items by pretrained text."""
     with torch.no_grad():
-        text, residual = model.item_parts()  # cold rows of `text` are already scaled: recompute them unscaled
-        projected = model.item_tower.project(model.text_emb)  # [N, D]
+        text, residual = model.item_parts()  # cold rows of `text` are scaled: the projection below is not
         full = text + residual  # [N, D]
+        projected = model.item_tower.project(model.text_emb)  # [N, D]
         unit = torch.nn.functional.normalize(model.text_emb, dim=-1)  # [N, H]
         nearest = (unit @ unit[warm].T).topk(k, dim=-1)  # [N, K] over warm items
         weights = torch.softmax(nearest.values / tau, dim=-1)  # [N, K]
-        neighbours = (weights.unsqueeze(-1) * full[warm][nearest.indices]).sum(1)  # [N, D]
-        return torch.where(warm.unsqueeze(-1), full, scale * ((1 - a) * projected + a * neighbours))
-
-
-def matched(runs: dict, n_cold: int, n_cases: int):
-    """The scale whose cold share of the top 10 is nearest the targets' cold share, and its evaluation."""
-    scale = min(runs, key=lambda s: abs(runs[s].cold_top10_share - n_cold / n_cases))
-    return scale, runs[scale]
+        return full, projected, (weights.unsqueeze(-1) * full[warm][nearest.indices]).sum(1)
 
 
 def main() -> None:
@@ -95,10 +90,12 @@ def main() -> None:
         spread = float(default[config.cold_scale].std(axis=1).mean())
         levers = {"default (text vector)": default}
         catalog_vectors = model.catalog_vectors
+        is_warm = torch.from_numpy(warm).unsqueeze(-1)  # [N, 1]
         for a, tau, k in tqdm(NEIGHBOURS, desc=f"{ckpt.name}: neighbours", file=sys.stderr):
+            full, projected, neighbours = neighbour_parts(model, torch.from_numpy(warm), tau, k)
             scores = {}
             for scale in SCALES:
-                catalog = neighbour_catalog(model, torch.from_numpy(warm), a, tau, k, scale)
+                catalog = torch.where(is_warm, full, scale * ((1 - a) * projected + a * neighbours))
                 model.catalog_vectors = lambda catalog=catalog: catalog
                 scores[scale] = model_scores(model, history)
             levers[f"neighbours a={a:g}, tau={tau:g}, K={k}"] = scores
@@ -108,8 +105,8 @@ def main() -> None:
             levers[f"text kNN added to cold items, g={g:g}"] = {s: v + added for s, v in default.items()}
         for lever, scores in levers.items():
             runs = {s: evaluate_scores(v, history, targets, warm) for s, v in scores.items()}
-            e0 = next(iter(runs.values()))
-            scale, e = matched(runs, e0.n_cold, e0.n_cases)
+            scale = demand_matched_scale(runs)
+            e = runs[scale]
             print(
                 f"| {ckpt.name} | {lever} | {scale:g} | {e.cold_top10_share:.3f} | {e.recbole['NDCG@10']:.4f} "
                 f"| {e.warm_hr10:.4f} | {e.cold_hr10:.4f} |",

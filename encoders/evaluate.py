@@ -162,8 +162,8 @@ def cold_scale_sweep(model: Recommender, split: Split, scales: Sequence[float]) 
             runs[scale] = evaluate_model(model, split, "valid")
     finally:
         model.item_tower.config = config
-    target_share = next(iter(runs.values())).n_cold / next(iter(runs.values())).n_cases
-    matched = min(scales, key=lambda scale: abs(runs[scale].cold_top10_share - target_share))
+    target_share = cold_target_share(runs)
+    matched = demand_matched_scale(runs)
     lines = [
         f"| cold scale | cold share of top 10 (targets: {target_share:.3f}) | NDCG@10 | warm HR@10 | cold HR@10 |",
         "|" + " --- |" * 5,
@@ -175,6 +175,19 @@ def cold_scale_sweep(model: Recommender, split: Split, scales: Sequence[float]) 
             f"| {e.cold_hr10:.4f} |"
         )
     return lines
+
+
+def cold_target_share(runs: dict[float, Evaluation]) -> float:
+    """The cold share of the targets (the same cases in every run of `runs`, scale -> evaluation)."""
+    first = next(iter(runs.values()))
+    return first.n_cold / first.n_cases
+
+
+def demand_matched_scale(runs: dict[float, Evaluation]) -> float:
+    """Of `runs` (cold scale -> evaluation on the same cases), the scale whose cold share of the top-10 slots
+    is nearest the cold share of the targets: new items get the exposure their share of the next items asks for."""
+    target_share = cold_target_share(runs)
+    return min(runs, key=lambda scale: abs(runs[scale].cold_top10_share - target_share))
 
 
 def evaluate_popularity(split: Split) -> Evaluation:
