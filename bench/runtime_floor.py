@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.bare_agent import create_changelog, plain_clients  # noqa: E402
+from bench.bare_agent import create_changelog, faust_commit_interval_s, plain_clients  # noqa: E402
 from bench.e2e import fresh_broker, synthetic_events  # noqa: E402
 from bench.report import cpu  # noqa: E402
 from core.brokers import stop_process  # noqa: E402
@@ -109,13 +109,12 @@ def run_faust(settings: Settings, task: str, meter: Meter) -> None:
 
 
 async def run_aiokafka(settings: Settings, task: str, meter: Meter) -> None:
-    import faust  # only for its defaults, so both runtimes commit alike
     from rocksdict import Options, Rdict
 
     from stream_app.app import freeze_heap, rocksdb_options
     from stream_app.faust_private import flush_open_batches
 
-    conf = faust.App("defaults").conf
+    commit_interval_s = faust_commit_interval_s()
     consumer, producer = plain_clients(settings, settings.worker.app_id)
     options = Options()
     options.set_write_buffer_size(rocksdb_options(settings)["write_buffer_size"])
@@ -140,7 +139,7 @@ async def run_aiokafka(settings: Settings, task: str, meter: Meter) -> None:
             for r in batch:
                 table[r.key] = r.value
                 await producer.send(changelog, key=r.key, value=r.value, partition=r.partition)
-        if time.monotonic() - committed >= conf.broker_commit_interval:
+        if time.monotonic() - committed >= commit_interval_s:
             await consumer.commit()
             committed = time.monotonic()
         meter.add(len(batch))
