@@ -1,7 +1,7 @@
 """The ranking stage's cost per micro-batch, apart from retrieval: features (NumPy) and ranker.onnx.
 
 Issue #16 (item 4). Loads a version with a ranker (the registry's latest, or --version) as the worker does
-(`stream_app.serving.load_recommender`), its own catalog with the data's categories, counts every event of
+(`stream_app.serving.load_recommender`, with the worker's thread limits), its own catalog with the data's categories, counts every event of
 the data for the ranker's popularity, and scores batches of real ml-100k windows (each user's newest 50
 events) through `Recommender.recommend`, timing per batch: the whole call in the retrieval order
 (`stage="retrieval"`), the whole call re-ranked (`stage="full"`), and inside the latter the features
@@ -28,6 +28,7 @@ from core.datasets import read_records  # noqa: E402
 from core.options import command_settings  # noqa: E402
 from stream_app.batch import window_from_history  # noqa: E402
 from stream_app.serving import load_recommender  # noqa: E402
+from stream_app.worker import limit_threads  # noqa: E402
 
 
 def timed(fn, spent: list[float]):
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     settings = command_settings({"registry.path": args.registry})
+    limit_threads(settings.worker.inference_threads)  # as the worker scores: one BLAS and FAISS thread
     recommender = load_recommender(settings, args.version)
     if recommender.runtime.ranker is None:
         raise SystemExit(f"model {recommender.model_version} has no ranker: export one (streamrec train --ranker)")
