@@ -131,17 +131,25 @@ def ranking_features(
     mask = window_mask.astype(bool)
     n_events = mask.sum(1).clip(min=1)  # [B]
     now = window_times[:, -1]  # [B] the newest event's time, when the list is made
+    # [B, 1 + E, T]: the window's events, then those of each event type
+    groups = np.stack([mask, *(mask & (window_types == t) for t in range(1, spec.n_event_types + 1))], axis=1)
 
     best = retrieval.max(1, keepdims=True)  # [B, 1]
     rank = np.argsort(np.argsort(-retrieval, axis=1, kind="stable"), axis=1)  # [B, N] 0 = best
 
-    cand = _unit(candidate_vectors)  # [B, N, D]
     win = _unit(window_vectors) * mask[..., None]  # [B, T, D]
     recent = mask.copy()
     recent[:, : -spec.recent] = False
     recent_mean = _unit((win * recent[..., None]).sum(1))  # [B, D]
-    sim = cand @ np.ascontiguousarray(win.transpose(0, 2, 1))  # [B, N, T] (batched BLAS, unlike einsum)
-    sim_of = [_best_over(sim, mask & (window_types == t)) for t in range(1, spec.n_event_types + 1)]
+    # Cosines of the window's items and of their recent mean to the raw candidate vectors in one batched
+    # product, divided by the candidates' norms after (cheaper than normalising [B, N, D]); laid out
+    # [B, T + 1, N] so that the best over a group of events reduces over rows of N, not along short rows of T.
+    targets = np.concatenate([win, recent_mean[:, None, :]], axis=1)  # [B, T + 1, D]
+    norms = np.sqrt(np.einsum("bnd,bnd->bn", candidate_vectors, candidate_vectors)).clip(min=1e-12)  # [B, N]
+    cosines = (targets @ candidate_vectors.transpose(0, 2, 1)) / norms[:, None, :]  # [B, T + 1, N]
+    outside = np.where(groups, 0.0, -np.inf).astype(np.float32)  # [B, 1 + E, T]: -inf off the group
+    sim_best = (cosines[:, None, :-1, :] + outside[..., None]).max(2)  # [B, 1 + E, N]
+    sim_best = np.where(np.isfinite(sim_best), sim_best, 0.0)  # 0 where the window has no such event
 
     log_counts = np.log1p(counts)  # [B, N, 2]
     age_days = (now[:, None] - first_seen) / 86_400.0  # [B, N], NaN: never seen
@@ -153,16 +161,15 @@ def ranking_features(
 
     previous = np.where(mask[:, -2], window_times[:, -2], now) if mask.shape[1] > 1 else now  # [B]
     gap_minutes = np.log1p(np.clip(now - previous, 0.0, None) / 60.0)  # [B]
-    mix = [(mask & (window_types == t)).sum(1) / n_events for t in range(1, spec.n_event_types + 1)]
+    mix = groups[:, 1:].sum(2) / n_events[:, None]  # [B, E] share of each event type
 
-    per_user = np.stack([gap_minutes, np.log1p(mask.sum(1)), *mix], axis=1)  # [B, 2 + E]
+    per_user = np.concatenate([gap_minutes[:, None], np.log1p(mask.sum(1))[:, None], mix], axis=1)  # [B, 2 + E]
     columns = [
         retrieval,
         retrieval - best,
         np.log1p(rank),
-        np.einsum("bnd,bd->bn", cand, recent_mean),
-        _best_over(sim, mask),
-        *sim_of,
+        cosines[:, -1],  # to the recent mean
+        *sim_best.transpose(1, 0, 2),  # best over the window, then over each event type's items
         in_window,
         log_counts[..., 0],
         log_counts[..., 1],
@@ -184,9 +191,3 @@ def blend(heads: np.ndarray, click_weight: float, purchase_weight: float) -> np.
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _best_over(sim: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """sim [B, N, T], where [B, T] bool -> [B, N]: the best similarity over the chosen events, 0 if none."""
-    best = np.where(where[:, None, :], sim, -np.inf).max(2)
-    return np.where(np.isfinite(best), best, 0.0)
