@@ -85,6 +85,7 @@ CEILINGS = {  # --ceilings: bench/bare_agent.py's idioms, as (label, System fiel
     "event": ("bare agent per event", {}),
     "batch": ("bare agent per batch", {"per_batch": True}),
     "event-aiokafka": ("bare agent per event, plain aiokafka", {"plain": True}),
+    "batch-model-aiokafka": ("streamrec's work per batch, plain aiokafka", {"plain": True, "model": True}),
 }
 RETRIEVAL_ONLY = (("ranker_candidates", "0"),)  # `--retrieval-only`: the worker without its ranking stage
 
@@ -96,6 +97,7 @@ class System:
     engine: str  # the broker: kafka | tansu
     per_batch: bool = False  # the bare agent's micro-batch idiom (`bare_agent.py --per-batch`)
     plain: bool = False  # the bare per-event idiom without Faust (`bare_agent.py --aiokafka`)
+    model: bool = False  # with `plain`: streamrec's per-batch work without Faust (bench/plain_worker.py)
     workers: int = 1
     partitions: int = 1
     worker: tuple[tuple[str, str], ...] = ()  # streamrec: `worker` settings changed from the configured ones
@@ -257,6 +259,8 @@ def fresh_broker(engine: str, work: Path):
 def start_system(system: System, settings: Settings, log_path: Path) -> subprocess.Popen:
     if not system.bare:
         return start_child(settings, log_path, WORKER_COMMAND)
+    if system.model:
+        return start_child(settings, log_path, (str(ROOT / "bench" / "plain_worker.py"),))
     agent = (str(ROOT / "bench" / "bare_agent.py"),) + (("--per-batch",) if system.per_batch else ())
     agent += ("--aiokafka",) if system.plain else ()
     return start_child(settings, log_path, agent)
@@ -448,6 +452,8 @@ def slug(system: System) -> str:
     if not system.bare:
         # From the label: "streamrec, retrieval only" -> streamrec-retrieval-only.
         return "-".join(re.findall(r"[a-z0-9]+", system.label.lower()))
+    if system.model:
+        return "plain-worker"
     return "bare-batch" if system.per_batch else "bare-event-aiokafka" if system.plain else "bare-event"
 
 
@@ -712,7 +718,8 @@ def main() -> None:
         choices=list(CEILINGS),
         default=["event", "batch"],
         help="bare agents to run: per event (the bare idiom), per micro-batch (streamrec's I/O without the model), "
-        "per event without Faust (event-aiokafka: the same work on plain aiokafka)",
+        "per event without Faust (event-aiokafka: the same work on plain aiokafka), streamrec's own work per "
+        "micro-batch without Faust (batch-model-aiokafka: bench/plain_worker.py, the worker's model and steps)",
     )
     parser.add_argument("--users", type=int, default=10_000, help="synthetic: user ids")
     parser.add_argument("--items", type=int, default=1682, help="synthetic: items (≤ the ml-100k catalog)")
@@ -898,6 +905,14 @@ def header(runs, args, command: str, load: tuple[float, float], settings: Settin
         "Faust: one task on an aiokafka consumer and producer, the windows in `rocksdict` with a changelog record per "
         "write (what the same work costs on a lighter runtime; no recovery or rebalance handling)."
         if "event-aiokafka" in args.ceilings
+        else ""
+    ) + (
+        "\n- **streamrec's work per batch, plain aiokafka** (`bench/plain_worker.py`): the events agent's steps on the "
+        "worker's model and settings (validation, windows, scoring, one record per touched user acknowledged before "
+        "its window is written once, with a changelog record) on one task over an aiokafka consumer and producer and "
+        "`rocksdict`: what streamrec's own work costs on a lighter runtime; no recovery, rebalance handling, profiles, "
+        "experiments or HTTP pages."
+        if "batch-model-aiokafka" in args.ceilings
         else ""
     )
     return f"""## End to end
