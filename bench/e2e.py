@@ -3,7 +3,9 @@ Apache Kafka, the embedded Tansu, or both one after the other, side by side), fo
 (a) streamrec's worker serving the registry's latest model and (b) the ceilings of bench/bare_agent.py
 on streamrec's engine, store and Kafka tuning without validation or model: per event (the bare Faust
 idiom: one window write and one record per event) and per micro-batch (streamrec's I/O: one record
-and one window write per user per batch), all on the same event stream at the same offered rates.
+and one window write per user per batch), and (c) with `--ceilings event-aiokafka` / `batch-model-aiokafka`, the
+per-event idiom and streamrec's own per-batch steps without Faust (bare_agent.py --aiokafka, plain_worker.py), all on
+the same event stream at the same offered rates.
 
 In each of `--repeats` rounds (medians reported), each system gets its own fresh broker and
 state, is warmed up, then is offered each rate in turn after 5 s idle (fresh events each time,
