@@ -144,22 +144,34 @@ async def forward_without_faust(settings: Settings, partitions: int) -> None:
     consumer, producer = plain_clients(settings, app_id)
     windows = Rdict(str(settings.worker.data_dir / "windows.rdb"))
     max_age_s = settings.worker.window_max_age_days * 86_400.0
+
+    async def forward(records) -> None:
+        for record in records:
+            e = json.loads(record.value)
+            stored = windows.get(record.key)
+            window = UserWindow() if stored is None else UserWindow.decode(stored)
+            event = WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"]))
+            encoded = window.with_events([event], settings.worker.window_size, max_age_s).encode()
+            windows[record.key] = encoded
+            await producer.send(changelog, key=record.key, value=encoded, partition=record.partition)
+            await producer.send(OUTPUT_TOPIC, **answer(e["user_id"], e))
+
+    await plain_loop(consumer, producer, forward)
+
+
+async def plain_loop(consumer, producer, on_records, max_records: int | None = None) -> None:
+    """Start the clients, then hand the records of each fetch (at most `max_records`) to `on_records`,
+    committing the offsets every `broker_commit_interval` as Faust does."""
     commit_interval_s = faust_commit_interval_s()
     await consumer.start()
     await producer.start()
     freeze_heap()
     committed = time.monotonic()
     while True:
-        for records in (await consumer.getmany(timeout_ms=1000)).values():
-            for record in records:
-                e = json.loads(record.value)
-                stored = windows.get(record.key)
-                window = UserWindow() if stored is None else UserWindow.decode(stored)
-                event = WindowEvent(e["event_id"], e["item_id"], e["event_type"], epoch_seconds(e["ts"]))
-                encoded = window.with_events([event], settings.worker.window_size, max_age_s).encode()
-                windows[record.key] = encoded
-                await producer.send(changelog, key=record.key, value=encoded, partition=record.partition)
-                await producer.send(OUTPUT_TOPIC, **answer(e["user_id"], e))
+        fetched = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+        records = [record for partition in fetched.values() for record in partition]
+        if records:
+            await on_records(records)
         if time.monotonic() - committed >= commit_interval_s:
             await consumer.commit()
             committed = time.monotonic()

@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bare_agent import OUTPUT_TOPIC, create_changelog, faust_commit_interval_s, plain_clients  # noqa: E402
+from bare_agent import OUTPUT_TOPIC, create_changelog, plain_clients, plain_loop  # noqa: E402
 
 from core.kafka import end_offsets, ensure_topics, read_whole_topic, with_engine  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from state.window import UserWindow  # noqa: E402
-from stream_app.agents.events import score  # noqa: E402
-from stream_app.app import freeze_heap  # noqa: E402
+from stream_app.agents.events import event_limits, score  # noqa: E402
 from stream_app.faust_private import flush_open_batches  # noqa: E402
 from stream_app.metrics import WorkerMetrics  # noqa: E402
 from stream_app.recommender import Recommender  # noqa: E402
@@ -75,24 +74,12 @@ async def recommend_without_faust(settings: Settings, partitions: int) -> None:
     consumer, producer = plain_clients(settings, app_id)
     windows = Rdict(str(settings.worker.data_dir / "windows.rdb"))
     worker, metrics = settings.worker, WorkerMetrics()
-    limits = {
-        "max_bytes": worker.max_record_bytes,
-        "event_types": set(worker.event_weights),
-        "max_future_skew_s": worker.max_future_skew_s,
-    }
-    commit_interval_s = faust_commit_interval_s()
-    await consumer.start()
-    await producer.start()
-    freeze_heap()
-    committed = time.monotonic()
-    while True:
-        fetched = await consumer.getmany(timeout_ms=1000, max_records=worker.batch_size)
-        batch = [record for records in fetched.values() for record in records]
-        if batch:
-            await on_batch(settings, recommender, metrics, producer, windows, changelog, batch, limits)
-        if time.monotonic() - committed >= commit_interval_s:
-            await consumer.commit()
-            committed = time.monotonic()
+    limits = event_limits(settings)
+
+    async def recommend(batch) -> None:
+        await on_batch(settings, recommender, metrics, producer, windows, changelog, batch, limits)
+
+    await plain_loop(consumer, producer, recommend, max_records=worker.batch_size)
 
 
 async def on_batch(settings, recommender, metrics, producer, windows, changelog, batch, limits) -> None:

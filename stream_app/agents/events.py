@@ -21,6 +21,7 @@ import time
 import faust
 
 from core.kafka import max_message_bytes
+from core.settings import Settings
 from state.window import UserWindow
 from stream_app.agents.profiles import stated_interests
 from stream_app.context import WorkerContext
@@ -45,11 +46,7 @@ Failed = dict[str, tuple[str, str]]  # user -> (stage, reason): the users a batc
 
 def register(ctx: WorkerContext) -> None:
     settings = ctx.settings
-    limits = {
-        "max_bytes": settings.worker.max_record_bytes,
-        "event_types": set(settings.worker.event_weights),
-        "max_future_skew_s": settings.worker.max_future_skew_s,
-    }
+    limits = event_limits(settings)
 
     @ctx.app.agent(ctx.topics.events)
     async def recommend_on_events(stream):
@@ -59,6 +56,15 @@ def register(ctx: WorkerContext) -> None:
         largest = await largest_record(ctx)
         async for batch in stream.take_events(settings.worker.batch_size, within=settings.worker.batch_window_s):
             await on_batch(ctx, stream, batch, limits, largest)
+
+
+def event_limits(settings: Settings) -> dict:
+    """`group_valid_events`' checks, from the worker's settings."""
+    return {
+        "max_bytes": settings.worker.max_record_bytes,
+        "event_types": set(settings.worker.event_weights),
+        "max_future_skew_s": settings.worker.max_future_skew_s,
+    }
 
 
 async def on_batch(
