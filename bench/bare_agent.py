@@ -159,16 +159,16 @@ async def forward_without_faust(settings: Settings, partitions: int) -> None:
     await plain_loop(consumer, producer, forward)
 
 
-async def plain_loop(consumer, producer, on_records, max_records: int | None = None) -> None:
-    """Start the clients, then hand the records of each fetch (at most `max_records`) to `on_records`,
-    committing the offsets every `broker_commit_interval` as Faust does."""
+async def plain_loop(consumer, producer, on_records, max_records: int | None = None, timeout_ms: int = 1000) -> None:
+    """Start the clients, then hand the records of each fetch (at most `max_records`, waiting up to `timeout_ms`
+    for them) to `on_records`, committing the offsets every `broker_commit_interval` as Faust does."""
     commit_interval_s = faust_commit_interval_s()
     await consumer.start()
     await producer.start()
     freeze_heap()
     committed = time.monotonic()
     while True:
-        fetched = await consumer.getmany(timeout_ms=1000, max_records=max_records)
+        fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         records = [record for partition in fetched.values() for record in partition]
         if records:
             await on_records(records)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.bare_agent import create_changelog, faust_commit_interval_s, plain_clients  # noqa: E402
+from bench.bare_agent import create_changelog, plain_clients, plain_loop  # noqa: E402
 from bench.e2e import fresh_broker, synthetic_events  # noqa: E402
 from bench.report import cpu  # noqa: E402
 from core.brokers import stop_process  # noqa: E402
@@ -111,26 +111,16 @@ def run_faust(settings: Settings, task: str, meter: Meter) -> None:
 async def run_aiokafka(settings: Settings, task: str, meter: Meter) -> None:
     from rocksdict import Options, Rdict
 
-    from stream_app.app import freeze_heap, rocksdb_options
+    from stream_app.app import rocksdb_options
     from stream_app.faust_private import flush_open_batches
 
-    commit_interval_s = faust_commit_interval_s()
     consumer, producer = plain_clients(settings, settings.worker.app_id)
     options = Options()
     options.set_write_buffer_size(rocksdb_options(settings)["write_buffer_size"])
     table = Rdict(str(settings.worker.data_dir / "floor.rdb"), options)
     changelog = changelog_topic(settings)
-    await consumer.start()
-    await producer.start()
-    freeze_heap()
-    committed = time.monotonic()
-    while True:
-        fetched = await consumer.getmany(
-            timeout_ms=int(settings.worker.batch_window_s * 1000), max_records=settings.worker.batch_size
-        )
-        batch = [record for records in fetched.values() for record in records]
-        if not batch:
-            continue
+
+    async def drain(batch) -> None:
         if task != "consume":
             sent = [await producer.send(OUTPUT_TOPIC, key=r.key, value=r.value) for r in batch]
             flush_open_batches(producer)
@@ -139,10 +129,10 @@ async def run_aiokafka(settings: Settings, task: str, meter: Meter) -> None:
             for r in batch:
                 table[r.key] = r.value
                 await producer.send(changelog, key=r.key, value=r.value, partition=r.partition)
-        if time.monotonic() - committed >= commit_interval_s:
-            await consumer.commit()
-            committed = time.monotonic()
         meter.add(len(batch))
+
+    batch_window_ms = int(settings.worker.batch_window_s * 1000)
+    await plain_loop(consumer, producer, drain, max_records=settings.worker.batch_size, timeout_ms=batch_window_ms)
 
 
 def changelog_topic(settings: Settings) -> str:
