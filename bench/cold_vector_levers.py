@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from core.datasets import load_interactions, split_leave_one_out  # noqa: E402
 from encoders.evaluate import (  # noqa: E402
     cases,
+    cold_scale,
     demand_matched_scale,
     evaluate_scores,
     model_scores,
@@ -81,13 +81,11 @@ def main() -> None:
         if pretrained is None:
             pretrained = pretrained_item_vectors(split.train.item_texts, "all-MiniLM-L6-v2")
         knn = text_knn_scores(pretrained, history)  # [U, N]
-        config = model.item_tower.config
         default = {}
         for scale in SCALES:
-            model.item_tower.config = replace(config, cold_scale=scale)
-            default[scale] = model_scores(model, history)
-        model.item_tower.config = config
-        spread = float(default[config.cold_scale].std(axis=1).mean())
+            with cold_scale(model, scale):
+                default[scale] = model_scores(model, history)
+        spread = float(default[model.item_tower.config.cold_scale].std(axis=1).mean())
         levers = {"default (text vector)": default}
         catalog_vectors = model.catalog_vectors
         is_warm = torch.from_numpy(warm).unsqueeze(-1)  # [N, 1]

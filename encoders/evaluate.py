@@ -19,7 +19,8 @@ item-item model, encoders/ease.py, λ chosen on validation), the pure-text neare
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -154,14 +155,7 @@ def cold_scale_sweep(model: Recommender, split: Split, scales: Sequence[float]) 
     markdown lines: the trade-off between recalling cold items and ranking warm ones. The scale whose cold
     share of the top-10 slots is nearest the cold share of the targets is marked (new items get the
     exposure their share of the next items asks for)."""
-    config = model.item_tower.config
-    runs = {}
-    try:
-        for scale in scales:
-            model.item_tower.config = replace(config, cold_scale=scale)
-            runs[scale] = evaluate_model(model, split, "valid")
-    finally:
-        model.item_tower.config = config
+    runs = validation_by_cold_scale(model, split, scales)
     target_share = cold_target_share(runs)
     matched = demand_matched_scale(runs)
     lines = [
@@ -175,6 +169,26 @@ def cold_scale_sweep(model: Recommender, split: Split, scales: Sequence[float]) 
             f"| {e.cold_hr10:.4f} |"
         )
     return lines
+
+
+@contextmanager
+def cold_scale(model: Recommender, scale: float) -> Iterator[Recommender]:
+    """`model` scoring items without a trained vector at `scale` times their text vector, for the block."""
+    config = model.item_tower.config
+    model.item_tower.config = replace(config, cold_scale=scale)
+    try:
+        yield model
+    finally:
+        model.item_tower.config = config
+
+
+def validation_by_cold_scale(model: Recommender, split: Split, scales: Sequence[float]) -> dict[float, Evaluation]:
+    """scale -> `model`'s validation evaluation with its cold items at that scale."""
+    runs = {}
+    for scale in scales:
+        with cold_scale(model, scale):
+            runs[scale] = evaluate_model(model, split, "valid")
+    return runs
 
 
 def cold_target_share(runs: dict[float, Evaluation]) -> float:

@@ -14,7 +14,15 @@ import torch
 
 from core.datasets import load_interactions, split_leave_one_out
 from core.features import FeatureSpec
-from encoders.evaluate import evaluate_model, evaluate_popularity, withhold_items
+from encoders.evaluate import (
+    cold_scale,
+    cold_target_share,
+    demand_matched_scale,
+    evaluate_model,
+    evaluate_popularity,
+    validation_by_cold_scale,
+    withhold_items,
+)
 from encoders.item_tower import ItemTowerConfig
 from encoders.recommender import Recommender, RecommenderConfig, load_checkpoint, save_checkpoint
 from encoders.train import TrainConfig, residual_dropout_at, run, train
@@ -141,6 +149,25 @@ def test_unseen_items_get_text_only_vectors(split):
         torch.testing.assert_close(
             model.catalog_vectors()[4], model.item_tower.project(model.text_emb[4]) + model.id_emb.weight[4]
         )
+
+
+def test_the_cold_scale_sweep_raises_cold_exposure_and_restores_the_model(split):
+    """The demand-matched cold scale's ingredients: a larger scale gives cold items more of the top-10 slots, the
+    matched scale is the one whose cold share is nearest the targets', and the model keeps its own scale after."""
+    cold_split = withhold_items(split, 0.3, seed=0)
+    model, _ = train(configured(cold_split), replace(FAST, epochs=2), cold_split, progress=False)
+    trained_scale = model.item_tower.config.cold_scale
+    runs = validation_by_cold_scale(model, cold_split, [0.1, 1.0, 10.0])
+    shares = [runs[scale].cold_top10_share for scale in (0.1, 1.0, 10.0)]
+    assert shares == sorted(shares) and shares[0] < shares[-1]
+    target = cold_target_share(runs)
+    matched = demand_matched_scale(runs)
+    assert all(abs(runs[matched].cold_top10_share - target) <= abs(r.cold_top10_share - target) for r in runs.values())
+    assert model.item_tower.config.cold_scale == trained_scale
+    with pytest.raises(RuntimeError), cold_scale(model, 5.0):
+        assert model.item_tower.config.cold_scale == 5.0
+        raise RuntimeError
+    assert model.item_tower.config.cold_scale == trained_scale
 
 
 def test_residual_dropout_only_in_training(split):
