@@ -23,6 +23,7 @@ per-case NDCG@10, each averaged over the seeds (`paired_ndcg10`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ from encoders.evaluate import (  # noqa: E402
     evaluate_text_knn,
     paired_ndcg10,
     pretrained_item_vectors,
+    trained_withholding,
     validation_by_cold_scale,
     warm_items,
     withhold_items,
@@ -98,6 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    @functools.cache  # one read of the data per event-type vocabulary and set, not one per checkpoint
     def split_of(spec: FeatureSpec, cold_set: int):
         return withhold_items(split_leave_one_out(load_interactions(args.data, spec)), COLD_FRACTION, cold_set)
 
@@ -106,9 +109,9 @@ def main() -> None:
         runs, scales = [], []
         for seed in args.seeds:
             ckpt = Path(pattern.format(set=cold_set, seed=seed))
-            trained = json.loads((ckpt / "metrics.json").read_text())["train_config"]
-            if (trained.get("cold_items"), trained.get("cold_seed", 0)) != (COLD_FRACTION, cold_set):
-                raise SystemExit(f"{ckpt} was not trained on withheld set {cold_set}: {trained}")
+            trained = trained_withholding(json.loads((ckpt / "metrics.json").read_text())["train_config"])
+            if trained != {"cold_items": COLD_FRACTION, "cold_seed": cold_set}:
+                raise SystemExit(f"{ckpt} was trained with {trained}, not on withheld set {cold_set}")
             model, _, _ = load_checkpoint(ckpt)
             model_split = split_of(model.feature_spec, cold_set)
             scale = model.item_tower.config.cold_scale

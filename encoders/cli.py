@@ -229,6 +229,7 @@ def evaluate(
         evaluate_text_knn,
         paired_table,
         pretrained_item_vectors,
+        trained_withholding,
         withhold_items,
         write_report,
     )
@@ -260,7 +261,7 @@ def evaluate(
         if data_set.item_ids != item_ids:
             raise typer.BadParameter(f"{ckpt}: item ids differ from {data}; evaluate on the data it was trained on")
         trained = json.loads((ckpt / "metrics.json").read_text())["train_config"]
-        got = {"cold_items": trained.get("cold_items", 0.0), "cold_seed": trained.get("cold_seed", 0)}
+        got = trained_withholding(trained)
         want = {"cold_items": cold_items, "cold_seed": cold_seed if cold_items > 0 else 0}
         if got != want:
             raise typer.BadParameter(f"{ckpt} was trained with {got}, not {want}: evaluate with the same options")

@@ -137,6 +137,12 @@ def withhold_items(split: Split, fraction: float, seed: int = 0) -> Split:
     return replace(split, train=train)
 
 
+def trained_withholding(train_config: dict) -> dict:
+    """What a checkpoint's training withheld, from its metrics.json "train_config": {"cold_items": the share of
+    the catalog (`withhold_items`' fraction), "cold_seed": which set}."""
+    return {"cold_items": train_config.get("cold_items", 0.0), "cold_seed": train_config.get("cold_seed", 0)}
+
+
 def cases(split: Split, stage: str) -> tuple[Interactions, np.ndarray]:
     """stage "valid" or "test" -> (the users' histories, their [U] targets)."""
     if stage == "valid":
